@@ -1,0 +1,1 @@
+"""mnist-pipeline: the CLI, configuration, workdir layout and run records."""

@@ -1,0 +1,92 @@
+"""`mnist-pipeline <subcommand>`: one console script, one module per subcommand in `pipeline.commands`.
+
+Nothing on the `--help` path imports TensorFlow: command modules import their stage lazily in `run`.
+Flags that change configuration write dotted keys (`train.epochs`) that override the `--config` TOML file.
+A `PipelineError` is printed as one line, without a traceback, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Any, Sequence
+
+from pipeline.config import Config, load_config
+from pipeline.errors import PipelineError
+
+# The order is the order of `--help`. Each module has NAME, HELP, add_arguments(parser), run(config, args).
+COMMAND_MODULES = (
+    "pipeline.commands.ingest",
+)
+
+log = logging.getLogger(__name__)
+
+
+def config_flag(parser: argparse.ArgumentParser, *flags: str, key: str, **kwargs: Any) -> None:
+    """A flag that overrides configuration key `key` only when given (its default stays in the config)."""
+    kwargs.setdefault("default", argparse.SUPPRESS)
+    parser.add_argument(*flags, dest=key, **kwargs)
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("common options")
+    group.add_argument("--config", metavar="FILE", help="TOML configuration file; flags override it")
+    config_flag(group, "--workdir", key="workdir", metavar="DIR", help="where all outputs go (default: ./artifacts)")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        prog="mnist-pipeline",
+        description="MNIST from raw data to a model served over TF Serving's gRPC API.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    modules: dict[str, Any] = {}
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        p = sub.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        _common_arguments(p)
+        modules[module.NAME] = module
+    return parser, modules
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k == "workdir" or "." in k}
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # TensorFlow's C++ logs and absl's warnings drown ours; keep them to errors unless debugging.
+    if not args.verbose:
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        config: Config = load_config(args.config, _overrides(args))
+        return int(modules[args.command].run(config, args) or 0)
+    except PipelineError as exc:
+        print(f"mnist-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mnist-pipeline {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Configuration: frozen dataclasses, read from an optional TOML file and overridden by flags.
+
+Precedence, lowest first: the defaults below, the TOML file given with `--config`, then flags. The TOML file
+has one table per section, plus `workdir` at the top:
+
+    workdir = "artifacts"
+    [data]
+    dataset = "mnist"
+    [train]
+    epochs = 3
+
+Every key is checked: an unknown section or key, or a value of the wrong type, is a `ConfigError` that names
+it. This module and `pipeline.cli` are the only places that read files of configuration or flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"  # a TFDS name; mnist and fashion_mnist can be built from IDX files
+    source_dir: str | None = None  # folder of the four IDX .gz files; None: the normal TFDS download
+    validation_fraction: float = 0.1  # carved from train, seeded, never from test
+    seed: int = 42
+    shuffle_buffer: int = 60000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    architecture: str = "default"  # "default" (>=99.6% recipe) or "seed" (the tutorial CNN)
+    epochs: int | None = None  # None: the architecture's recipe
+    batch_size: int | None = None  # None: the architecture's recipe
+    learning_rate: float | None = None  # None: the architecture's recipe
+    seed: int = 42
+    max_train_examples: int | None = None  # use only the first N training examples (tests, smoke runs)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    accuracy_threshold: float = 0.99  # blessing: test accuracy at least this
+    tolerance: float = 0.001  # blessing: and not worse than the pushed version by more than this
+    max_test_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    model_base_path: str | None = None  # None: <workdir>/serving/models
+    model_name: str = "mnist"
+    keep_versions: int = 5  # newest N versions kept in the base path
+    force: bool = False  # push even when not blessed
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    input_pattern: str | None = None  # TFRecord files of tf.Example; None: a TFDS split
+    split: str = "test"
+    output_format: str = "jsonl"  # jsonl, csv or parquet
+    min_batch_size: int = 1
+    max_batch_size: int = 256
+    model: str | None = None  # SavedModel dir or model base path; None: the pushed model
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8500
+    poll_interval: float = 1.0
+    models_config: str | None = None  # a TF Serving models.config (version labels, version policy)
+
+
+@dataclass(frozen=True)
+class Config:
+    workdir: str = "artifacts"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    push: PushConfig = field(default_factory=PushConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def section_fingerprint(self, *sections: str) -> str:
+        """A short stable hash of the named sections, for caching and run records."""
+        payload = {name: dataclasses.asdict(getattr(self, name)) for name in sections}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type for f in dataclasses.fields(Config) if f.name != "workdir"}
+
+
+def _coerce(where: str, annotation: Any, value: Any) -> Any:
+    """Check `value` against a field's annotation (str, int, float, bool, or X | None)."""
+    hint = annotation
+    if isinstance(hint, str):
+        hint = eval(hint, {"float": float, "int": int, "str": str, "bool": bool, "None": None})  # noqa: S307
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{where}: a value is required, got none")
+    for kind in allowed:
+        if kind is type(None):
+            continue
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join("none" if k is type(None) else k.__name__ for k in allowed)
+    raise ConfigError(f"{where}: expected {names}, got {value!r}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, Any], *, origin: str = "flag") -> Config:
+    """Return `config` with dotted keys (`train.epochs`, `workdir`) replaced; unknown keys are errors."""
+    top: dict[str, Any] = {}
+    per_section: dict[str, dict[str, Any]] = {}
+    sections = _sections()
+    for key, value in overrides.items():
+        if key == "workdir":
+            top["workdir"] = _coerce(f"{origin} workdir", str, value)
+            continue
+        section, _, name = key.partition(".")
+        if section not in sections or not name:
+            known = ", ".join(["workdir", *sections])
+            raise ConfigError(f"unknown configuration key {key!r} ({origin}); known sections: {known}")
+        types_ = _field_types(sections[section])
+        if name not in types_:
+            known = ", ".join(types_)
+            raise ConfigError(f"unknown configuration key {key!r} ({origin}); [{section}] has: {known}")
+        per_section.setdefault(section, {})[name] = _coerce(f"{origin} {key}", types_[name], value)
+    replaced = {s: dataclasses.replace(getattr(config, s), **vals) for s, vals in per_section.items()}
+    config = dataclasses.replace(config, **top, **replaced)
+    validate(config)
+    return config
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Flatten a TOML config file into dotted keys; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist or is not a file; pass an existing TOML file to --config")
+    try:
+        with p.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from exc
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                flat[f"{key}.{sub}"] = subvalue
+        else:
+            flat[key] = value
+    return flat
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file (if any), then flag overrides."""
+    config = Config()
+    if path is not None:
+        config = apply_overrides(config, load_toml(path), origin=f"config file {str(path)!r}:")
+    if overrides:
+        config = apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Value checks that do not need TensorFlow; stages check what only they can."""
+    t = config.train
+    for name in ("epochs", "batch_size", "max_train_examples"):
+        value = getattr(t, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"train.{name} must be a positive integer, got {value}")
+    if t.learning_rate is not None and t.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate must be positive, got {t.learning_rate}")
+    if not 0.0 < config.data.validation_fraction < 1.0:
+        raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {config.data.validation_fraction}")
+    if config.push.keep_versions < 1:
+        raise ConfigError(f"push.keep_versions must be at least 1, got {config.push.keep_versions}")
+    if not 0.0 <= config.evaluate.accuracy_threshold <= 1.0:
+        raise ConfigError(f"evaluate.accuracy_threshold must be in [0, 1], got {config.evaluate.accuracy_threshold}")
+    s = config.score
+    if s.output_format not in ("jsonl", "csv", "parquet"):
+        raise ConfigError(f"score.output_format {s.output_format!r} is unknown; choose jsonl, csv or parquet")
+    if s.min_batch_size < 1 or s.max_batch_size < s.min_batch_size:
+        raise ConfigError(
+            f"score batch sizes must satisfy 1 <= min_batch_size <= max_batch_size, got {s.min_batch_size}, {s.max_batch_size}"
+        )
+    if not 0 <= config.serve.port <= 65535:
+        raise ConfigError(f"serve.port must be in 0..65535, got {config.serve.port}")
+
+
+def model_base_path(config: Config) -> Path:
+    """The push target: the configured base path, or the workdir's own."""
+    from pipeline import paths
+
+    return Path(config.push.model_base_path) if config.push.model_base_path else paths.model_base_path(config.workdir)

@@ -1,0 +1,1 @@
+"""TF Serving deployment files, the gRPC client and the local development server."""

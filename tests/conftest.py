@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny IDX files written by the tests, and the real MNIST folder when it is there."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def write_idx_images(path: Path, images: np.ndarray, *, magic: int = 2051, count: int | None = None) -> None:
+    n, rows, cols = images.shape
+    header = struct.pack(">IIII", magic, n if count is None else count, rows, cols)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + images.astype(np.uint8).tobytes())
+
+
+def write_idx_labels(path: Path, labels: np.ndarray, *, magic: int = 2049, count: int | None = None) -> None:
+    header = struct.pack(">II", magic, len(labels) if count is None else count)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + labels.astype(np.uint8).tobytes())
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 uint8 images whose class is learnable (a bright bar at a label-dependent row), labels 0-9."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row = 3 + 2 * int(label)
+        images[i, row : row + 2, 4:24] = 255
+    return images, labels.astype(np.uint8)
+
+
+def write_idx_dir(directory: Path, n_train: int = 200, n_test: int = 50, seed: int = 0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    tr_x, tr_y = synthetic_digits(n_train, seed)
+    te_x, te_y = synthetic_digits(n_test, seed + 1)
+    write_idx_images(directory / IDX_FILES["train_images"], tr_x)
+    write_idx_labels(directory / IDX_FILES["train_labels"], tr_y)
+    write_idx_images(directory / IDX_FILES["test_images"], te_x)
+    write_idx_labels(directory / IDX_FILES["test_labels"], te_y)
+    return directory
+
+
+@pytest.fixture
+def idx_dir(tmp_path: Path) -> Path:
+    """A folder of the four IDX .gz files: 200 train and 50 test synthetic digits."""
+    return write_idx_dir(tmp_path / "idx")
+
+
+@pytest.fixture
+def real_mnist_dir() -> Path:
+    if not (REAL_MNIST_DIR / IDX_FILES["train_images"]).is_file():
+        pytest.skip(f"real MNIST IDX files not found in {REAL_MNIST_DIR} (they come with ../shared/data/mnist)")
+    return REAL_MNIST_DIR
