@@ -1,0 +1,149 @@
+"""The Keras models and their training recipes, chosen by name (`train.architecture`).
+
+    model = build_model("default", seed=42)      # uncompiled; float32 [b,28,28,1] in [0,1] -> softmax [b,10]
+    r = recipe("default")                         # Recipe(epochs=..., batch_size=..., learning_rate=..., ...)
+    compile_model(model, r, total_steps=422 * r.epochs)  # optimizer, schedule, loss and metrics as the recipe says
+
+- `seed`: the TensorFlow tutorial CNN, exactly (adam, 5 epochs, batch 32): the baseline.
+- `default`: a compact CNN with batch norm and dropout, light augmentation done by Keras preprocessing
+  layers inside the model (active only in training, so the exported serving graph is a plain forward
+  pass), trained with larger batches and a one-cycle learning rate (linear warmup, cosine decay).
+
+The input is named `components.signatures.KERAS_INPUT_NAME`; the output is softmax probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from components.signatures import IMAGE_SIZE, KERAS_INPUT_NAME, NUM_CLASSES
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an architecture is trained when the config leaves a value unset (None)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float  # the peak rate for "one_cycle", the rate for "constant"
+    schedule: str = "constant"  # "constant" or "one_cycle" (linear warmup, then cosine decay)
+    warmup_fraction: float = 0.0  # one_cycle: share of all steps spent warming up
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0: plain Adam
+
+
+_RECIPES = {
+    "seed": Recipe(epochs=5, batch_size=32, learning_rate=0.001),
+    "default": Recipe(
+        epochs=15, batch_size=128, learning_rate=0.003, schedule="one_cycle", warmup_fraction=0.15,
+        weight_decay=1e-4,
+    ),
+}
+
+
+def architectures() -> tuple[str, ...]:
+    return tuple(_RECIPES)
+
+
+def _check(architecture: str) -> None:
+    if architecture not in _RECIPES:
+        known = ", ".join(_RECIPES)
+        raise ConfigError(f"unknown architecture {architecture!r}; known architectures: {known}")
+
+
+def recipe(architecture: str) -> Recipe:
+    """The training recipe of `architecture`; a ConfigError naming it if it is unknown."""
+    _check(architecture)
+    return _RECIPES[architecture]
+
+
+def _seed_cnn(keras, inputs, seed: int):
+    layers = keras.layers
+    x = layers.Conv2D(32, (3, 3), activation="relu", name="conv1")(inputs)
+    x = layers.MaxPooling2D((2, 2), name="pool1")(x)
+    x = layers.Conv2D(64, (3, 3), activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D((2, 2), name="pool2")(x)
+    x = layers.Conv2D(64, (3, 3), activation="relu", name="conv3")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(64, activation="relu", name="dense")(x)
+    return layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+
+
+def _default_cnn(keras, inputs, seed: int):
+    layers = keras.layers
+    # Light augmentation: small shifts, rotations and zooms, black fill like MNIST's background.
+    # Preprocessing layers are identity at inference, so serving sees none of it.
+    x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed, name="aug_translate")(inputs)
+    x = layers.RandomRotation(0.03, fill_mode="constant", seed=seed + 1, name="aug_rotate")(x)
+    x = layers.RandomZoom(0.1, fill_mode="constant", seed=seed + 2, name="aug_zoom")(x)
+
+    def conv_bn(x, filters, kernel, name, **kwargs):
+        x = layers.Conv2D(filters, kernel, use_bias=False, name=name, **kwargs)(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.Activation("relu", name=f"{name}_relu")(x)
+
+    x = conv_bn(x, 32, 3, "conv1", padding="same")
+    x = conv_bn(x, 32, 3, "conv2", padding="same")
+    x = layers.MaxPooling2D(2, name="pool1")(x)  # 14x14
+    x = conv_bn(x, 64, 3, "conv3", padding="same")
+    x = conv_bn(x, 64, 3, "conv4", padding="same")
+    x = layers.MaxPooling2D(2, name="pool2")(x)  # 7x7
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, use_bias=False, name="dense")(x)
+    x = layers.BatchNormalization(name="dense_bn")(x)
+    x = layers.Activation("relu", name="dense_relu")(x)
+    x = layers.Dropout(0.3, seed=seed + 3, name="dropout")(x)
+    return layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+
+
+_BUILDERS: dict[str, Callable] = {"seed": _seed_cnn, "default": _default_cnn}
+
+
+def build_model(architecture: str, *, seed: int):
+    """An uncompiled `keras.Model`: float32 [b, 28, 28, 1] in [0, 1] (input named KERAS_INPUT_NAME) -> [b, 10]."""
+    _check(architecture)
+    import keras
+
+    keras.utils.set_random_seed(seed)  # weight initialisation is reproducible
+    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype="float32", name=KERAS_INPUT_NAME)
+    outputs = _BUILDERS[architecture](keras, inputs, seed)
+    return keras.Model(inputs, outputs, name=f"mnist_{architecture}")
+
+
+def learning_rate_schedule(r: Recipe, *, total_steps: int, learning_rate: float | None = None):
+    """The recipe's learning rate: a float, or a Keras schedule over `total_steps` optimizer steps."""
+    import keras
+
+    peak = learning_rate if learning_rate is not None else r.learning_rate
+    if r.schedule == "constant":
+        return peak
+    if r.schedule == "one_cycle":
+        warmup = max(1, int(math.ceil(total_steps * r.warmup_fraction)))
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=peak / 25.0,
+            decay_steps=max(1, total_steps - warmup),
+            alpha=1e-3,
+            warmup_target=peak,
+            warmup_steps=warmup,
+        )
+    raise ConfigError(f"unknown learning-rate schedule {r.schedule!r} in the recipe; use constant or one_cycle")
+
+
+def compile_model(model, r: Recipe, *, total_steps: int, learning_rate: float | None = None, jit_compile="auto"):
+    """Compile `model` for training as recipe `r` says (Adam or AdamW, sparse cross-entropy, accuracy)."""
+    import keras
+
+    lr = learning_rate_schedule(r, total_steps=total_steps, learning_rate=learning_rate)
+    if r.weight_decay:
+        optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=r.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model
