@@ -102,7 +102,8 @@ class Config:
 
 
 def _sections() -> dict[str, type]:
-    return {f.name: f.type for f in dataclasses.fields(Config) if f.name != "workdir"}
+    hints = typing.get_type_hints(Config)  # f.type is a string under `from __future__ import annotations`
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name != "workdir"}
 
 
 def _coerce(where: str, annotation: Any, value: Any) -> Any:

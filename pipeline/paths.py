@@ -2,6 +2,7 @@
 
     <workdir>/                              default ./artifacts
       data/                                 TFDS data_dir: data/<dataset>/<version>/ as tfds.load reads it
+        <dataset>/ingest.json               what ingest prepared: source, its fingerprint, IDX header counts
         <dataset>/statistics.json           data validation output (per split statistics)
       runs/<run id>/                        one folder per run; run ids sort by start time
         train/                              model.keras, history.json, checkpoints/, backup/, tensorboard/, plots
@@ -30,6 +31,11 @@ DEFAULT_WORKDIR = "artifacts"
 def data_dir(workdir: str | os.PathLike) -> Path:
     """TFDS `data_dir`: every stage loads the dataset with `tfds.load(name, data_dir=data_dir(w))`."""
     return Path(workdir) / "data"
+
+
+def ingest_record_path(data_dir_: str | os.PathLike, dataset: str) -> Path:
+    """`<data_dir>/<dataset>/ingest.json`. Takes the TFDS data_dir (the ingest stage's input), not the workdir."""
+    return Path(data_dir_) / dataset / "ingest.json"
 
 
 def statistics_path(workdir: str | os.PathLike, dataset: str) -> Path:

@@ -1,0 +1,129 @@
+"""Read and check gzipped IDX files, the format MNIST and Fashion-MNIST ship in.
+
+    images, labels = read_split(source_dir / "train-images-idx3-ubyte.gz", source_dir / "train-labels-idx1-ubyte.gz")
+
+An IDX file is a big-endian header (a magic number whose last byte is the number of dimensions, then one
+uint32 per dimension) followed by the raw uint8 data. Every way a file can be wrong is a `DataError` naming
+the file and the problem: missing, not gzip, truncated or corrupt, a wrong magic number, a header whose
+counts do not match the data length, labels outside 0-9, image and label counts that differ.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DataError
+
+IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (count, rows, cols)
+LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+# The four standard file names, by split.
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+@dataclass(frozen=True)
+class IdxSplit:
+    """One split read from its two IDX files: uint8 images [n, 28, 28], uint8 labels [n], and the header count."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    header_count: int
+
+
+def _read_gzip(path: Path) -> bytes:
+    if not path.exists():
+        raise DataError(f"IDX file {str(path)!r} is missing; the source dir must hold the four standard .gz files")
+    if not path.is_file():
+        raise DataError(f"IDX file {str(path)!r} is not a regular file")
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    except gzip.BadGzipFile as exc:
+        raise DataError(f"IDX file {str(path)!r} is not a gzip file ({exc}); expected the original .gz download") from exc
+    except EOFError as exc:
+        raise DataError(f"IDX file {str(path)!r} is truncated (the gzip stream ends early); download it again") from exc
+    except (zlib.error, OSError) as exc:
+        raise DataError(f"IDX file {str(path)!r} is corrupt ({exc}); download it again") from exc
+
+
+def _header(path: Path, data: bytes, magic: int, ndim: int) -> tuple[int, ...]:
+    size = 4 + 4 * ndim
+    if len(data) < size:
+        raise DataError(f"IDX file {str(path)!r} is too short for an IDX header ({len(data)} bytes, need {size})")
+    found, *dims = struct.unpack(f">{1 + ndim}I", data[:size])
+    if found != magic:
+        kind = {IMAGES_MAGIC: "an images file", LABELS_MAGIC: "a labels file"}.get(found, "not an IDX file")
+        raise DataError(
+            f"IDX file {str(path)!r} has magic number {found}, expected {magic} "
+            f"({'images' if magic == IMAGES_MAGIC else 'labels'}); it looks like {kind}: check the file names"
+        )
+    expected = size + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        shape = " x ".join(str(d) for d in dims)
+        raise DataError(
+            f"IDX file {str(path)!r}: its header says {shape} ({expected - size} data bytes) "
+            f"but the file holds {len(data) - size} data bytes; the file is truncated or its header is wrong"
+        )
+    return tuple(dims)
+
+
+def read_images(path: str | os.PathLike) -> np.ndarray:
+    """uint8 [n, 28, 28] from an IDX3 images file (magic 2051)."""
+    path = Path(path)
+    data = _read_gzip(path)
+    n, rows, cols = _header(path, data, IMAGES_MAGIC, 3)
+    if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"IDX file {str(path)!r} holds {rows}x{cols} images; MNIST-style datasets need 28x28")
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols)
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """uint8 [n] from an IDX1 labels file (magic 2049); every label in 0-9."""
+    path = Path(path)
+    data = _read_gzip(path)
+    (n,) = _header(path, data, LABELS_MAGIC, 1)
+    labels = np.frombuffer(data, dtype=np.uint8, offset=8)
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if bad.size:
+        raise DataError(
+            f"IDX file {str(path)!r} has {bad.size} label(s) outside 0-9 "
+            f"(first: {int(labels[bad[0]])} at index {int(bad[0])})"
+        )
+    return labels
+
+
+def read_split(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> IdxSplit:
+    """Images and labels of one split; their counts must agree."""
+    images = read_images(images_path)
+    labels = read_labels(labels_path)
+    if len(images) != len(labels):
+        raise DataError(
+            f"IDX files {os.fspath(images_path)!r} and {os.fspath(labels_path)!r} disagree: "
+            f"{len(images)} images but {len(labels)} labels"
+        )
+    return IdxSplit(images=images, labels=labels, header_count=len(images))
+
+
+def read_source_dir(source_dir: str | os.PathLike) -> dict[str, IdxSplit]:
+    """Both splits from a folder of the four standard files: {"train": ..., "test": ...}."""
+    source = Path(source_dir)
+    if not source.exists():
+        raise DataError(f"source dir {str(source)!r} does not exist; pass a folder holding the four IDX .gz files")
+    if not source.is_dir():
+        raise DataError(f"source dir {str(source)!r} is a file, not a folder; pass the folder holding the four IDX .gz files")
+    missing = [name for pair in SPLIT_FILES.values() for name in pair if not (source / name).is_file()]
+    if missing:
+        raise DataError(f"source dir {str(source)!r} lacks {', '.join(missing)}; it must hold the four standard IDX .gz files")
+    return {split: read_split(source / images, source / labels) for split, (images, labels) in SPLIT_FILES.items()}
