@@ -199,6 +199,11 @@ def _idx_builder_class(base: type, dataset: str) -> type:
                 for index, (image, label) in enumerate(zip(split.images, split.labels)):
                     yield index, {"image": image[..., None], "label": int(label)}
 
+            def _log_download_done(self):
+                # TFDS prints the temporary path here, which is about to be renamed; we log the final one.
+                pass
+
+    IdxBuilder.__module__ = base.__module__  # dataset_info.json names TFDS's module, as after a download
     return IdxBuilder
 
 

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import ingest
+    from components import ingest, validate
     from pipeline import paths
 
     out = ingest.run(config.data, paths.data_dir(config.workdir))
@@ -42,4 +42,12 @@ def run(config: Config, args: argparse.Namespace) -> int:
     print(f"  TFDS data_dir: {out.data_dir}  (tfds.load({out.dataset!r}, data_dir={str(out.data_dir)!r}))")
     print(f"  dataset dir:   {out.dataset_dir}")
     print(f"  examples:      " + ", ".join(f"{k} {v}" for k, v in sorted(out.num_examples.items())))
+    print(f"  ingest record: {out.record_path}")
+    # Raises ValidationError (exit 1, anomalies named) after writing the statistics.
+    checked = validate.run(config.data, out.data_dir, paths.statistics_path(config.workdir, out.dataset))
+    print(f"statistics ({checked.statistics_path}): no anomalies")
+    for split, s in sorted(checked.statistics["splits"].items()):
+        print(f"  {split}: {s['num_examples']} examples, image {s['image_shape']} {s['image_dtype']}, "
+              f"pixels min {s['pixel_min']} max {s['pixel_max']} mean {s['pixel_mean']:.2f} std {s['pixel_std']:.2f}")
+        print(f"    labels 0-9: {' '.join(str(c) for c in s['label_histogram'])}")
     return 0
