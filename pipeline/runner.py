@@ -1,0 +1,424 @@
+"""The runner: the stages in order, each recorded in the run store, cached like TFX's `enable_cache`.
+
+    result = run_pipeline(config)                                   # every stage
+    result = run_pipeline(config, stages=["score", "serving_check"])  # inputs from the latest earlier runs
+    result = run_pipeline(config, resume="latest")                  # continue the last failed/interrupted run
+
+Order: ingest, validate, train, export, evaluate, push, score, serving_check, report. Each stage is a
+`StageSpec`: its name, the config sections that change what it does, the inputs it takes (named outputs of
+earlier stages, or artifacts found in the workdir such as the currently pushed model) and a function that
+calls the component. The stage implementations live in `pipeline.stages`; tests pass their own.
+
+Cache key of an execution = sha256(stage name, the fingerprint of its config sections, the identity of each
+input artifact (URI + content fingerprint), the code version). A succeeded execution with the same key whose
+outputs still exist unchanged is reused ("cached: reusing <uri>") instead of run; `use_cache=False` reruns
+everything. Because finished stages are cache hits, starting a run again after a failure or an interrupt
+continues where it stopped; `resume=` does the same inside the same run id and record.
+
+A stage that raises stops the run: the execution and the run are marked failed with the stage's name and
+the error, and `StageFailed` carries both. Push is atomic (a temp folder renamed into place), so a failure
+never touches a version already pushed. Only one run writes to a workdir at a time (`pipeline.lock`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from pipeline import paths
+from pipeline.config import Config, apply_overrides
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.lock import WorkdirLock
+from pipeline.store import Artifact, Execution, RunStore
+
+log = logging.getLogger(__name__)
+
+STAGE_ORDER = ("ingest", "validate", "train", "export", "evaluate", "push", "score", "serving_check", "report")
+
+
+class StageFailed(PipelineError):
+    """A stage raised; the run is recorded as failed at `stage`."""
+
+    def __init__(self, run_id: str, stage: str, error: str):
+        super().__init__(f"run {run_id} failed at stage {stage!r}: {error}")
+        self.run_id = run_id
+        self.stage = stage
+        self.error = error
+
+
+class SkipStage(Exception):
+    """Raised by a stage that cannot do anything useful this run (e.g. nothing pushed to score); not a failure."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage produced: named output artifacts and a few properties (accuracy, version, counts)."""
+
+    outputs: dict[str, Artifact] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """A stage's outcome in this run, as later stages, the report and the CLI see it."""
+
+    name: str
+    status: str  # succeeded, cached, skipped, failed, resumed (finished earlier in this same run)
+    duration: float
+    outputs: dict[str, Artifact]
+    properties: dict[str, Any]
+    reason: str | None = None
+    execution_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StageContext:
+    config: Config
+    workdir: Path
+    run_id: str
+    stage: str
+    out_dir: Path  # paths.stage_dir(workdir, run_id, stage): where a per-run stage writes
+    inputs: dict[str, Artifact]
+    upstream: Mapping[str, StageRecord]  # earlier stages of this run (or the latest run that had them)
+    store: RunStore
+    code_version: str
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input a stage takes: output `output` of stage `stage`, or (when `stage` is None) from `resolve`."""
+
+    name: str
+    stage: str | None = None
+    output: str | None = None
+    resolve: Callable[[Config, Path, RunStore, Mapping[str, StageRecord], dict[str, Artifact]], Artifact | None] | None = None
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    execute: Callable[[StageContext], StageResult]
+    sections: tuple[str, ...] = ()  # config sections whose values change what the stage does
+    inputs: tuple[Input, ...] = ()
+    cacheable: bool = True
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    status: str
+    stages: tuple[StageRecord, ...]
+    duration: float
+
+    def stage(self, name: str) -> StageRecord | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+# -- identities ----------------------------------------------------------------------------------------------
+
+
+def fingerprint_path(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, or of a folder's relative paths and file contents (hidden temp files ignored)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_file():
+        _hash_file(h, p)
+    elif p.is_dir():
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            rel = f.relative_to(p).as_posix()
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            h.update(rel.encode() + b"\0")
+            _hash_file(h, f)
+    else:
+        raise FileNotFoundError(p)
+    return h.hexdigest()[:32]
+
+
+def _hash_file(h: Any, path: Path) -> None:
+    with path.open("rb") as fh:
+        for chunk in iter(functools.partial(fh.read, 1 << 20), b""):
+            h.update(chunk)
+
+
+def artifact(uri: str | os.PathLike, type_: str, **properties: Any) -> Artifact:
+    """An artifact for a path that exists now, with its content fingerprint."""
+    props = {k: v for k, v in properties.items() if v is not None}
+    props.setdefault("fingerprint", fingerprint_path(uri))
+    return Artifact(os.fspath(uri), type_, props)
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit of the checkout this package runs from, else the installed package's version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", os.fspath(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+        commit = out.stdout.strip()
+        if commit:
+            return f"git:{commit[:12]}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"mnist-pipeline=={version('mnist-pipeline')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def cache_key(stage: str, config_fingerprint: str, inputs: Mapping[str, Artifact], code: str) -> str:
+    payload = {
+        "stage": stage,
+        "config": config_fingerprint,
+        "inputs": {name: [a.uri, a.fingerprint] for name, a in sorted(inputs.items())},
+        "code": code,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from `Config.to_dict()` (a run record), checking every key as a TOML file would be."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return apply_overrides(Config(), flat, origin="run record")
+
+
+def select_stages(
+    specs: Sequence[StageSpec], stages: Iterable[str] | None = None, skip: Iterable[str] | None = None
+) -> list[StageSpec]:
+    known = [s.name for s in specs]
+    wanted = list(stages) if stages else list(known)
+    skipped = list(skip or [])
+    for name in [*wanted, *skipped]:
+        if name not in known:
+            raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(known)}")
+    return [s for s in specs if s.name in wanted and s.name not in skipped]
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
+
+
+def run_pipeline(
+    config: Config,
+    *,
+    stages: Iterable[str] | None = None,
+    skip: Iterable[str] | None = None,
+    use_cache: bool = True,
+    resume: str | None = None,
+    wait: bool = False,
+    specs: Sequence[StageSpec] | None = None,
+    code: str | None = None,
+) -> RunResult:
+    """Run the selected stages under the workdir lock; `resume` is a run id or "latest" (failed/interrupted)."""
+    if specs is None:
+        from pipeline.stages import default_stages
+
+        specs = default_stages()
+    workdir = Path(config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    code = code or code_version()
+    with WorkdirLock(workdir, owner="mnist-pipeline run", wait=wait), RunStore(paths.store_path(workdir)) as store:
+        stale = store.mark_interrupted()  # we hold the lock: anything still 'running' belongs to a dead process
+        for run_id in stale:
+            log.warning("run %s was interrupted (its process stopped); resume it with `mnist-pipeline run --resume %s`",
+                        run_id, run_id)
+        finished: dict[str, Execution] = {}
+        if resume:
+            run = store.latest_unfinished_run() if resume == "latest" else store.get_run(resume)
+            if run is None:
+                what = "no failed or interrupted run" if resume == "latest" else f"no run {resume!r}"
+                raise ConfigError(f"cannot resume: {what} in {str(workdir)!r}; see `mnist-pipeline runs`")
+            if run.status == "succeeded":
+                raise ConfigError(f"cannot resume run {run.id}: it already succeeded; start a new run instead")
+            config = dataclasses.replace(config_from_dict(run.config), workdir=config.workdir)
+            run_id = run.id
+            finished = store.finished_stages(run_id)
+            store.reopen_run(run_id)
+            log.info("resuming run %s after %s", run_id, ", ".join(finished) or "no finished stage")
+        else:
+            run_id = paths.new_run_id()
+            store.start_run(run_id, config.to_dict(), code)
+            log.info("run %s started in %s (code %s)", run_id, workdir, code)
+        selected = select_stages(specs, stages, skip)
+        return _run_stages(store, config, workdir, run_id, specs, selected, finished, use_cache, code)
+
+
+def _run_stages(
+    store: RunStore,
+    config: Config,
+    workdir: Path,
+    run_id: str,
+    specs: Sequence[StageSpec],
+    selected: Sequence[StageSpec],
+    finished: Mapping[str, Execution],
+    use_cache: bool,
+    code: str,
+) -> RunResult:
+    started = time.monotonic()
+    records: dict[str, StageRecord] = {}
+    selected_names = {s.name for s in selected}
+    try:
+        for spec in specs:
+            if spec.name in finished:
+                ex = finished[spec.name]
+                records[spec.name] = StageRecord(
+                    spec.name, "resumed", 0.0, store.output_artifacts(ex.id), ex.properties,
+                    reason=ex.error if ex.status == "skipped" else None, execution_id=ex.id,
+                )
+                if spec.name in selected_names:
+                    log.info("stage %s: finished earlier in run %s (%s); keeping its outputs", spec.name, run_id, ex.status)
+                continue
+            if spec.name not in selected_names:
+                continue
+            records[spec.name] = _run_stage(store, config, workdir, run_id, spec, records, use_cache, code)
+    except StageFailed as exc:
+        store.finish_run(run_id, "failed", failed_stage=exc.stage, error=exc.error)
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: the record must not say 'running'
+        store.mark_interrupted()
+        log.error("run %s interrupted (%s); resume it with `mnist-pipeline run --resume %s`",
+                  run_id, type(exc).__name__, run_id)
+        raise
+    store.finish_run(run_id, "succeeded")
+    total = time.monotonic() - started
+    shown = tuple(r for r in records.values() if r.name in selected_names)
+    log.info("run %s succeeded in %.1fs: %s", run_id, total, ", ".join(f"{r.name} {r.status}" for r in shown))
+    return RunResult(run_id, "succeeded", shown, total)
+
+
+def _upstream(store: RunStore, records: Mapping[str, StageRecord], stage: str) -> StageRecord | None:
+    """Stage `stage` of this run, else its latest finished execution in the store (any run)."""
+    if stage in records:
+        return records[stage]
+    ex = store.latest_finished(stage)
+    if ex is None:
+        return None
+    return StageRecord(stage, ex.status, 0.0, store.output_artifacts(ex.id), ex.properties, execution_id=ex.id)
+
+
+def _resolve_inputs(
+    store: RunStore, config: Config, workdir: Path, spec: StageSpec, records: dict[str, StageRecord]
+) -> tuple[dict[str, Artifact], dict[str, StageRecord]]:
+    inputs: dict[str, Artifact] = {}
+    upstream: dict[str, StageRecord] = dict(records)
+    for inp in spec.inputs:
+        found: Artifact | None = None
+        if inp.stage is not None:
+            rec = _upstream(store, records, inp.stage)
+            if rec is not None:
+                upstream.setdefault(inp.stage, rec)
+                found = rec.outputs.get(inp.output or inp.name)
+            if found is None and inp.required:
+                raise PipelineError(
+                    f"needs output {inp.output or inp.name!r} of stage {inp.stage!r}, which no run in "
+                    f"{str(workdir)!r} has produced; include stage {inp.stage!r} in this run"
+                )
+        else:
+            assert inp.resolve is not None
+            found = inp.resolve(config, workdir, store, upstream, inputs)
+            if found is None and inp.required:
+                raise SkipStage(f"no {inp.name} available")
+        if found is not None:
+            inputs[inp.name] = found
+    return inputs, upstream
+
+
+def _outputs_intact(outputs: Mapping[str, Artifact]) -> str | None:
+    """None if every output still exists with its recorded fingerprint, else what changed."""
+    for name, art in outputs.items():
+        if not Path(art.uri).exists():
+            return f"{name} {art.uri} no longer exists"
+        if art.fingerprint and fingerprint_path(art.uri) != art.fingerprint:
+            return f"{name} {art.uri} changed since it was written"
+    return None
+
+
+def _run_stage(
+    store: RunStore,
+    config: Config,
+    workdir: Path,
+    run_id: str,
+    spec: StageSpec,
+    records: dict[str, StageRecord],
+    use_cache: bool,
+    code: str,
+) -> StageRecord:
+    t0 = time.monotonic()
+    fingerprint = config.section_fingerprint(*spec.sections) if spec.sections else ""
+    log.info("stage %s: start", spec.name)
+    try:
+        inputs, upstream = _resolve_inputs(store, config, workdir, spec, records)
+    except SkipStage as skip:
+        return _record_skip(store, run_id, spec.name, fingerprint, code, {}, str(skip), t0)
+    except PipelineError as exc:
+        ex_id = store.start_execution(run_id, spec.name, config_fingerprint=fingerprint, code_version=code,
+                                      inputs={}, cache_key=None)
+        store.finish_execution(ex_id, "failed", error=str(exc))
+        log.error("stage %s: failed: %s", spec.name, exc)
+        raise StageFailed(run_id, spec.name, str(exc)) from exc
+    key = cache_key(spec.name, fingerprint, inputs, code) if spec.cacheable else None
+    ex_id = store.start_execution(
+        run_id, spec.name, config_fingerprint=fingerprint, code_version=code, inputs=inputs, cache_key=key
+    )
+    if use_cache and key is not None:
+        hit = store.find_cached(key)
+        if hit is not None:
+            outputs = store.output_artifacts(hit.id)
+            problem = _outputs_intact(outputs)
+            if problem is None:
+                store.finish_execution(ex_id, "cached", outputs=outputs, properties=hit.properties, reused_execution=hit.id)
+                for art in outputs.values():
+                    log.info("stage %s: cached: reusing %s", spec.name, art.uri)
+                if not outputs:
+                    log.info("stage %s: cached: reusing the result of run %s", spec.name, hit.run_id)
+                return StageRecord(spec.name, "cached", time.monotonic() - t0, outputs, hit.properties,
+                                   execution_id=ex_id)
+            log.info("stage %s: cache entry from run %s not usable (%s); running", spec.name, hit.run_id, problem)
+    out_dir = paths.stage_dir(workdir, run_id, spec.name)
+    ctx = StageContext(config, workdir, run_id, spec.name, out_dir, inputs, upstream, store, code)
+    try:
+        result = spec.execute(ctx)
+    except SkipStage as skip:
+        store.finish_execution(ex_id, "skipped", error=str(skip))
+        log.warning("stage %s: skipped: %s", spec.name, skip)
+        return StageRecord(spec.name, "skipped", time.monotonic() - t0, {}, {}, reason=str(skip), execution_id=ex_id)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+        store.finish_execution(ex_id, "failed", error=message)
+        if isinstance(exc, PipelineError):
+            log.error("stage %s: failed: %s", spec.name, message)
+        else:
+            log.exception("stage %s: failed", spec.name)
+        raise StageFailed(run_id, spec.name, message) from exc
+    outputs = store.finish_execution(ex_id, "succeeded", outputs=result.outputs, properties=result.properties)
+    duration = time.monotonic() - t0
+    for name, art in outputs.items():
+        log.info("stage %s: wrote %s %s", spec.name, art.type, art.uri)
+    log.info("stage %s: succeeded in %.1fs", spec.name, duration)
+    return StageRecord(spec.name, "succeeded", duration, outputs, dict(result.properties), execution_id=ex_id)
+
+
+def _record_skip(store: RunStore, run_id: str, stage: str, fingerprint: str, code: str,
+                 inputs: dict[str, Artifact], reason: str, t0: float) -> StageRecord:
+    ex_id = store.start_execution(run_id, stage, config_fingerprint=fingerprint, code_version=code, inputs=inputs,
+                                  cache_key=None)
+    store.finish_execution(ex_id, "skipped", error=reason)
+    log.warning("stage %s: skipped: %s", stage, reason)
+    return StageRecord(stage, "skipped", time.monotonic() - t0, {}, {}, reason=reason, execution_id=ex_id)

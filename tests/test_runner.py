@@ -1,0 +1,193 @@
+"""The runner: order, records, caching, resume, failures and the lock, on fake stages (fast); and one
+integration test of the whole `mnist-pipeline run` on tiny synthetic IDX data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline import paths
+from pipeline.config import Config, apply_overrides
+from pipeline.lock import LockHeldError, WorkdirLock
+from pipeline.runner import (
+    Input,
+    SkipStage,
+    StageFailed,
+    StageResult,
+    StageSpec,
+    artifact,
+    run_pipeline,
+)
+from pipeline.store import RunStore
+
+
+class FakeStages:
+    """Three chained stages writing small files; counts how often each really ran; can be told to fail."""
+
+    def __init__(self):
+        self.calls: Counter[str] = Counter()
+        self.fail: set[str] = set()
+        self.interrupt: set[str] = set()
+
+    def _make(self, name: str, upstream: str | None, section: str):
+        def execute(ctx):
+            self.calls[name] += 1
+            if name in self.fail:
+                raise ValueError(f"{name} exploded")
+            if name in self.interrupt:
+                raise KeyboardInterrupt
+            ctx.out_dir.mkdir(parents=True, exist_ok=True)
+            out = ctx.out_dir / f"{name}.txt"
+            before = Path(ctx.inputs["data"].uri).read_text() if "data" in ctx.inputs else ""
+            out.write_text(before + f"{name}:{getattr(ctx.config.train, 'epochs')}\n")
+            return StageResult({"data": artifact(out, "Text")}, {"lines": len(out.read_text().splitlines())})
+
+        inputs = (Input("data", upstream, "data"),) if upstream else ()
+        return StageSpec(name, execute, sections=(section,), inputs=inputs)
+
+    def specs(self):
+        return [self._make("a", None, "data"), self._make("b", "a", "train"), self._make("c", "b", "evaluate")]
+
+
+def _config(tmp_path, **overrides) -> Config:
+    return apply_overrides(Config(), {"workdir": str(tmp_path / "w"), **overrides})
+
+
+def test_runs_stages_in_order_and_records_them(tmp_path):
+    fake = FakeStages()
+    result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    assert [s.name for s in result.stages] == ["a", "b", "c"] and result.status == "succeeded"
+    assert result.stage("c").properties == {"lines": 3}
+    with RunStore(paths.store_path(tmp_path / "w")) as store:
+        run = store.get_run(result.run_id)
+        assert run.status == "succeeded" and run.code_version == "v1"
+        execs = store.executions(result.run_id)
+        assert [(e.stage, e.status) for e in execs] == [("a", "succeeded"), ("b", "succeeded"), ("c", "succeeded")]
+        assert execs[1].inputs["data"]["uri"].endswith("a.txt") and execs[1].cache_key
+
+
+def test_second_run_unchanged_is_all_cached(tmp_path, caplog):
+    fake = FakeStages()
+    first = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    caplog.set_level("INFO", logger="pipeline.runner")
+    second = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    assert [s.status for s in second.stages] == ["cached"] * 3
+    assert fake.calls == Counter(a=1, b=1, c=1)
+    assert second.stage("c").outputs["data"].uri == first.stage("c").outputs["data"].uri
+    assert "cached: reusing" in caplog.text
+
+
+def test_changed_config_reruns_that_stage_and_the_ones_after(tmp_path):
+    fake = FakeStages()
+    run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    result = run_pipeline(_config(tmp_path, **{"train.epochs": 7}), specs=fake.specs(), code="v1")
+    assert [s.status for s in result.stages] == ["cached", "succeeded", "succeeded"]
+    assert fake.calls == Counter(a=1, b=2, c=2)
+
+
+def test_new_code_version_or_no_cache_reruns(tmp_path):
+    fake = FakeStages()
+    run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    run_pipeline(_config(tmp_path), specs=fake.specs(), code="v2")
+    assert fake.calls == Counter(a=2, b=2, c=2)
+    result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v2", use_cache=False)
+    assert [s.status for s in result.stages] == ["succeeded"] * 3
+
+
+def test_deleted_or_modified_output_is_not_reused(tmp_path):
+    fake = FakeStages()
+    first = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    Path(first.stage("b").outputs["data"].uri).write_text("tampered\n")
+    result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    assert [s.status for s in result.stages] == ["cached", "succeeded", "succeeded"]
+
+
+def test_failing_stage_stops_the_run_and_is_recorded(tmp_path):
+    fake = FakeStages()
+    fake.fail.add("b")
+    with pytest.raises(StageFailed) as err:
+        run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    assert err.value.stage == "b" and "exploded" in str(err.value) and "'b'" in str(err.value)
+    assert fake.calls["c"] == 0
+    with RunStore(paths.store_path(tmp_path / "w")) as store:
+        run = store.get_run(err.value.run_id)
+        assert (run.status, run.failed_stage) == ("failed", "b") and "exploded" in run.error
+        assert [e.status for e in store.executions(run.id)] == ["succeeded", "failed"]
+
+
+def test_resume_continues_from_the_last_finished_stage(tmp_path):
+    fake = FakeStages()
+    fake.fail.add("c")
+    with pytest.raises(StageFailed) as err:
+        run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    fake.fail.clear()
+    result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", resume="latest")
+    assert result.run_id == err.value.run_id
+    assert fake.calls == Counter(a=1, b=1, c=2)
+    assert [s.status for s in result.stages] == ["resumed", "resumed", "succeeded"]
+    with RunStore(paths.store_path(tmp_path / "w")) as store:
+        assert store.get_run(result.run_id).status == "succeeded"
+
+
+def test_interrupted_run_is_marked_and_a_new_run_continues_through_the_cache(tmp_path):
+    fake = FakeStages()
+    fake.interrupt.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    with RunStore(paths.store_path(tmp_path / "w")) as store:
+        [run] = store.list_runs()
+        assert run.status == "interrupted" and run.failed_stage == "b"
+    fake.interrupt.clear()
+    result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    assert [s.status for s in result.stages] == ["cached", "succeeded", "succeeded"]
+    assert fake.calls["a"] == 1
+
+
+def test_resume_uses_the_recorded_configuration(tmp_path):
+    fake = FakeStages()
+    fake.fail.add("c")
+    with pytest.raises(StageFailed):
+        run_pipeline(_config(tmp_path, **{"train.epochs": 5}), specs=fake.specs(), code="v1")
+    fake.fail.clear()
+    result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", resume="latest")
+    assert Path(result.stage("c").outputs["data"].uri).read_text().endswith("c:5\n")
+
+
+def test_stage_selection_takes_inputs_from_earlier_runs(tmp_path):
+    fake = FakeStages()
+    run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", stages=["c"], use_cache=False)
+    assert [s.name for s in result.stages] == ["c"] and fake.calls["c"] == 2
+    result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", skip=["a", "b"], use_cache=False)
+    assert [s.name for s in result.stages] == ["c"]
+    with pytest.raises(Exception, match="unknown stage 'zz'"):
+        run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", stages=["zz"])
+
+
+def test_missing_upstream_fails_clearly(tmp_path):
+    fake = FakeStages()
+    with pytest.raises(StageFailed, match="include stage 'a'"):
+        run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", stages=["b"])
+
+
+def test_skipped_stage_is_recorded_and_the_run_goes_on(tmp_path):
+    def nothing(ctx):
+        raise SkipStage("no model has been pushed")
+
+    fake = FakeStages()
+    specs = [*fake.specs()[:1], StageSpec("s", nothing), *fake.specs()[1:]]
+    result = run_pipeline(_config(tmp_path), specs=specs, code="v1")
+    assert result.stage("s").status == "skipped" and "pushed" in result.stage("s").reason
+    assert result.stage("c").status == "succeeded"
+
+
+def test_second_run_on_a_locked_workdir_refuses(tmp_path):
+    fake = FakeStages()
+    with WorkdirLock(tmp_path / "w", owner="another run"):
+        with pytest.raises(LockHeldError, match="another run"):
+            run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    assert fake.calls == Counter()
