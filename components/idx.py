@@ -48,14 +48,16 @@ def _read_gzip(path: Path) -> bytes:
     if not path.is_file():
         raise DataError(f"IDX file {str(path)!r} is not a regular file")
     try:
+        with path.open("rb") as fh:
+            magic = fh.read(2)
+        if magic != b"\x1f\x8b":
+            raise DataError(f"IDX file {str(path)!r} is not a gzip file; expected the original .gz download")
         with gzip.open(path, "rb") as fh:
             return fh.read()
-    except gzip.BadGzipFile as exc:
-        raise DataError(f"IDX file {str(path)!r} is not a gzip file ({exc}); expected the original .gz download") from exc
     except EOFError as exc:
         raise DataError(f"IDX file {str(path)!r} is truncated (the gzip stream ends early); download it again") from exc
     except (zlib.error, OSError) as exc:
-        raise DataError(f"IDX file {str(path)!r} is corrupt ({exc}); download it again") from exc
+        raise DataError(f"IDX file {str(path)!r} is corrupt or unreadable ({exc}); download it again") from exc
 
 
 def _header(path: Path, data: bytes, magic: int, ndim: int) -> tuple[int, ...]:
