@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 # The order is the order of `--help`. Each module has NAME, HELP, add_arguments(parser), run(config, args).
 COMMAND_MODULES = (
     "pipeline.commands.ingest",
+    "pipeline.commands.export",
 )
 
 log = logging.getLogger(__name__)

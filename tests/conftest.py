@@ -70,3 +70,29 @@ def real_mnist_dir() -> Path:
     if not (REAL_MNIST_DIR / IDX_FILES["train_images"]).is_file():
         pytest.skip(f"real MNIST IDX files not found in {REAL_MNIST_DIR} (they come with ../shared/data/mnist)")
     return REAL_MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def trained_keras_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `seed` CNN trained for 3 epochs on 300 synthetic digits (learnable: >90% on them), as model.keras."""
+    from components.model import build_model
+
+    images, labels = synthetic_digits(300, seed=7)
+    model = build_model("seed", seed=0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(images[..., np.newaxis].astype(np.float32) / 255.0, labels.astype(np.int64), epochs=3, batch_size=32, verbose=0)
+    path = tmp_path_factory.mktemp("trained") / "model.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def saved_model_dir(trained_keras_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`trained_keras_model_path` exported by `components.export.run`: the three signatures and warmup file.
+
+    Session-scoped and shared: treat it as read-only (copy it before changing anything in it).
+    """
+    from components import export
+
+    warmup = synthetic_digits(4, seed=8)[0][..., np.newaxis].astype(np.float32) / 255.0
+    return export.run(trained_keras_model_path, tmp_path_factory.mktemp("export") / "saved_model", warmup_images=warmup).saved_model_dir

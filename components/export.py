@@ -1,0 +1,253 @@
+"""Export stage: a trained Keras model -> a TF2 SavedModel that TF Serving serves as it is.
+
+    out = export.run(paths.trained_model_path(w, run), paths.exported_model_dir(w, run), warmup_images=x[:4])
+
+Signatures (names from `components.signatures`, so server, client, scorer and tests agree):
+
+- `serving_default` (tensorflow/serving/predict): `image` float32 [batch, 28, 28, 1] in [0, 1]
+  -> `probabilities` float32 [batch, 10], `classes` int64 [batch];
+- `predict_png` (tensorflow/serving/predict): `image_png` string [batch] of encoded PNGs, decoded and scaled
+  in the graph by `components.preprocessing.decode_and_scale_pngs` -> the same outputs;
+- `classify` (tensorflow/serving/classify): `inputs` string [batch] of serialized tf.Example (`image`: PNG
+  bytes, `label`: int64, ignored) -> `classes` string [batch, 10] ("0".."9"), `scores` float32 [batch, 10],
+  as TF Serving's Classify API requires.
+
+TF2's saver writes method_name tensorflow/serving/predict for every signature; the `classify` SignatureDef is
+rewritten in saved_model.pb after saving (and the fingerprint recomputed). Warmup requests for every
+signature go to `assets.extra/tf_serving_warmup_requests` (a TFRecord of `PredictionLog`). The SavedModel
+is built in a temporary folder beside `export_dir` and renamed into place, so a half-written export is
+never visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components import signatures as sig
+from pipeline.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# Warmup requests replay these many images per signature (TF Serving replays each record once at load).
+_WARMUP_BATCH = 4
+
+
+@dataclass(frozen=True)
+class ExportOutput:
+    saved_model_dir: Path
+    signature_names: tuple[str, ...]
+    warmup_path: Path
+
+
+def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None = None) -> ExportOutput:
+    """Export the Keras model at `model_path` as a SavedModel at `export_dir` (replaced if it exists).
+
+    `warmup_images`: a few images (float32 [n, 28, 28, 1] in [0, 1], or uint8 [n, 28, 28(, 1)]) for the warmup
+    requests; blank images when None.
+    """
+    import tensorflow as tf
+
+    model_path, export_dir = Path(model_path), Path(export_dir)
+    model = load_keras_model(model_path)
+    images = _warmup_images(warmup_images)
+
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = export_dir.parent / f".{export_dir.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        module = _serving_module_class()(model)  # class built here so TF is imported lazily
+        tf.saved_model.save(
+            module,
+            os.fspath(tmp),
+            signatures={
+                sig.SERVING_DEFAULT: module.predict_images,
+                sig.PNG_SIGNATURE: module.predict_png,
+                sig.CLASSIFY_SIGNATURE: module.classify,
+            },
+        )
+        set_signature_methods(tmp, {sig.CLASSIFY_SIGNATURE: sig.CLASSIFY_METHOD})
+        warmup = tmp / "assets.extra" / sig.WARMUP_FILE
+        write_warmup_requests(warmup, images)
+        _replace_dir(tmp, export_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    names = (sig.SERVING_DEFAULT, sig.PNG_SIGNATURE, sig.CLASSIFY_SIGNATURE)
+    log.info("wrote SavedModel %s (signatures: %s)", export_dir, ", ".join(names))
+    return ExportOutput(export_dir, names, export_dir / "assets.extra" / sig.WARMUP_FILE)
+
+
+def load_keras_model(model_path: Path):
+    """The trained Keras model; a ModelError naming the path when it is missing or unreadable."""
+    import keras
+
+    if not model_path.is_file():
+        raise ModelError(f"trained model {os.fspath(model_path)!r} does not exist; run `mnist-pipeline train` first")
+    try:
+        return keras.models.load_model(os.fspath(model_path), compile=False)
+    except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
+        raise ModelError(f"trained model {os.fspath(model_path)!r} cannot be loaded ({exc}); train it again") from exc
+
+
+def _serving_module_class():
+    import tensorflow as tf
+
+    from components.preprocessing import decode_and_scale_pngs
+
+    image_spec = tf.TensorSpec([None, sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1], tf.float32, name=sig.IMAGE_INPUT)
+    png_spec = tf.TensorSpec([None], tf.string, name=sig.PNG_INPUT)
+    examples_spec = tf.TensorSpec([None], tf.string, name=sig.CLASSIFY_INPUT)
+
+    class ServingModule(tf.Module):
+        """The Keras model (tracked, so its variables are saved) behind the three serving functions."""
+
+        def __init__(self, model):
+            super().__init__(name="mnist_serving")
+            self.model = model
+            # Keras 3 keeps some state (the random layers' seed generators) outside the attributes TF's
+            # tracker follows; listing every variable makes them reachable, as keras.export.ExportArchive does.
+            self.model_variables = list(model.variables)
+            self.class_names = tf.constant([str(i) for i in range(sig.NUM_CLASSES)])
+
+        def _outputs(self, images):
+            probabilities = tf.cast(self.model(images, training=False), tf.float32)
+            return {
+                sig.PROBABILITIES_OUTPUT: probabilities,
+                sig.CLASSES_OUTPUT: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+            }
+
+        @tf.function(input_signature=[image_spec])
+        def predict_images(self, image):
+            return self._outputs(image)
+
+        @tf.function(input_signature=[png_spec])
+        def predict_png(self, image_png):
+            return self._outputs(decode_and_scale_pngs(image_png))
+
+        @tf.function(input_signature=[examples_spec])
+        def classify(self, inputs):
+            features = tf.io.parse_example(
+                inputs, {sig.EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)}
+            )  # `label` (and `key`) may be present; they are not needed and are ignored.
+            scores = self._outputs(decode_and_scale_pngs(features[sig.EXAMPLE_IMAGE_FEATURE]))[sig.PROBABILITIES_OUTPUT]
+            classes = tf.tile(self.class_names[tf.newaxis, :], [tf.shape(scores)[0], 1])
+            return {sig.CLASSIFY_CLASSES_OUTPUT: classes, sig.CLASSIFY_SCORES_OUTPUT: scores}
+
+    return ServingModule
+
+
+def set_signature_methods(saved_model_dir: Path, methods: dict[str, str]) -> None:
+    """Rewrite the method_name of SignatureDefs in saved_model.pb (atomically) and refresh fingerprint.pb."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb_path = Path(saved_model_dir) / "saved_model.pb"
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(pb_path.read_bytes())
+    for meta_graph in proto.meta_graphs:
+        for name, method in methods.items():
+            if name not in meta_graph.signature_def:
+                raise ModelError(f"SavedModel {os.fspath(saved_model_dir)!r} has no signature {name!r}")
+            meta_graph.signature_def[name].method_name = method
+    tmp = pb_path.with_name(f".{pb_path.name}.tmp-{secrets.token_hex(4)}")
+    tmp.write_bytes(proto.SerializeToString())
+    os.replace(tmp, pb_path)
+    _refresh_fingerprint(Path(saved_model_dir))
+
+
+def _refresh_fingerprint(saved_model_dir: Path) -> None:
+    """fingerprint.pb holds a checksum of saved_model.pb; recompute it after the rewrite so it stays true."""
+    fingerprint = saved_model_dir / "fingerprint.pb"
+    if not fingerprint.exists():
+        return
+    try:
+        from tensorflow.python.saved_model import fingerprinting_utils
+
+        fingerprinting_utils.write_fingerprint(os.fspath(saved_model_dir))
+    except Exception as exc:  # a private TF API: if it moves, a missing fingerprint beats a stale one
+        log.warning("could not recompute %s (%s); removing it", fingerprint, exc)
+        fingerprint.unlink()
+
+
+def _warmup_images(images: np.ndarray | None) -> np.ndarray:
+    """float32 [n, 28, 28, 1] in [0, 1], at most _WARMUP_BATCH images."""
+    if images is None:
+        return np.zeros((_WARMUP_BATCH, sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1), np.float32)
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    if images.ndim != 4 or images.shape[1:] != (sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1) or len(images) == 0:
+        raise ModelError(f"warmup images must be [n, 28, 28, 1] with n >= 1, got shape {images.shape}")
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    return np.clip(images[:_WARMUP_BATCH].astype(np.float32), 0.0, 1.0)
+
+
+def encode_pngs(images: np.ndarray) -> list[bytes]:
+    """float32 [n, 28, 28, 1] in [0, 1] -> PNG bytes per image (what clients and the classify inputs carry)."""
+    import tensorflow as tf
+
+    pixels = np.round(np.asarray(images) * 255.0).astype(np.uint8)
+    return [tf.io.encode_png(p).numpy() for p in pixels]
+
+
+def make_example(png: bytes, label: int | None = None) -> bytes:
+    """A serialized tf.Example with TFDS MNIST's features (`image` PNG bytes, optional `label`)."""
+    import tensorflow as tf
+
+    feature = {sig.EXAMPLE_IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))}
+    if label is not None:
+        feature[sig.EXAMPLE_LABEL_FEATURE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_warmup_requests(path: Path, images: np.ndarray) -> None:
+    """One PredictionLog per signature: PredictRequests for serving_default and predict_png, a
+    ClassificationRequest for classify, each over `images`, in a TFRecord as TF Serving reads it."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
+
+    pngs = encode_pngs(images)
+    records = []
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = sig.MODEL_NAME
+    request.model_spec.signature_name = sig.SERVING_DEFAULT
+    request.inputs[sig.IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(images, dtype=tf.float32))
+    records.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = sig.MODEL_NAME
+    request.model_spec.signature_name = sig.PNG_SIGNATURE
+    request.inputs[sig.PNG_INPUT].CopyFrom(tf.make_tensor_proto(pngs, dtype=tf.string, shape=[len(pngs)]))
+    records.append(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request)))
+
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name = sig.MODEL_NAME
+    classify.model_spec.signature_name = sig.CLASSIFY_SIGNATURE
+    for png in pngs:
+        classify.input.example_list.examples.add().features.feature[sig.EXAMPLE_IMAGE_FEATURE].bytes_list.value.append(png)
+    records.append(
+        prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=classify))
+    )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(os.fspath(path)) as writer:
+        for record in records:
+            writer.write(record.SerializeToString())
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename the finished `src` to `dst`; an existing `dst` is moved aside first and removed after."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{secrets.token_hex(4)}"
+        os.rename(dst, old)
+    os.rename(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,165 @@
+"""The exported SavedModel: signatures as TF Serving and our clients expect them, agreeing with the Keras model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import export
+from components import signatures as sig
+from pipeline.errors import ModelError
+from tests.conftest import synthetic_digits
+
+
+@pytest.fixture(scope="module")
+def loaded(saved_model_dir):
+    import tensorflow as tf
+
+    return tf.saved_model.load(os.fspath(saved_model_dir))
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return synthetic_digits(20, seed=3)[0][..., np.newaxis].astype(np.float32) / 255.0
+
+
+def _signature_defs(saved_model_dir: Path):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
+    return proto.meta_graphs[0].signature_def
+
+
+def test_signatures_have_the_wire_names_shapes_and_methods(saved_model_dir):
+    defs = _signature_defs(saved_model_dir)
+    assert {sig.SERVING_DEFAULT, sig.PNG_SIGNATURE, sig.CLASSIFY_SIGNATURE} <= set(defs)
+
+    default = defs[sig.SERVING_DEFAULT]
+    assert default.method_name == sig.PREDICT_METHOD
+    assert list(default.inputs) == [sig.IMAGE_INPUT]
+    assert [d.size for d in default.inputs[sig.IMAGE_INPUT].tensor_shape.dim] == [-1, 28, 28, 1]
+    assert set(default.outputs) == {sig.PROBABILITIES_OUTPUT, sig.CLASSES_OUTPUT}
+
+    png = defs[sig.PNG_SIGNATURE]
+    assert png.method_name == sig.PREDICT_METHOD
+    assert list(png.inputs) == [sig.PNG_INPUT]
+    assert set(png.outputs) == {sig.PROBABILITIES_OUTPUT, sig.CLASSES_OUTPUT}
+
+    classify = defs[sig.CLASSIFY_SIGNATURE]
+    assert classify.method_name == sig.CLASSIFY_METHOD
+    assert list(classify.inputs) == [sig.CLASSIFY_INPUT]
+    assert set(classify.outputs) == {sig.CLASSIFY_CLASSES_OUTPUT, sig.CLASSIFY_SCORES_OUTPUT}
+
+
+def test_saved_model_cli_shows_the_classify_method(saved_model_dir):
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    result = subprocess.run(
+        [os.fspath(cli), "show", "--dir", os.fspath(saved_model_dir), "--tag_set", "serve", "--signature_def", "classify"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Method name is: tensorflow/serving/classify" in result.stdout
+
+
+def test_serving_default_agrees_with_the_keras_model(loaded, trained_keras_model_path, images):
+    import keras
+    import tensorflow as tf
+
+    expected = keras.models.load_model(trained_keras_model_path).predict(images, verbose=0)
+    out = loaded.signatures[sig.SERVING_DEFAULT](**{sig.IMAGE_INPUT: tf.constant(images)})
+    np.testing.assert_allclose(out[sig.PROBABILITIES_OUTPUT].numpy(), expected, atol=1e-5)
+    assert out[sig.CLASSES_OUTPUT].dtype == tf.int64
+    np.testing.assert_array_equal(out[sig.CLASSES_OUTPUT].numpy(), expected.argmax(axis=1))
+
+
+def test_png_and_classify_give_the_same_classes_as_the_float_signature(loaded, images):
+    import tensorflow as tf
+
+    pngs = export.encode_pngs(images)
+    floats = loaded.signatures[sig.SERVING_DEFAULT](**{sig.IMAGE_INPUT: tf.constant(images)})
+    from_png = loaded.signatures[sig.PNG_SIGNATURE](**{sig.PNG_INPUT: tf.constant(pngs)})
+    np.testing.assert_array_equal(from_png[sig.CLASSES_OUTPUT].numpy(), floats[sig.CLASSES_OUTPUT].numpy())
+    np.testing.assert_allclose(from_png[sig.PROBABILITIES_OUTPUT].numpy(), floats[sig.PROBABILITIES_OUTPUT].numpy(), atol=1e-5)
+
+    # `label` is optional and ignored: half the examples carry one.
+    examples = [export.make_example(png, label=i if i % 2 else None) for i, png in enumerate(pngs)]
+    classified = loaded.signatures[sig.CLASSIFY_SIGNATURE](**{sig.CLASSIFY_INPUT: tf.constant(examples)})
+    scores = classified[sig.CLASSIFY_SCORES_OUTPUT].numpy()
+    names = classified[sig.CLASSIFY_CLASSES_OUTPUT].numpy()
+    assert scores.shape == names.shape == (len(images), sig.NUM_CLASSES)
+    assert [n.decode() for n in names[0]] == [str(i) for i in range(10)]
+    best = np.array([int(names[i, j]) for i, j in enumerate(scores.argmax(axis=1))])
+    np.testing.assert_array_equal(best, floats[sig.CLASSES_OUTPUT].numpy())
+
+
+def test_png_signature_rejects_images_of_the_wrong_size(loaded):
+    import tensorflow as tf
+
+    wrong = tf.io.encode_png(np.zeros((32, 32, 1), np.uint8)).numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="28x28|28,28"):
+        loaded.signatures[sig.PNG_SIGNATURE](**{sig.PNG_INPUT: tf.constant([wrong])})
+
+
+def test_warmup_file_is_a_tfrecord_of_prediction_logs_that_the_model_answers(loaded, saved_model_dir):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = saved_model_dir / "assets.extra" / sig.WARMUP_FILE
+    logs = []
+    for record in tf.data.TFRecordDataset(os.fspath(path)):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record.numpy())
+        logs.append(log)
+    kinds = [log.WhichOneof("log_type") for log in logs]
+    assert kinds == ["predict_log", "predict_log", "classify_log"]
+
+    default = logs[0].predict_log.request
+    assert (default.model_spec.name, default.model_spec.signature_name) == (sig.MODEL_NAME, sig.SERVING_DEFAULT)
+    batch = tf.make_ndarray(default.inputs[sig.IMAGE_INPUT])
+    assert batch.shape == (4, 28, 28, 1) and batch.dtype == np.float32
+    answered = loaded.signatures[sig.SERVING_DEFAULT](**{sig.IMAGE_INPUT: tf.constant(batch)})
+    assert answered[sig.CLASSES_OUTPUT].shape == (4,)
+
+    png = logs[1].predict_log.request
+    assert png.model_spec.signature_name == sig.PNG_SIGNATURE
+    loaded.signatures[sig.PNG_SIGNATURE](**{sig.PNG_INPUT: tf.constant(tf.make_ndarray(png.inputs[sig.PNG_INPUT]))})
+
+    classify = logs[2].classify_log.request
+    assert classify.model_spec.signature_name == sig.CLASSIFY_SIGNATURE
+    serialized = [e.SerializeToString() for e in classify.input.example_list.examples]
+    assert len(serialized) == 4
+    loaded.signatures[sig.CLASSIFY_SIGNATURE](**{sig.CLASSIFY_INPUT: tf.constant(serialized)})
+
+
+def test_export_replaces_an_existing_export_and_leaves_no_temporary_folders(trained_keras_model_path, tmp_path):
+    target = tmp_path / "export" / "saved_model"
+    target.mkdir(parents=True)
+    (target / "stale.txt").write_text("from an earlier export")
+    out = export.run(trained_keras_model_path, target)
+    assert out.saved_model_dir == target
+    assert not (target / "stale.txt").exists()
+    assert (target / "saved_model.pb").is_file() and out.warmup_path.is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["saved_model"]
+
+
+def test_missing_or_corrupt_keras_model_is_a_model_error_naming_the_path(tmp_path):
+    missing = tmp_path / "nope" / "model.keras"
+    with pytest.raises(ModelError, match="nope/model.keras"):
+        export.run(missing, tmp_path / "out")
+    corrupt = tmp_path / "model.keras"
+    corrupt.write_bytes(b"not a keras zip")
+    with pytest.raises(ModelError, match="model.keras"):
+        export.run(corrupt, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_warmup_images_are_refused(trained_keras_model_path, tmp_path):
+    with pytest.raises(ModelError, match="warmup images"):
+        export.run(trained_keras_model_path, tmp_path / "out", warmup_images=np.zeros((2, 32, 32), np.float32))
+    assert not (tmp_path / "out").exists()
