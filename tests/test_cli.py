@@ -1,0 +1,120 @@
+"""pipeline.cli: fast `--help` without TensorFlow, one-line errors with exit status 1, the ingest command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import COMMAND_MODULES, main
+from tests.conftest import REPO_ROOT
+
+HEAVY_MODULES = ("tensorflow", "keras", "tensorflow_datasets", "apache_beam", "grpc")
+
+_HELP_PROBE = """
+import json, sys, time
+start = time.perf_counter()
+from pipeline.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
+                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
+""" % (HEAVY_MODULES,)
+
+
+def _subcommands() -> list[str]:
+    import importlib
+
+    return [importlib.import_module(name).NAME for name in COMMAND_MODULES]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("argv", [[], *([name] for name in _subcommands())], ids=lambda a: " ".join(a) or "top")
+def test_help_is_fast_and_does_not_import_tensorflow(argv: list[str]) -> None:
+    # The whole process, interpreter start included; best of two, since the machine may be busy.
+    results = []
+    for _ in range(2):
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, *argv, "--help"], cwd=REPO_ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=60)
+        wall = time.perf_counter() - start
+        assert proc.returncode == 0, proc.stderr
+        probe = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert probe["code"] == 0
+        assert probe["heavy"] == [], f"--help imported {probe['heavy']}"
+        results.append(wall)
+    assert "usage: mnist-pipeline" in proc.stdout
+    assert min(results) < 1.5, f"mnist-pipeline {' '.join(argv)} --help took {min(results):.2f}s"
+
+
+def test_top_level_help_lists_every_subcommand(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for name in _subcommands():
+        assert name in out
+
+
+def test_source_dir_that_is_a_file_exits_1_with_one_line(tmp_path: Path) -> None:
+    source = tmp_path / "mnist.gz"
+    source.write_bytes(b"not a folder")
+    proc = _cli("ingest", "--source-dir", str(source), "--workdir", str(tmp_path / "work"), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"mnist-pipeline ingest: error: source dir '{source}' is a file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_unknown_dataset_exits_1(idx_dir: Path, tmp_path: Path) -> None:
+    assert main(["ingest", "--dataset", "mnist_v2", "--source-dir", str(idx_dir),
+                 "--workdir", str(tmp_path / "work"), "-q"]) == 1
+    assert not (tmp_path / "work").exists()
+
+
+def test_bad_config_file_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[data]\nsource = 'x'\n")
+    proc = _cli("ingest", "--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "unknown configuration key 'data.source'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli("ingest", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
+    assert proc.returncode == 1 and "missing.toml" in proc.stderr
+
+
+def test_ingest_prints_where_and_statistics(idx_dir: Path, tmp_path: Path, capsys) -> None:
+    workdir = tmp_path / "work"
+    args = ["ingest", "--source-dir", str(idx_dir), "--workdir", str(workdir), "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "mnist 3.0.1: prepared from IDX files" in out
+    assert str(workdir / "data") in out and "statistics.json" in out
+    assert "train: 200 examples, image [28, 28, 1] uint8" in out
+    assert main(args) == 0
+    assert "reused" in capsys.readouterr().out
+
+
+def test_ingest_stops_on_anomalies(idx_dir: Path, tmp_path: Path, capsys) -> None:
+    import numpy as np
+
+    from tests.conftest import IDX_FILES, write_idx_labels
+
+    write_idx_labels(idx_dir / IDX_FILES["train_labels"], np.arange(200) % 5)  # classes 5-9 missing
+    assert main(["ingest", "--source-dir", str(idx_dir), "--workdir", str(tmp_path / "work"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "anomal" in err and "train: class(es) 5, 6, 7, 8, 9 missing" in err
