@@ -20,6 +20,8 @@ from pipeline.errors import PipelineError
 COMMAND_MODULES = (
     "pipeline.commands.ingest",
     "pipeline.commands.export",
+    "pipeline.commands.serve",
+    "pipeline.commands.predict",
 )
 
 log = logging.getLogger(__name__)

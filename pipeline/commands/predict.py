@@ -1,0 +1,160 @@
+"""`mnist-pipeline predict`: ask a TF Serving (or `mnist-pipeline serve`) server for digits over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import struct
+from pathlib import Path
+
+from pipeline.config import Config
+
+NAME = "predict"
+HELP = "classify PNG files, or measure accuracy and latency on the test set, through a gRPC server"
+DESCRIPTION = """\
+Send PNG images (28x28, grayscale or not) to the server's predict_png signature and print the digit of each:
+
+  mnist-pipeline predict --server localhost:8500 a.png b.png
+
+Or send N test images (from the workdir's TFDS data) from K concurrent clients, and report the accuracy
+(of the answers received) and the RPC error rate separately, with latency p50/p95/p99 and throughput:
+
+  mnist-pipeline predict --server localhost:8500 --test-set 10000 --concurrency 8"""
+
+log = logging.getLogger(__name__)
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="*", metavar="PNG", help="PNG files of 28x28 digits")
+    parser.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address (default localhost:8500)")
+    parser.add_argument("--model-name", default=None, metavar="NAME", help="model name (default: push.model_name, mnist)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, metavar="N", help="ask this model version (default: the newest)")
+    which.add_argument("--label", metavar="LABEL", help="ask the version with this label (models.config), e.g. stable")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)")
+    parser.add_argument("--test-set", type=int, metavar="N", help="send the first N test images instead of files")
+    parser.add_argument("--concurrency", type=int, default=1, metavar="K", help="concurrent requests for --test-set (default 1)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="images per request for --test-set (default 1)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate: use TLS and trust this CA")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS; with --tls-key)")
+    parser.add_argument("--tls-key", metavar="PEM", help="client private key (mutual TLS)")
+    parser.add_argument("--tls-server-name", metavar="NAME", help="expected server name in its certificate, if not the host")
+
+
+def read_png(path: str | Path) -> bytes:
+    """The bytes of a 28x28 PNG file; a DataError naming the file otherwise (checked from the PNG header)."""
+    from pipeline.errors import DataError
+
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"image {str(p)!r} cannot be read: {exc}") from exc
+    if not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR" or len(data) < 24:
+        raise DataError(f"image {str(p)!r} is not a PNG file; pass 28x28 PNG images")
+    width, height = struct.unpack(">II", data[16:24])
+    if (width, height) != (28, 28):
+        raise DataError(f"image {str(p)!r} is {width}x{height} pixels; the model takes 28x28 images")
+    return data
+
+
+def _client(config: Config, args: argparse.Namespace):
+    from serving.client import ServingClient
+
+    return ServingClient(
+        args.server, model_name=args.model_name or config.push.model_name, timeout=args.timeout,
+        root_certificates=args.tls_ca, certificate_chain=args.tls_cert, private_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+    )
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    from pipeline.errors import PipelineError
+
+    if args.test_set is None and not args.images:
+        raise PipelineError("give PNG files to classify, or --test-set N")
+    if args.test_set is not None and args.images:
+        raise PipelineError("give PNG files or --test-set N, not both")
+    if args.test_set is not None:
+        return _run_test_set(config, args)
+    pngs = [read_png(p) for p in args.images]  # every file checked before anything is sent
+    with _client(config, args) as client:
+        out = client.predict_png(pngs, version=args.version, version_label=args.label)
+    for path, digit, probs in zip(args.images, out["classes"], out["probabilities"]):
+        print(f"{path}: {int(digit)} (p={float(probs[int(digit)]):.3f})")
+    print(f"model {client.model_name} version {out.model_version} at {args.server}")
+    return 0
+
+
+def _run_test_set(config: Config, args: argparse.Namespace) -> int:
+    import time
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from components.data import load_split
+    from components.preprocessing import scale_images
+    from pipeline import paths
+    from pipeline.errors import PipelineError
+    from serving.errors import ServingError
+
+    if args.test_set < 1 or args.concurrency < 1 or args.batch_size < 1:
+        raise PipelineError("--test-set, --concurrency and --batch-size must be positive integers")
+    ds = load_split(paths.data_dir(config.workdir), config.data.dataset, "test").take(args.test_set)
+    ds = ds.batch(4096).map(lambda x, y: (scale_images(x), y))
+    batches = list(ds.as_numpy_iterator())
+    images = np.concatenate([b[0] for b in batches])
+    labels = np.concatenate([b[1] for b in batches])
+    if len(images) < args.test_set:
+        log.warning("the test split has only %d images", len(images))
+    starts = range(0, len(images), args.batch_size)
+
+    with _client(config, args) as client:
+        client.wait_until_available(timeout=args.timeout)
+
+        def one(start: int):
+            stop = start + args.batch_size
+            t0 = time.perf_counter()
+            try:
+                out = client.predict(images[start:stop], version=args.version, version_label=args.label)
+            except ServingError as exc:
+                return start, None, time.perf_counter() - t0, exc
+            return start, out["classes"], time.perf_counter() - t0, None
+
+        correct = answered = failed_requests = 0
+        latencies: list[float] = []
+        first_error: ServingError | None = None
+        t_start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool, \
+                tqdm(total=len(images), unit="img", desc="predict") as bar:
+            futures = [pool.submit(one, s) for s in starts]
+            for fut in as_completed(futures):
+                start, classes, latency, error = fut.result()
+                n = min(args.batch_size, len(images) - start)
+                latencies.append(latency)
+                if error is not None:
+                    failed_requests += 1
+                    first_error = first_error or error
+                else:
+                    answered += n
+                    correct += int(np.sum(classes == labels[start:start + n]))
+                bar.update(n)
+        elapsed = time.perf_counter() - t_start
+
+    lat_ms = np.array(latencies) * 1000
+    requests = len(latencies)
+    print(f"server {args.server}, model {client.model_name}: {len(images)} test images in {requests} requests "
+          f"of {args.batch_size}, {args.concurrency} concurrent")
+    accuracy = f"{correct / answered:.4f} ({correct}/{answered} answered images)" if answered else "n/a (no answers)"
+    print(f"  accuracy:       {accuracy}")
+    print(f"  RPC error rate: {failed_requests / requests:.4f} ({failed_requests}/{requests} requests failed)")
+    print(f"  latency ms:     p50 {np.percentile(lat_ms, 50):.2f}  p95 {np.percentile(lat_ms, 95):.2f}  "
+          f"p99 {np.percentile(lat_ms, 99):.2f}")
+    print(f"  throughput:     {len(images) / elapsed:.0f} images/s, {requests / elapsed:.0f} requests/s")
+    if first_error is not None:
+        print(f"  first error:    {first_error}")
+        return 1
+    return 0

@@ -1,0 +1,322 @@
+"""A gRPC client for TF Serving's API (the real model server or `mnist-pipeline serve`): numpy in, numpy out.
+
+Typical usage: `ServingClient("localhost:8500").predict(images)["classes"]` with images float32 [b, 28, 28, 1].
+
+    with ServingClient("localhost:8500", timeout=5.0) as client:
+        client.wait_until_available(timeout=60)
+        out = client.predict(images, version_label="stable")  # {"probabilities": [b, 10], "classes": [b]}
+        out.model_version                                     # the version that answered
+
+Every call has a deadline (`timeout`). The channel raises gRPC's message size limits to `max_message_bytes`,
+and a batch is split so that no request exceeds that limit nor `max_batch_size` images (TF Serving's batching
+refuses batches larger than its max_batch_size). UNAVAILABLE is retried by gRPC itself, through the
+channel's service config (`retryPolicy`), not by a loop here. TLS is used when `root_certificates` is given,
+mutual TLS when `certificate_chain` and `private_key` are given too. Every `grpc.RpcError` becomes a
+`ServingError` that keeps the status code and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from components import signatures as sig
+from serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_ENVELOPE_BYTES = 64 * 1024  # room for the request's names and shapes beside the tensor bytes
+
+_HINTS = {
+    grpc.StatusCode.UNAVAILABLE: "is a server running at {address}? Start one (`mnist-pipeline serve`, or the "
+    "TF Serving container) or fix the address; with TLS, check the certificates and the server name",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "no answer within {timeout:g} s; check the server is up and not overloaded, "
+    "or raise the timeout",
+    grpc.StatusCode.NOT_FOUND: "check the model name, version and label against `mnist-pipeline predict --status` "
+    "(GetModelStatus); a new version is served once loaded",
+    grpc.StatusCode.INVALID_ARGUMENT: "check the input names, dtypes and shapes against the signature "
+    "(GetModelMetadata)",
+    grpc.StatusCode.FAILED_PRECONDITION: "check the signature name against the model's signatures (GetModelMetadata)",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the message is larger than a limit; send smaller batches or raise "
+    "max_message_bytes on both sides",
+    grpc.StatusCode.UNAUTHENTICATED: "the server wants client certificates; pass certificate_chain and private_key",
+    grpc.StatusCode.UNIMPLEMENTED: "the server does not offer this call",
+}
+
+
+class Prediction(dict):
+    """A Predict answer: output name -> numpy array, plus the model version that answered."""
+
+    def __init__(self, outputs: Mapping[str, np.ndarray], model_version: int | None):
+        super().__init__(outputs)
+        self.model_version = model_version
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    model_version: int
+    signature_defs: Mapping[str, object]  # name -> tensorflow.core.protobuf.meta_graph_pb2.SignatureDef
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str  # UNKNOWN, START, LOADING, AVAILABLE, UNLOADING, END
+    error_code: int
+    error_message: str
+
+
+def service_config(max_attempts: int = 5) -> str:
+    """gRPC service config: every TF Serving method retried on UNAVAILABLE with exponential backoff."""
+    return json.dumps({
+        "methodConfig": [{
+            "name": [{"service": "tensorflow.serving.PredictionService"},
+                     {"service": "tensorflow.serving.ModelService"}],
+            "retryPolicy": {
+                "maxAttempts": max_attempts,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]
+    })
+
+
+def _read(path: str | os.PathLike | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ServingError(f"{what} file {os.fspath(path)!r} cannot be read: {exc}; pass an existing PEM file") from exc
+
+
+class ServingClient:
+    """PredictionService and ModelService calls for one model over one channel; thread-safe."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        model_name: str = sig.MODEL_NAME,
+        timeout: float = 10.0,
+        root_certificates: str | os.PathLike | None = None,
+        certificate_chain: str | os.PathLike | None = None,
+        private_key: str | os.PathLike | None = None,
+        tls_server_name: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch_size: int = 256,
+        max_attempts: int = 5,
+    ):
+        if timeout <= 0:
+            raise ServingError(f"timeout must be positive, got {timeout}")
+        if (certificate_chain is None) != (private_key is None):
+            raise ServingError("mutual TLS needs both a client certificate and its private key; pass both or neither")
+        self.address = address
+        self.model_name = model_name
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self.max_batch_size = max_batch_size
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", service_config(max_attempts)),
+        ]
+        if root_certificates is not None or certificate_chain is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(root_certificates, "CA certificate"),
+                private_key=_read(private_key, "client private key"),
+                certificate_chain=_read(certificate_chain, "client certificate"),
+            )
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ServingClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- helpers ----------------------------------------------------------------------------------------
+
+    def _spec(self, spec, version: int | None, version_label: str | None, signature_name: str | None) -> None:
+        if version is not None and version_label is not None:
+            raise ServingError(f"name a version ({version}) or a version label ({version_label!r}), not both")
+        spec.name = self.model_name
+        if signature_name is not None:
+            spec.signature_name = signature_name
+        if version is not None:
+            spec.version.value = int(version)
+        elif version_label is not None:
+            spec.version_label = version_label
+
+    def _call(self, method, request, what: str, **kwargs):
+        try:
+            return method(request, timeout=self.timeout, **kwargs)
+        except grpc.RpcError as exc:
+            raise self._error(exc, what) from None
+
+    def _error(self, exc: grpc.RpcError, what: str) -> ServingError:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        hint = _HINTS.get(code, "see the server's log").format(address=self.address, timeout=self.timeout)
+        return ServingError(f"{what} of model {self.model_name!r} at {self.address} failed with {code.name}: "
+                            f"{details}; {hint}", code)
+
+    def _chunks(self, inputs: Mapping[str, np.ndarray]) -> list[slice]:
+        sizes = {len(a) if a.ndim else 1 for a in inputs.values()}
+        if len(sizes) != 1:
+            raise ServingError(f"inputs have different batch sizes {sorted(sizes)}; give every input the same first dimension")
+        (n,) = sizes
+        per_example = sum(_nbytes(a) for a in inputs.values()) / max(n, 1)
+        by_bytes = int((self.max_message_bytes - _ENVELOPE_BYTES) // max(per_example, 1))
+        if by_bytes < 1:
+            raise ServingError(f"one example is {per_example:.0f} bytes, more than max_message_bytes "
+                               f"({self.max_message_bytes}); raise max_message_bytes")
+        step = max(1, min(by_bytes, self.max_batch_size))
+        if n == 0:
+            return [slice(0, 0)]
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    # -- PredictionService ------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        *,
+        version: int | None = None,
+        version_label: str | None = None,
+        signature_name: str = sig.SERVING_DEFAULT,
+        input_name: str = sig.IMAGE_INPUT,
+    ) -> Prediction:
+        """Predict on a batch; an array goes to `input_name`. Large batches go as several requests."""
+        if not isinstance(inputs, Mapping):
+            inputs = {input_name: inputs}
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        parts: list[Mapping[str, np.ndarray]] = []
+        model_version = None
+        for part in self._chunks(arrays):
+            request = predict_pb2.PredictRequest()
+            self._spec(request.model_spec, version, version_label, signature_name)
+            for key, array in arrays.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(array[part]))
+            response = self._call(self._predictions.Predict, request, f"Predict ({signature_name})")
+            parts.append({k: tf.make_ndarray(v) for k, v in response.outputs.items()})
+            model_version = response.model_spec.version.value if response.model_spec.HasField("version") else None
+        if len(parts) == 1:
+            return Prediction(parts[0], model_version)
+        return Prediction({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, model_version)
+
+    def predict_png(self, pngs: Sequence[bytes], **kwargs) -> Prediction:
+        """Predict on encoded PNG files (bytes); the model decodes and scales them."""
+        array = np.array(list(pngs), dtype=object)
+        return self.predict(array, signature_name=sig.PNG_SIGNATURE, input_name=sig.PNG_INPUT, **kwargs)
+
+    def classify(
+        self,
+        examples: Iterable[example_pb2.Example | bytes],
+        *,
+        version: int | None = None,
+        version_label: str | None = None,
+        signature_name: str = sig.CLASSIFY_SIGNATURE,
+    ) -> dict[str, np.ndarray]:
+        """Classify tf.Examples (or their serialized bytes): {"classes": str [b, k], "scores": float32 [b, k]}."""
+        parsed = [e if isinstance(e, example_pb2.Example) else example_pb2.Example.FromString(e) for e in examples]
+        classes, scores = [], []
+        step = self.max_batch_size
+        for start in range(0, max(len(parsed), 1), step):
+            request = classification_pb2.ClassificationRequest()
+            self._spec(request.model_spec, version, version_label, signature_name)
+            request.input.example_list.examples.extend(parsed[start:start + step])
+            response = self._call(self._predictions.Classify, request, f"Classify ({signature_name})")
+            for row in response.result.classifications:
+                classes.append([c.label for c in row.classes])
+                scores.append([c.score for c in row.classes])
+        return {
+            sig.CLASSIFY_CLASSES_OUTPUT: np.array(classes, dtype=str),
+            sig.CLASSIFY_SCORES_OUTPUT: np.array(scores, dtype=np.float32),
+        }
+
+    def get_model_metadata(self, *, version: int | None = None, version_label: str | None = None) -> ModelMetadata:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec, version, version_label, None)
+        response = self._call(self._predictions.GetModelMetadata, request, "GetModelMetadata")
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return ModelMetadata(response.model_spec.version.value, dict(signature_map.signature_def))
+
+    # -- ModelService -----------------------------------------------------------------------------------
+
+    def get_model_status(self, *, version: int | None = None, version_label: str | None = None,
+                         wait_for_ready: bool = False) -> list[VersionStatus]:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec, version, version_label, None)
+        response = self._call(self._models.GetModelStatus, request, "GetModelStatus", wait_for_ready=wait_for_ready)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return [
+            VersionStatus(s.version, states.Name(s.state), s.status.error_code, s.status.error_message)
+            for s in response.model_version_status
+        ]
+
+    def wait_until_available(self, timeout: float = 60.0) -> list[VersionStatus]:
+        """Block until the model has an AVAILABLE version (GetModelStatus, waiting for the channel to be ready)."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = self.model_name
+            try:
+                response = self._models.GetModelStatus(request, timeout=remaining, wait_for_ready=True)
+                statuses = [s for s in response.model_version_status
+                            if s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE]
+                if statuses:
+                    return self.get_model_status()
+                last = None
+            except grpc.RpcError as exc:
+                # NOT_FOUND: the server is up but the model has no version yet; anything else is final.
+                if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                    raise self._error(exc, "GetModelStatus") from None
+                last = exc
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+        why = f" (last answer: {last.code().name}: {last.details()})" if isinstance(last, grpc.RpcError) else ""
+        raise ServingError(
+            f"model {self.model_name!r} at {self.address} has no available version after {timeout:g} s{why}; "
+            "check the server is running and its model base path holds a version", grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _nbytes(array: np.ndarray) -> int:
+    if array.dtype == object:
+        return sum(len(x) + 8 for x in array.ravel())
+    return array.nbytes

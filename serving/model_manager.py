@@ -1,0 +1,451 @@
+"""The local server's model manager: versions of each model, loaded, warmed up and retired as TF Serving does.
+
+    manager = ModelManager({"mnist": ModelSettings(base_path)}, poll_interval=1.0)
+    manager.poll()              # load what the version policy wants (also done by the polling thread)
+    servable = manager.resolve("mnist", version=None, label=None)   # the newest available version
+
+A version is a folder `<base>/<model>/<integer>/` holding `saved_model.pb` (the pusher renames complete
+folders into place, so a folder that is there is whole). Each poll:
+
+1. lists the versions on disk and picks the aspired ones by the version policy (`latest` N, `all` or
+   `specific`, from models.config; without one, TF Serving's default, the newest one);
+2. loads each aspired version not loaded yet, replays its warmup file
+   (`assets.extra/tf_serving_warmup_requests`, PredictionLogs), and only then publishes it, so the default
+   version switches to a model that is already warm and no request waits on a load;
+3. unloads loaded versions that are no longer aspired, after the new ones are published (TF Serving's
+   availability-preserving policy). A version that fails to load is reported in GetModelStatus with its
+   error and is not retried until its folder changes; the versions already serving stay.
+
+Requests read an immutable snapshot (`_ModelState`) swapped under a lock, so a request that started on a
+version finishes on it even if that version is retired meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from components import signatures as sig
+
+log = logging.getLogger(__name__)
+
+_TF_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
+MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many
+
+
+class RequestError(Exception):
+    """A request the server answers with a gRPC status (never a crash)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One served model: where its versions live, which to keep loaded, and its version labels."""
+
+    base_path: Path
+    policy: str = "latest"  # latest | all | specific
+    num_versions: int = 1  # for `latest`; TF Serving's default
+    specific_versions: tuple[int, ...] = ()
+    labels: Mapping[str, int] = field(default_factory=dict)
+
+    def aspired(self, on_disk: list[int]) -> list[int]:
+        if self.policy == "all":
+            return sorted(on_disk)
+        if self.policy == "specific":
+            return sorted(v for v in on_disk if v in self.specific_versions)
+        return sorted(on_disk)[-self.num_versions:]
+
+
+def read_models_config(path: str | os.PathLike, model_base_path: str | os.PathLike) -> dict[str, ModelSettings]:
+    """Parse a TF Serving models.config (ModelServerConfig text proto) with TF Serving's own proto.
+
+    A `base_path` that exists here is used as is; one that does not (the container's /models/<name>) maps to
+    `<model_base_path>/<name>`, so the deployment's models.config serves the same models locally.
+    """
+    from google.protobuf import text_format
+
+    from serving.errors import ServingError
+
+    p = Path(path)
+    try:
+        config = text_format.Parse(p.read_text(), model_server_config_pb2.ModelServerConfig())
+    except OSError as exc:
+        raise ServingError(f"models config {str(p)!r} cannot be read: {exc}; pass an existing file to --models-config") from exc
+    except text_format.ParseError as exc:
+        raise ServingError(f"models config {str(p)!r} is not a valid ModelServerConfig text proto: {exc}") from exc
+    if not config.HasField("model_config_list") or not config.model_config_list.config:
+        raise ServingError(f"models config {str(p)!r} has no model_config_list entries; add one `config {{ name: ... }}`")
+    models: dict[str, ModelSettings] = {}
+    for entry in config.model_config_list.config:
+        if not entry.name:
+            raise ServingError(f"models config {str(p)!r}: a config entry has no name")
+        if entry.model_platform and entry.model_platform != "tensorflow":
+            raise ServingError(f"models config {str(p)!r}: model {entry.name!r} has platform "
+                               f"{entry.model_platform!r}; the local server serves only 'tensorflow'")
+        base = Path(entry.base_path) if entry.base_path and Path(entry.base_path).is_dir() else Path(model_base_path) / entry.name
+        policy = entry.model_version_policy
+        kind = policy.WhichOneof("policy_choice") or "latest"
+        settings = ModelSettings(
+            base_path=base,
+            policy=kind,
+            num_versions=(policy.latest.num_versions or 1) if kind == "latest" else 1,
+            specific_versions=tuple(policy.specific.versions) if kind == "specific" else (),
+            labels=dict(entry.version_labels),
+        )
+        log.info("models config %s: model %s from %s, policy %s, labels %s",
+                 p, entry.name, base, kind if kind != "latest" else f"latest {settings.num_versions}", settings.labels)
+        models[entry.name] = settings
+    return models
+
+
+@dataclass(frozen=True)
+class _Signature:
+    fn: Any  # the concrete function; called directly with keyword tensors
+    inputs: Mapping[str, tf.TensorSpec]
+    method_name: str
+
+
+class Servable:
+    """One loaded version: its signature functions and its SignatureDefs, as GetModelMetadata returns them."""
+
+    def __init__(self, name: str, version: int, path: Path):
+        self.name = name
+        self.version = version
+        self.path = path
+        self._loaded = tf.saved_model.load(os.fspath(path))
+        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+        self.signature_defs = dict(saved.meta_graphs[0].signature_def)
+        self.signatures: dict[str, _Signature] = {}
+        for key, fn in self._loaded.signatures.items():
+            _, kwargs = fn.structured_input_signature
+            method = self.signature_defs[key].method_name if key in self.signature_defs else sig.PREDICT_METHOD
+            self.signatures[key] = _Signature(fn, dict(kwargs), method)
+
+    # -- request handling -------------------------------------------------------------------------------
+
+    def signature(self, name: str) -> _Signature:
+        found = self.signatures.get(name or sig.SERVING_DEFAULT)
+        if found is None:
+            # TF Serving's code and message for an unknown signature key (predict_util.cc).
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f'Serving signature key "{name or sig.SERVING_DEFAULT}" not found.')
+        return found
+
+    def predict(self, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+        signature = self.signature(request.model_spec.signature_name)
+        wanted, given = set(signature.inputs), set(request.inputs)
+        if wanted != given:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input keys {sorted(given)} do not match the signature's inputs {sorted(wanted)}; "
+                f"send exactly {sorted(wanted)}",
+            )
+        tensors = {key: _to_tensor(key, request.inputs[key], spec) for key, spec in signature.inputs.items()}
+        outputs = _call(signature.fn, tensors)
+        if request.output_filter:
+            unknown = set(request.output_filter) - set(outputs)
+            if unknown:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"output_filter names {sorted(unknown)}, not outputs of the signature {sorted(outputs)}")
+            outputs = {k: outputs[k] for k in request.output_filter}
+        return outputs
+
+    def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResult:
+        signature = self.signature(request.model_spec.signature_name)
+        if signature.method_name != sig.CLASSIFY_METHOD:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Expected classification signature method_name to be {sig.CLASSIFY_METHOD}. "
+                               f"Was: {signature.method_name}")
+        kind = request.input.WhichOneof("kind")
+        if kind == "example_list":
+            serialized = [e.SerializeToString() for e in request.input.example_list.examples]
+        elif kind == "example_list_with_context":
+            ctx = request.input.example_list_with_context.context
+            serialized = []
+            for e in request.input.example_list_with_context.examples:
+                merged = type(ctx)()
+                merged.CopyFrom(ctx)
+                merged.MergeFrom(e)
+                serialized.append(merged.SerializeToString())
+        else:
+            serialized = []
+        if not serialized:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+        (key,) = signature.inputs
+        outputs = _call(signature.fn, {key: tf.constant(serialized, tf.string)})
+        classes = outputs.get(sig.CLASSIFY_CLASSES_OUTPUT)
+        scores = outputs.get(sig.CLASSIFY_SCORES_OUTPUT)
+        result = classification_pb2.ClassificationResult()
+        for i in range(len(serialized)):
+            row = result.classifications.add()
+            n = scores.shape[1] if scores is not None else classes.shape[1]
+            for j in range(n):
+                cls = row.classes.add()
+                if classes is not None:
+                    cls.label = classes[i, j].decode() if isinstance(classes[i, j], bytes) else str(classes[i, j])
+                if scores is not None:
+                    cls.score = float(scores[i, j])
+        return result
+
+    def warm_up(self) -> int:
+        """Replay `assets.extra/tf_serving_warmup_requests`; a failing record fails the load, as in TF Serving."""
+        path = self.path / "assets.extra" / sig.WARMUP_FILE
+        if not path.is_file():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(os.fspath(path)).take(MAX_WARMUP_RECORDS):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            kind = entry.WhichOneof("log_type")
+            if kind == "predict_log":
+                self.predict(entry.predict_log.request)
+            elif kind == "classify_log":
+                self.classify(entry.classify_log.request)
+            else:
+                raise ValueError(f"warmup record {count} is a {kind}, which the local server does not replay")
+            count += 1
+        return count
+
+
+def _to_tensor(key: str, proto, spec: tf.TensorSpec) -> tf.Tensor:
+    """Check a TensorProto against the signature's TensorSpec BEFORE the model sees it."""
+    try:
+        dtype = tf.as_dtype(proto.dtype)
+    except TypeError:
+        dtype = None
+    if dtype != spec.dtype:
+        got = dtype.name if dtype is not None else f"enum {proto.dtype}"
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r} has dtype {got}, the signature expects {spec.dtype.name}")
+    if proto.tensor_shape.unknown_rank:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r} has an unknown rank; send a full shape")
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in shape) or not spec.shape.is_compatible_with(shape):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r} has shape {shape}, the signature expects {spec.shape}")
+    try:
+        array = tf.make_ndarray(proto)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: its values do not fill shape {shape}: {exc}") from exc
+    if list(array.shape) != shape:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: {array.size} values do not fill shape {shape}")
+    return tf.constant(array, dtype=spec.dtype)
+
+
+def _call(fn, tensors: Mapping[str, tf.Tensor]) -> dict[str, np.ndarray]:
+    try:
+        outputs = fn(**tensors)
+    except tf.errors.OpError as exc:
+        raise RequestError(_TF_TO_GRPC.get(exc.error_code, grpc.StatusCode.INTERNAL), exc.message) from exc
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str  # LOADING, AVAILABLE, UNLOADING, END (TF Serving's ModelVersionStatus.State names)
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class _ModelState:
+    settings: ModelSettings
+    servables: Mapping[int, Servable] = field(default_factory=dict)
+    statuses: Mapping[int, VersionStatus] = field(default_factory=dict)
+
+
+class ModelManager:
+    """The models a local server serves; `poll()` brings each to its aspired versions."""
+
+    def __init__(self, models: Mapping[str, ModelSettings], *, poll_interval: float = 1.0,
+                 models_config: str | os.PathLike | None = None, model_base_path: str | os.PathLike | None = None):
+        self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._states = {name: _ModelState(s) for name, s in models.items()}
+        self._failed: dict[tuple[str, int], float] = {}  # (model, version) -> mtime of the folder that failed
+        self._poll_interval = poll_interval
+        self._models_config = Path(models_config) if models_config else None
+        self._config_mtime = self._models_config.stat().st_mtime if self._models_config else None
+        self._model_base_path = model_base_path
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.on_change = None  # called after each change of the available versions (health status)
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self._states)
+
+    def any_available(self) -> bool:
+        return any(state.servables for state in self._states.values())
+
+    def resolve(self, name: str, *, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a request names: a version, a label, or the newest available version."""
+        state = self._states.get(name)
+        if state is None:
+            what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {what}"
+                               + ("" if name else " (the request names no model)"))
+        if label:
+            if label not in state.settings.labels:
+                # TF Serving answers an unknown label with INVALID_ARGUMENT (server_core.cc).
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
+            version = state.settings.labels[label]
+        if version is None:
+            if not state.servables:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+            return state.servables[max(state.servables)]
+        servable = state.servables.get(version)
+        if servable is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({name}, {version})")
+        return servable
+
+    def statuses(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        state = self._states.get(name)
+        if state is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+        if version is not None:
+            if version not in state.statuses:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+            return [state.statuses[version]]
+        if not state.statuses:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+        return [state.statuses[v] for v in sorted(state.statuses)]
+
+    # -- loading ----------------------------------------------------------------------------------------
+
+    def _set(self, name: str, **changes) -> None:
+        with self._lock:
+            self._states[name] = dataclasses.replace(self._states[name], **changes)
+
+    def _status(self, name: str, status: VersionStatus) -> None:
+        with self._lock:
+            state = self._states[name]
+            self._states[name] = dataclasses.replace(state, statuses={**state.statuses, status.version: status})
+
+    def _reload_config(self) -> None:
+        if self._models_config is None:
+            return
+        try:
+            mtime = self._models_config.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            models = read_models_config(self._models_config, self._model_base_path or ".")
+        except Exception as exc:  # a bad edit keeps the old config, as TF Serving does
+            log.error("models config %s changed but cannot be used, keeping the old one: %s", self._models_config, exc)
+            return
+        for name, settings in models.items():
+            if name in self._states:
+                self._set(name, settings=settings)
+            else:
+                with self._lock:
+                    self._states[name] = _ModelState(settings)
+
+    def poll(self) -> bool:
+        """One pass over every model; True if the available versions changed."""
+        with self._poll_lock:
+            self._reload_config()
+            changed = False
+            for name in list(self._states):
+                changed |= self._poll_model(name)
+            if changed and self.on_change is not None:
+                self.on_change()
+            return changed
+
+    def _poll_model(self, name: str) -> bool:
+        settings = self._states[name].settings
+        on_disk = {}
+        try:
+            entries = list(settings.base_path.iterdir()) if settings.base_path.is_dir() else []
+        except OSError as exc:
+            log.warning("cannot list %s: %s", settings.base_path, exc)
+            entries = []
+        for entry in entries:
+            if entry.name.isdigit() and (entry / "saved_model.pb").is_file():
+                on_disk[int(entry.name)] = entry
+        usable = [v for v, p in on_disk.items() if self._failed.get((name, v)) != _mtime(p)]
+        aspired = set(settings.aspired(usable))
+        changed = False
+        for version in sorted(aspired - set(self._states[name].servables)):
+            changed |= self._load(name, version, on_disk[version])
+        # Retire only once what is aspired is serving (availability preserving).
+        for version in sorted(set(self._states[name].servables) - aspired):
+            if not (aspired & set(self._states[name].servables)):
+                break
+            self._status(name, VersionStatus(version, "UNLOADING"))
+            with self._lock:
+                state = self._states[name]
+                servables = {v: s for v, s in state.servables.items() if v != version}
+                self._states[name] = dataclasses.replace(state, servables=servables)
+            self._status(name, VersionStatus(version, "END"))
+            log.info("model %s: version %d unloaded (version policy)", name, version)
+            changed = True
+        return changed
+
+    def _load(self, name: str, version: int, path: Path) -> bool:
+        self._status(name, VersionStatus(version, "LOADING"))
+        started = time.perf_counter()
+        try:
+            servable = Servable(name, version, path)
+            warmed = servable.warm_up()
+        except Exception as exc:  # any failure of a load is reported, never fatal to the server
+            self._failed[(name, version)] = _mtime(path)
+            code = exc.code if isinstance(exc, RequestError) else grpc.StatusCode.UNKNOWN
+            self._status(name, VersionStatus(version, "END", code, f"loading {path} failed: {exc}"))
+            log.error("model %s: version %d from %s failed to load: %s", name, version, path, exc)
+            return False
+        with self._lock:
+            state = self._states[name]
+            self._states[name] = dataclasses.replace(
+                state, servables={**state.servables, version: servable},
+                statuses={**state.statuses, version: VersionStatus(version, "AVAILABLE")})
+        log.info("model %s: version %d loaded from %s and warmed up with %d requests in %.1f s",
+                 name, version, path, warmed, time.perf_counter() - started)
+        return True
+
+    # -- the polling thread -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_interval):
+            try:
+                self.poll()
+            except Exception:  # keep polling whatever one pass met
+                log.exception("polling the model base path failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

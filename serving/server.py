@@ -1,0 +1,187 @@
+"""A local gRPC server speaking TF Serving's API over the SavedModels in a model base path.
+
+    server = LocalServer(ModelManager(...), host="127.0.0.1", port=8500); server.start(); server.wait()
+
+For development and tests where no `tensorflow_model_server` runs: `PredictionService` (Predict, Classify,
+GetModelMetadata; Regress and MultiInference answer UNIMPLEMENTED), `ModelService.GetModelStatus`
+(HandleReloadConfigRequest: UNIMPLEMENTED) and the standard health service (`grpc.health.v1`, SERVING
+once a model has a version loaded). Status codes and messages follow TF Serving's: NOT_FOUND for an
+unknown model or version, INVALID_ARGUMENT for a wrong input name, dtype or shape (checked against the
+signature before the model runs) and for an unknown label, FAILED_PRECONDITION for an unknown signature.
+Versions, labels and roll-outs are `serving.model_manager`'s. Bound to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+import tensorflow as tf
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.model_manager import ModelManager, RequestError, Servable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_STATE = get_model_status_pb2.ModelVersionStatus.State
+
+
+def _resolve(manager: ModelManager, spec) -> Servable:
+    choice = spec.WhichOneof("version_choice")
+    return manager.resolve(
+        spec.name,
+        version=spec.version.value if choice == "version" else None,
+        label=spec.version_label if choice == "version_label" else None,
+    )
+
+
+def _answer_spec(response_spec, request_spec, servable: Servable, signature_name: str) -> None:
+    response_spec.name = servable.name
+    response_spec.version.value = servable.version
+    response_spec.signature_name = signature_name
+
+
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self._manager = manager
+
+    def Predict(self, request, context):
+        try:
+            servable = _resolve(self._manager, request.model_spec)
+            outputs = servable.predict(request)
+        except RequestError as exc:
+            context.abort(exc.code, exc.message)
+        response = predict_pb2.PredictResponse()
+        _answer_spec(response.model_spec, request.model_spec, servable,
+                     request.model_spec.signature_name or "serving_default")
+        for key, value in outputs.items():
+            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+    def Classify(self, request, context):
+        try:
+            servable = _resolve(self._manager, request.model_spec)
+            result = servable.classify(request)
+        except RequestError as exc:
+            context.abort(exc.code, exc.message)
+        response = classification_pb2.ClassificationResponse()
+        _answer_spec(response.model_spec, request.model_spec, servable,
+                     request.model_spec.signature_name or "serving_default")
+        response.result.CopyFrom(result)
+        return response
+
+    def GetModelMetadata(self, request, context):
+        try:
+            if list(request.metadata_field) != ["signature_def"]:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Metadata field(s) {list(request.metadata_field)} not supported; ask for ['signature_def']")
+            servable = _resolve(self._manager, request.model_spec)
+        except RequestError as exc:
+            context.abort(exc.code, exc.message)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature_def in servable.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(signature_def)
+        response.metadata["signature_def"].Pack(signature_map)
+        return response
+
+
+class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self._manager = manager
+
+    def GetModelStatus(self, request, context):
+        spec = request.model_spec
+        version = spec.version.value if spec.HasField("version") else None
+        try:
+            if spec.WhichOneof("version_choice") == "version_label":
+                version = self._manager.resolve(spec.name, label=spec.version_label).version
+            statuses = self._manager.statuses(spec.name, version)
+        except RequestError as exc:
+            context.abort(exc.code, exc.message)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in statuses:
+            entry = response.model_version_status.add(version=status.version, state=_STATE.Value(status.state))
+            entry.status.error_code = status.error_code.value[0]
+            entry.status.error_message = status.error_message
+        return response
+
+
+class LocalServer:
+    """The gRPC server: the two TF Serving services and health over one `ModelManager`."""
+
+    def __init__(self, manager: ModelManager, *, host: str = "127.0.0.1", port: int = 8500,
+                 tls_cert: bytes | None = None, tls_key: bytes | None = None, client_ca: bytes | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_workers: int = 16):
+        self.manager = manager
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serving"),
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(manager), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(manager), self._server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        address = f"{host}:{port}"
+        if tls_cert is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(tls_key, tls_cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            from serving.errors import ServingError
+
+            raise ServingError(f"cannot bind {address}: the port is taken or the host is not local; choose another --port or --host")
+        self.host = host
+        manager.on_change = self._update_health
+        self._update_health()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _update_health(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        self._health.set("", serving if self.manager.any_available() else not_serving)
+        for name in self.manager.model_names:
+            try:
+                self.manager.resolve(name)
+                self._health.set(name, serving)
+            except RequestError:
+                self._health.set(name, not_serving)
+
+    def start(self) -> None:
+        """Load what is there, then open the port and start polling for new versions."""
+        self.manager.poll()
+        self._update_health()
+        self._server.start()
+        self.manager.start()
+        log.info("serving %s on %s", ", ".join(self.manager.model_names), self.address)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Refuse new calls, let running ones finish for up to `grace` seconds, then stop polling."""
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self.manager.stop()
+        log.info("server on %s stopped", self.address)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)

@@ -1,0 +1,477 @@
+"""One conformance suite for `serving.client` against a server that speaks TF Serving's gRPC API.
+
+By default the suite starts the local server (`serving.server`, in this process) over a model base path holding
+the `saved_model_dir` fixture as version 1 of `mnist`, with serving/deploy/models.config (newest two versions,
+labels stable=1 and canary=2). With TF_SERVING_ADDRESS=host:port set, the same tests run against that server
+(a real TF Serving started from serving/deploy/ with version 1 of the model pushed); the tests that need the
+local server's files or process (roll-out, health, SIGTERM, TLS, the message limit) are skipped there.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from components import signatures as sig
+from tests.conftest import REPO_ROOT, synthetic_digits
+
+pytestmark = pytest.mark.timeout(300)
+
+REMOTE = os.environ.get("TF_SERVING_ADDRESS")
+local_only = pytest.mark.skipif(bool(REMOTE), reason="needs the local server's files or process (TF_SERVING_ADDRESS set)")
+DEPLOY_MODELS_CONFIG = REPO_ROOT / "serving" / "deploy" / "models.config"
+SERVER_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def push_version(saved_model_dir: Path, base: Path, version: int) -> Path:
+    """Copy a SavedModel in as `<base>/mnist/<version>`, whole or not at all (copy beside, then rename)."""
+    target = base / sig.MODEL_NAME / str(version)
+    tmp = base / sig.MODEL_NAME / f".tmp-{version}"
+    shutil.copytree(saved_model_dir, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def start_local_server(base: Path, **kwargs):
+    from serving.model_manager import ModelManager, read_models_config
+    from serving.server import LocalServer
+
+    manager = ModelManager(read_models_config(DEPLOY_MODELS_CONFIG, base), poll_interval=0.2)
+    server = LocalServer(manager, host="127.0.0.1", port=0, max_message_bytes=SERVER_MAX_MESSAGE_BYTES, **kwargs)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def address(saved_model_dir, tmp_path_factory):
+    if REMOTE:
+        yield REMOTE
+        return
+    base = tmp_path_factory.mktemp("models")
+    push_version(saved_model_dir, base, 1)
+    server = start_local_server(base)
+    yield server.address
+    server.stop(1.0)
+
+
+@pytest.fixture
+def client(address):
+    from serving.client import ServingClient
+
+    with ServingClient(address, timeout=30.0) as c:
+        c.wait_until_available(timeout=60)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, labels = synthetic_digits(8, seed=8)
+    return images, labels
+
+
+def floats(images: np.ndarray) -> np.ndarray:
+    return images[..., np.newaxis].astype(np.float32) / 255.0
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    return tf.io.encode_png(image[..., np.newaxis]).numpy()
+
+
+def example(image: np.ndarray, label: int | None = None):
+    import tensorflow as tf
+
+    feature = {sig.EXAMPLE_IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)]))}
+    if label is not None:
+        feature[sig.EXAMPLE_LABEL_FEATURE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def assert_serves(client, digits) -> None:
+    """The proof, after each bad request, that the server still answers a good one."""
+    out = client.predict(floats(digits[0][:2]))
+    assert out["probabilities"].shape == (2, sig.NUM_CLASSES)
+
+
+def assert_code(exc_info, *codes) -> None:
+    assert exc_info.value.code in codes, f"got {exc_info.value.code}, wanted {codes}: {exc_info.value}"
+
+
+# -- the calls agree ------------------------------------------------------------------------------------
+
+
+def test_status_reports_an_available_version(client):
+    statuses = client.get_model_status()
+    assert any(s.state == "AVAILABLE" and s.error_code == 0 for s in statuses)
+    assert client.get_model_status(version=1)[0].version == 1
+
+
+def test_predict_predict_png_and_classify_agree(client, digits):
+    images, labels = digits
+    out = client.predict(floats(images))
+    assert out["probabilities"].shape == (len(images), sig.NUM_CLASSES)
+    assert out["probabilities"].dtype == np.float32 and out["classes"].dtype == np.int64
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(out["classes"], out["probabilities"].argmax(axis=1))
+    assert out.model_version == 1
+
+    png = client.predict_png([png_bytes(im) for im in images])
+    np.testing.assert_array_equal(png["classes"], out["classes"])
+    np.testing.assert_allclose(png["probabilities"], out["probabilities"], atol=1e-5)
+
+    classified = client.classify([example(im, int(y)) for im, y in zip(images, labels)])
+    assert classified["scores"].shape == (len(images), sig.NUM_CLASSES)
+    best = classified["classes"][np.arange(len(images)), classified["scores"].argmax(axis=1)]
+    np.testing.assert_array_equal(best.astype(np.int64), out["classes"])
+    np.testing.assert_allclose(np.sort(classified["scores"], axis=1), np.sort(out["probabilities"], axis=1), atol=1e-5)
+
+
+def test_metadata_is_a_signature_def_map(client):
+    meta = client.get_model_metadata()
+    assert meta.model_version == 1
+    defs = meta.signature_defs
+    assert {sig.SERVING_DEFAULT, sig.PNG_SIGNATURE, sig.CLASSIFY_SIGNATURE} <= set(defs)
+    assert set(defs[sig.SERVING_DEFAULT].inputs) == {sig.IMAGE_INPUT}
+    assert set(defs[sig.SERVING_DEFAULT].outputs) == {sig.PROBABILITIES_OUTPUT, sig.CLASSES_OUTPUT}
+    assert [d.size for d in defs[sig.SERVING_DEFAULT].inputs[sig.IMAGE_INPUT].tensor_shape.dim][1:] == [28, 28, 1]
+    assert set(defs[sig.PNG_SIGNATURE].inputs) == {sig.PNG_INPUT}
+    assert defs[sig.CLASSIFY_SIGNATURE].method_name == sig.CLASSIFY_METHOD
+    assert set(defs[sig.CLASSIFY_SIGNATURE].inputs) == {sig.CLASSIFY_INPUT}
+
+
+def test_large_batches_are_split_under_the_message_limit(address, digits):
+    from serving.client import ServingClient
+
+    images = np.repeat(floats(digits[0]), 100, axis=0)  # 800 images, 2.5 MB
+    with ServingClient(address, timeout=60.0, max_message_bytes=1024 * 1024) as small:
+        out = small.predict(images)
+    assert out["classes"].shape == (800,)
+    np.testing.assert_array_equal(out["classes"][:8], out["classes"][8:16])
+
+
+# -- versions and labels --------------------------------------------------------------------------------
+
+
+def test_version_and_label_selection(client, digits):
+    from serving.errors import ServingError
+
+    x = floats(digits[0][:2])
+    assert client.predict(x, version=1).model_version == 1
+    assert client.predict(x, version_label="stable").model_version == 1
+    assert client.get_model_metadata(version_label="stable").model_version == 1
+    with pytest.raises(ServingError) as exc:
+        client.predict(x, version=99)
+    assert_code(exc, grpc.StatusCode.NOT_FOUND)
+    with pytest.raises(ServingError) as exc:  # canary points at version 2, which is not loaded
+        client.predict(x, version_label="canary")
+    assert_code(exc, grpc.StatusCode.NOT_FOUND)
+    with pytest.raises(ServingError) as exc:  # TF Serving: "Unrecognized servable version label"
+        client.predict(x, version_label="no-such-label")
+    assert_code(exc, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_unknown_model_is_not_found(address, digits):
+    from serving.client import ServingClient
+    from serving.errors import ServingError
+
+    with ServingClient(address, model_name="no-such-model", timeout=10.0) as other:
+        for call in (lambda: other.predict(floats(digits[0][:1])), other.get_model_status, other.get_model_metadata):
+            with pytest.raises(ServingError) as exc:
+                call()
+            assert_code(exc, grpc.StatusCode.NOT_FOUND)
+            assert "no-such-model" in str(exc.value)
+
+
+# -- bad requests: each answered with an error, then the server still serves ----------------------------
+
+
+def _raw_predict(address: str, request, timeout: float = 30.0):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+
+
+def test_empty_request(address, client, digits):
+    from tensorflow_serving.apis import predict_pb2
+
+    with pytest.raises(grpc.RpcError) as exc:
+        _raw_predict(address, predict_pb2.PredictRequest())
+    assert exc.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    assert_serves(client, digits)
+
+
+def test_batch_of_zero(client, digits):
+    from serving.errors import ServingError
+
+    try:
+        out = client.predict(np.zeros((0, 28, 28, 1), np.float32))
+    except ServingError as exc:  # TF Serving's batching may refuse an empty batch; it must say so
+        assert exc.code == grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        assert out["probabilities"].shape == (0, sig.NUM_CLASSES)
+    assert_serves(client, digits)
+
+
+@pytest.mark.parametrize(
+    "inputs, signature",
+    [
+        ({sig.IMAGE_INPUT: np.zeros((2, 28, 28, 1), np.int32)}, sig.SERVING_DEFAULT),  # wrong dtype
+        ({sig.IMAGE_INPUT: np.zeros((2, 28, 28, 1), np.float64)}, sig.SERVING_DEFAULT),  # wrong dtype
+        ({sig.IMAGE_INPUT: np.zeros((2, 28, 28), np.float32)}, sig.SERVING_DEFAULT),  # wrong rank
+        ({sig.IMAGE_INPUT: np.zeros((2, 32, 32, 1), np.float32)}, sig.SERVING_DEFAULT),  # wrong shape
+        ({"pixels": np.zeros((2, 28, 28, 1), np.float32)}, sig.SERVING_DEFAULT),  # wrong input name
+        ({sig.PNG_INPUT: np.array([b"not a png"], dtype=object)}, sig.PNG_SIGNATURE),  # undecodable bytes
+    ],
+    ids=["int32", "float64", "rank3", "32x32", "wrong-name", "bad-png"],
+)
+def test_invalid_inputs_are_invalid_argument(client, digits, inputs, signature):
+    from serving.errors import ServingError
+
+    with pytest.raises(ServingError) as exc:
+        client.predict(inputs, signature_name=signature)
+    assert_code(exc, grpc.StatusCode.INVALID_ARGUMENT)
+    assert_serves(client, digits)
+
+
+def test_unknown_signature(client, digits):
+    from serving.errors import ServingError
+
+    with pytest.raises(ServingError) as exc:
+        client.predict(floats(digits[0][:1]), signature_name="no_such_signature")
+    # TF Serving answers FAILED_PRECONDITION 'Serving signature key "..." not found.' (predict_util.cc).
+    assert_code(exc, grpc.StatusCode.FAILED_PRECONDITION)
+    assert "no_such_signature" in str(exc.value)
+    assert_serves(client, digits)
+
+
+def test_nan_values_are_answered(client, digits):
+    x = np.full((2, 28, 28, 1), np.nan, np.float32)
+    out = client.predict(x)
+    assert out["probabilities"].shape == (2, sig.NUM_CLASSES)
+    assert_serves(client, digits)
+
+
+@local_only
+def test_request_larger_than_the_server_limit(address, client, digits):
+    from tensorflow_serving.apis import predict_pb2
+    import tensorflow as tf
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = sig.MODEL_NAME
+    request.inputs[sig.IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(np.zeros((1000, 28, 28, 1), np.float32)))
+    assert request.ByteSize() > SERVER_MAX_MESSAGE_BYTES
+    with pytest.raises(grpc.RpcError) as exc:
+        _raw_predict(address, request)
+    assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert_serves(client, digits)
+
+
+def test_client_that_disconnects_mid_call(address, client, digits):
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    import tensorflow as tf
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = sig.MODEL_NAME
+    request.inputs[sig.IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(np.zeros((256, 28, 28, 1), np.float32)))
+    for _ in range(3):
+        channel = grpc.insecure_channel(address)
+        future = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict.future(request, timeout=30)
+        time.sleep(0.005)
+        future.cancel()
+        channel.close()
+    # A deadline that expires while the server computes is a disconnect too.
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as exc:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=0.001)
+        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert_serves(client, digits)
+
+
+# -- local server only: health, roll-out, TLS, SIGTERM --------------------------------------------------
+
+
+@local_only
+def test_health_is_serving_once_a_model_is_loaded(address, tmp_path):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", sig.MODEL_NAME):
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    empty = start_local_server(tmp_path / "empty")  # no version yet: NOT_SERVING, then SERVING once pushed
+    try:
+        with grpc.insecure_channel(empty.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        empty.stop(0.5)
+
+
+@local_only
+def test_new_version_rolls_out_without_failed_requests(saved_model_dir, tmp_path, digits):
+    from serving.client import ServingClient
+
+    base = tmp_path / "models"
+    push_version(saved_model_dir, base, 1)
+    server = start_local_server(base)
+    x = floats(digits[0][:4])
+    seen: list[int] = []
+    failures: list[Exception] = []
+    stop = threading.Event()
+
+    def hammer():
+        with ServingClient(server.address, timeout=30.0) as c:
+            for _ in range(100000):  # bounded; stopped by the event
+                if stop.is_set():
+                    return
+                try:
+                    seen.append(c.predict(x).model_version)
+                except Exception as exc:  # every failure is counted, none expected
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        push_version(saved_model_dir, base, 2)
+        with ServingClient(server.address, timeout=30.0) as c:
+            deadline = time.monotonic() + 120
+            while c.predict(x).model_version != 2:
+                assert time.monotonic() < deadline, "version 2 was not made the default within 120 s"
+                time.sleep(0.1)
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join(60)
+            assert failures == []
+            assert seen[0] == 1 and seen[-1] == 2
+            assert c.predict(x, version_label="canary").model_version == 2  # labels follow models.config
+            assert {s.version: s.state for s in c.get_model_status()} == {1: "AVAILABLE", 2: "AVAILABLE"}
+            push_version(saved_model_dir, base, 3)  # policy keeps the newest two: version 1 is unloaded
+            deadline = time.monotonic() + 120
+            while {s.version: s.state for s in c.get_model_status()}.get(1) != "END":
+                assert time.monotonic() < deadline, "version 1 was not unloaded within 120 s"
+                time.sleep(0.1)
+            assert c.predict(x).model_version == 3
+            with pytest.raises(Exception) as exc:
+                c.predict(x, version=1)
+            assert exc.value.code == grpc.StatusCode.NOT_FOUND
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        server.stop(0.5)
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@local_only
+def test_tls_and_mutual_tls(saved_model_dir, tmp_path, digits):
+    from serving.client import ServingClient
+    from serving.errors import ServingError
+
+    base = tmp_path / "models"
+    push_version(saved_model_dir, base, 1)
+    server_cert, server_key = _self_signed(tmp_path, "localhost")
+    client_cert, client_key = _self_signed(tmp_path, "client")
+    server = start_local_server(base, tls_cert=server_cert.read_bytes(), tls_key=server_key.read_bytes(),
+                                client_ca=client_cert.read_bytes())
+    address = f"localhost:{server.port}"
+    try:
+        with ServingClient(address, timeout=20.0, root_certificates=server_cert, certificate_chain=client_cert,
+                           private_key=client_key) as mtls:
+            assert_serves(mtls, digits)
+        with ServingClient(address, timeout=5.0, root_certificates=server_cert, max_attempts=2) as no_client_cert:
+            with pytest.raises(ServingError) as exc:
+                no_client_cert.predict(floats(digits[0][:1]))
+            assert exc.value.code == grpc.StatusCode.UNAVAILABLE
+        with ServingClient(address, timeout=5.0, max_attempts=2) as plaintext:
+            with pytest.raises(ServingError):
+                plaintext.predict(floats(digits[0][:1]))
+    finally:
+        server.stop(0.5)
+
+    tls_only = start_local_server(base, tls_cert=server_cert.read_bytes(), tls_key=server_key.read_bytes())
+    try:
+        with ServingClient(f"localhost:{tls_only.port}", timeout=20.0, root_certificates=server_cert) as tls:
+            assert_serves(tls, digits)
+    finally:
+        tls_only.stop(0.5)
+
+
+@local_only
+@pytest.mark.slow
+def test_sigterm_stops_the_serve_command_gracefully(saved_model_dir, tmp_path, digits):
+    from serving.client import ServingClient
+
+    base = tmp_path / "models"
+    push_version(saved_model_dir, base, 1)
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--model-base-path", str(base), "--port", str(port),
+         "--poll-interval", "0.5", "--workdir", str(tmp_path / "work")],
+        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        with ServingClient(f"127.0.0.1:{port}", timeout=30.0) as c:
+            c.wait_until_available(timeout=120)
+            assert_serves(c, digits)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        log.seek(0)
+        output = log.read()
+        assert f"serving on 127.0.0.1:{port}" in output and "stopped" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
