@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 COMMAND_MODULES = (
     "pipeline.commands.ingest",
     "pipeline.commands.export",
+    "pipeline.commands.evaluate",
     "pipeline.commands.serve",
     "pipeline.commands.predict",
 )

@@ -1,0 +1,79 @@
+"""The versions pushed under a model base path, as TF Serving sees them: `<base>/<model>/<integer>/`.
+
+    versions = model_registry.list_versions(base, "mnist")      # oldest first
+    served = model_registry.newest_version(base, "mnist")       # what TF Serving's default policy serves
+    served.path, served.version, served.metadata.get("accuracy")
+
+Only folders whose name is an integer count, as in TF Serving (a push in flight builds in a hidden,
+non-integer folder beside them). Each version carries the pusher's record in
+`assets.extra/mnist_pipeline_push.json` (accuracy, date, run id, source; `rolled_back_from` for a rollback).
+Imports no TensorFlow: the CLI, the Beam scorer and the local server all resolve "the served version" here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import paths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: int
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def complete(self) -> bool:
+        """A SavedModel is there (a folder put in by hand may lack one)."""
+        return (self.path / "saved_model.pb").is_file()
+
+
+def model_dir(base_path: str | os.PathLike, model_name: str) -> Path:
+    """`<base>/<model_name>/`: the folder TF Serving's --model_base_path points at."""
+    return paths.serving_model_dir(base_path, model_name, 0).parent
+
+
+def read_metadata(version_dir: str | os.PathLike) -> dict[str, Any]:
+    """The pusher's record of a version; {} when it has none or it cannot be read."""
+    path = paths.push_metadata_path(version_dir)
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read push metadata %s: %s", path, exc)
+        return {}
+
+
+def list_versions(base_path: str | os.PathLike, model_name: str) -> list[ModelVersion]:
+    """Every integer version under `<base>/<model_name>/`, oldest first; [] when there is none."""
+    root = model_dir(base_path, model_name)
+    if not root.is_dir():
+        return []
+    found = [
+        ModelVersion(int(p.name), p, read_metadata(p))
+        for p in root.iterdir()
+        if p.is_dir() and p.name.isdigit()
+    ]
+    return sorted(found, key=lambda v: v.version)
+
+
+def newest_version(base_path: str | os.PathLike, model_name: str) -> ModelVersion | None:
+    """The version TF Serving serves under its default policy (latest), or None."""
+    versions = list_versions(base_path, model_name)
+    return versions[-1] if versions else None
+
+
+def find_version(base_path: str | os.PathLike, model_name: str, version: int) -> ModelVersion | None:
+    for v in list_versions(base_path, model_name):
+        if v.version == version:
+            return v
+    return None
