@@ -21,8 +21,13 @@ COMMAND_MODULES = (
     "pipeline.commands.ingest",
     "pipeline.commands.export",
     "pipeline.commands.evaluate",
+    "pipeline.commands.push",
+    "pipeline.commands.versions",
+    "pipeline.commands.rollback",
     "pipeline.commands.serve",
     "pipeline.commands.predict",
+    "pipeline.commands.score",
+    "pipeline.commands.export_examples",
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +84,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(modules[args.command], "PASSTHROUGH_UNKNOWN_ARGS", False):
+        args.beam_args = unknown  # e.g. Beam pipeline options, passed through unchanged
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(args)
     try:
         config: Config = load_config(args.config, _overrides(args))

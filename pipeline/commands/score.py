@@ -1,0 +1,94 @@
+"""`mnist-pipeline score`: batch scoring with Apache Beam RunInference (local FnApiRunner, or any runner)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from pipeline.cli import config_flag
+from pipeline.config import Config
+
+NAME = "score"
+HELP = "score a TFDS split or TFRecord files of tf.Example with a SavedModel, as an Apache Beam job"
+DESCRIPTION = """\
+Run RunInference over the examples and write one row per example (key, predicted class, probabilities,
+label when present, model name and version), a dead-letter output of records that cannot be scored, and
+summary.json (counts, accuracy and confusion matrix when labels are present, Beam metrics):
+
+  <output>/predictions-SSSSS-of-NNNNN.{jsonl,csv,parquet}   <output>/failed-SSSSS-of-NNNNN.jsonl
+  <output>/summary.json        (default output: <workdir>/runs/<run id>/score)
+
+  mnist-pipeline score                                  # the test split with the newest pushed model
+  mnist-pipeline score --input 'samples/test-*.tfrecord' --format parquet --model path/to/saved_model
+  mnist-pipeline score --direct_num_workers=2 --direct_running_mode=multi_processing
+
+Any other flag is a Beam pipeline option and is passed through unchanged (--runner=DataflowRunner
+--project P --region R --temp_location gs://B/tmp; --runner=FlinkRunner --flink_master=HOST:8081 ...).
+Without --runner the job runs on Beam's FnApiRunner."""
+
+# Unknown flags are Beam pipeline options: pipeline.cli hands them over as args.beam_args.
+PASSTHROUGH_UNKNOWN_ARGS = True
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    config_flag(parser, "--model", key="score.model", metavar="PATH",
+                help="SavedModel folder, or model base path <base>/<model> (its newest version); "
+                     "default: the workdir's pushed model")
+    source = parser.add_mutually_exclusive_group()
+    config_flag(source, "--input", key="score.input_pattern", metavar="PATTERN",
+                help="file pattern of TFRecord files of tf.Example (image PNG bytes, label, key)")
+    config_flag(source, "--split", key="score.split", metavar="NAME",
+                help="a split of the workdir's TFDS dataset (default: test)")
+    parser.add_argument("--output", metavar="DIR", default=None,
+                        help="output folder, local or gs://... (default: <workdir>/runs/<run id>/score)")
+    config_flag(parser, "--format", key="score.output_format", metavar="FORMAT",
+                help="jsonl (default), csv or parquet")
+    config_flag(parser, "--min-batch-size", key="score.min_batch_size", type=int, metavar="N",
+                help="smallest batch RunInference sends to the model (default 1)")
+    config_flag(parser, "--max-batch-size", key="score.max_batch_size", type=int, metavar="N",
+                help="largest batch RunInference sends to the model (default 256)")
+    parser.add_argument("--run-id", metavar="ID", default=None,
+                        help="the run whose score/ folder receives the outputs (default: a new run)")
+
+
+def default_model(config: Config) -> Path:
+    from pipeline import paths
+
+    return Path(config.push.model_base_path or paths.model_base_path(config.workdir)) / config.push.model_name
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    from components import examples, score
+    from pipeline import paths
+
+    sc = config.score
+    if sc.input_pattern:
+        pattern = sc.input_pattern
+    else:
+        pattern = examples.split_file_pattern(paths.data_dir(config.workdir), config.data.dataset, sc.split)
+    model = sc.model or os.fspath(default_model(config))
+    output = args.output or os.fspath(
+        paths.stage_dir(config.workdir, args.run_id or paths.new_run_id(), "score")
+    )
+    out = score.run(sc, model=model, input_pattern=pattern, output_dir=output,
+                    beam_args=getattr(args, "beam_args", []))
+    version = "" if out.model.version is None else f" version {out.model.version}"
+    print(f"scored {out.num_predictions} examples with {out.model.name}{version} ({out.model.saved_model_dir}) "
+          f"in {out.seconds:.1f} s; {out.num_failed} failed")
+    if out.accuracy is not None:
+        print(f"  accuracy:    {out.accuracy:.4f}")
+    print(f"  predictions: {out.predictions_pattern}")
+    print(f"  failed:      {out.failed_pattern}")
+    print(f"  summary:     {out.summary_path}")
+    counters = {k: v for k, v in out.metrics.items() if not isinstance(v, dict)}
+    if counters:
+        print("  metrics:     " + ", ".join(f"{k}={v}" for k, v in counters.items()))
+    for name, dist in out.metrics.items():
+        if isinstance(dist, dict):
+            print(f"               {name}: mean {dist['mean']:.1f} min {dist['min']} max {dist['max']} "
+                  f"(n={dist['count']})")
+    return 0
