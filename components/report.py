@@ -65,8 +65,6 @@ def run(inputs: ReportInputs, out_dir: str | os.PathLike) -> ReportOutput:
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, target)
     plots = tuple(p for p in figures.values() if p is not None)
-    for p in plots:
-        log.info("wrote plot %s", p)
     log.info("wrote report %s", target)
     return ReportOutput(target, plots)
 
@@ -96,6 +94,7 @@ def _draw(inputs: ReportInputs, out_dir: Path) -> dict[str, Path | None]:
         tmp = out_dir / f".{name}.png.tmp-{secrets.token_hex(4)}"
         shutil.copyfile(src, tmp)
         os.replace(tmp, target)
+        log.info("wrote plot %s (from %s)", target, src)
         figures[name] = target
     history = _load(inputs.history_path)
     if history and "training_curves" not in figures:
@@ -205,7 +204,13 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
         flat = {k: v for k, v in metrics.items() if k != "confusion_matrix" and not isinstance(v, (dict, list))}
         parts.append(_kv_table(flat))
         for k, v in metrics.items():
-            if isinstance(v, dict) and k != "confusion_matrix":
+            if isinstance(v, dict) and v and all(isinstance(row, dict) for row in v.values()):
+                cols = sorted({c for row in v.values() for c in row})
+                head = "".join(f"<th>{_e(c)}</th>" for c in ["", *cols])
+                body = "".join(f"<tr><th>{_e(name)}</th>" + "".join(f"<td class='num'>{_fmt(row.get(c))}</td>" for c in cols)
+                               + "</tr>" for name, row in v.items())
+                parts.append(f"<h3>{_e(k)}</h3><table><tr>{head}</tr>{body}</table>")
+            elif isinstance(v, dict) and k != "confusion_matrix":
                 parts.append(f"<h3>{_e(k)}</h3>" + _kv_table(v))
     else:
         parts.append(_absent("No metrics: the evaluate stage did not run."))
@@ -227,7 +232,11 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
 
     parts.append("<h2>Batch scoring (Beam RunInference)</h2>")
     summary = _load(inputs.score_summary_path)
-    parts.append(_kv_table(summary) if summary else _absent("No scoring summary: the score stage did not run or was skipped."))
+    if summary:
+        shown = {k: v for k, v in summary.items() if k != "confusion_matrix"}
+        parts.append(_kv_table(shown) + f"<p class='muted'>{_e(inputs.score_summary_path)}</p>")
+    else:
+        parts.append(_absent("No scoring summary: the score stage did not run or was skipped."))
 
     parts.append("<h2>Serving check (local server, gRPC client)</h2>")
     check = _load(inputs.serving_check_path)

@@ -102,6 +102,7 @@ class Input:
     output: str | None = None
     resolve: Callable[[Config, Path, RunStore, Mapping[str, StageRecord], dict[str, Artifact]], Artifact | None] | None = None
     required: bool = True
+    in_cache_key: bool = True  # False: recorded for lineage only (its content is derived from other inputs)
 
 
 @dataclass(frozen=True)
@@ -373,7 +374,8 @@ def _run_stage(
         store.finish_execution(ex_id, "failed", error=str(exc))
         log.error("stage %s: failed: %s", spec.name, exc)
         raise StageFailed(run_id, spec.name, str(exc)) from exc
-    key = cache_key(spec.name, fingerprint, inputs, code) if spec.cacheable else None
+    keyed = {i.name for i in spec.inputs if i.in_cache_key}
+    key = cache_key(spec.name, fingerprint, {k: a for k, a in inputs.items() if k in keyed}, code) if spec.cacheable else None
     ex_id = store.start_execution(
         run_id, spec.name, config_fingerprint=fingerprint, code_version=code, inputs=inputs, cache_key=key
     )

@@ -1,0 +1,147 @@
+"""Serving check stage: serve the pushed version with the local server, query it with the gRPC client.
+
+    out = serving_check.run(base_path, "mnist", 3, data_dir, "mnist", run_dir / "serving_check",
+                            expected_accuracy=0.9951, expected_examples=10000)
+
+Starts `serving.server.LocalServer` on a free loopback port over `<base_path>/<model_name>` pinned to the
+version under test, waits until it reports the version AVAILABLE, then through `serving.client.ServingClient`:
+Predict (`serving_default`) on the test split (the first `max_examples`, or all of it), and Predict on PNG
+bytes (`predict_png`) and Classify (tf.Example) on the first few, which must agree with `serving_default`.
+Passes when the server answers with the version asked for, every signature agrees, and the accuracy over
+the wire equals the one the evaluator (or the Beam scorer) measured on the same examples, within
+`tolerance`. The result goes to serving_check.json whatever it is; a check that does not pass raises
+`ServingCheckError` after writing it, so the run stops there. The server is stopped in every case.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "serving_check.json"
+_SIGNATURE_SAMPLES = 16  # examples also sent as PNG bytes and as tf.Example
+
+
+class ServingCheckError(PipelineError):
+    """The served model did not answer as the evaluated model does."""
+
+
+@dataclass(frozen=True)
+class ServingCheckOutput:
+    result_path: Path
+    passed: bool
+    model_version: int
+    num_examples: int
+    accuracy: float
+    expected_accuracy: float | None
+    seconds: float
+
+
+def run(
+    base_path: str | os.PathLike,
+    model_name: str,
+    version: int,
+    data_dir: str | os.PathLike,
+    dataset: str,
+    out_dir: str | os.PathLike,
+    *,
+    max_examples: int | None = None,
+    expected_accuracy: float | None = None,
+    expected_examples: int | None = None,
+    tolerance: float = 1e-3,
+    timeout: float = 60.0,
+) -> ServingCheckOutput:
+    """Check version `version` of `model_name` under `base_path` over gRPC; see the module docstring.
+
+    `expected_accuracy` applies only when the check sees `expected_examples` examples (the same set)."""
+    from components import data
+    from components.export import encode_pngs, make_example
+    from serving.client import ServingClient
+    from serving.model_manager import ModelManager, ModelSettings
+    from serving.server import LocalServer
+
+    base_path, out_dir = Path(base_path), Path(out_dir)
+    images, labels = [], []
+    for batch_images, batch_labels in data.split_dataset(data_dir, dataset, "test", batch_size=1000,
+                                                         max_examples=max_examples):
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    if not images:
+        raise ServingCheckError(f"the test split of {dataset!r} in {os.fspath(data_dir)!r} is empty; nothing to check")
+    x = np.concatenate(images).astype(np.float32)
+    y = np.concatenate(labels).astype(np.int64)
+
+    settings = ModelSettings(base_path / model_name, policy="specific", specific_versions=(int(version),))
+    manager = ModelManager({model_name: settings}, poll_interval=1.0)
+    server = LocalServer(manager, host="127.0.0.1", port=0)
+    problems: list[str] = []
+    started = time.perf_counter()
+    server.start()
+    try:
+        with ServingClient(server.address, model_name=model_name, timeout=timeout) as client:
+            client.wait_until_available(timeout=timeout)
+            answer = client.predict(x, version=int(version))
+            classes = np.asarray(answer["classes"]).astype(np.int64).reshape(-1)
+            if answer.model_version != int(version):
+                problems.append(f"asked for version {version}, answered by version {answer.model_version}")
+            k = min(_SIGNATURE_SAMPLES, len(x))
+            pngs = encode_pngs(x[:k])
+            png_classes = np.asarray(client.predict_png(pngs, version=int(version))["classes"]).astype(np.int64).reshape(-1)
+            classified = client.classify([make_example(p) for p in pngs], version=int(version))
+            scores = classified["scores"]
+            top = classified["classes"][np.arange(k), scores.argmax(axis=1)].astype(np.int64)
+            if not np.array_equal(png_classes, classes[:k]):
+                problems.append(f"predict_png disagrees with serving_default on {int((png_classes != classes[:k]).sum())} of {k}")
+            if not np.array_equal(top, classes[:k]):
+                problems.append(f"classify disagrees with serving_default on {int((top != classes[:k]).sum())} of {k}")
+        address = server.address
+    finally:
+        server.stop(grace=1.0)
+    seconds = time.perf_counter() - started
+    accuracy = float((classes == y).mean())
+    compared = expected_accuracy is not None and (expected_examples is None or expected_examples == len(y))
+    if compared and abs(accuracy - float(expected_accuracy)) > tolerance:
+        problems.append(f"accuracy over gRPC {accuracy:.4f} differs from the evaluated {expected_accuracy:.4f} "
+                        f"by more than {tolerance}")
+    passed = not problems
+    record: dict[str, Any] = {
+        "passed": passed,
+        "problems": problems,
+        "model_name": model_name,
+        "model_version": int(version),
+        "model_base_path": os.fspath(base_path),
+        "server": address,
+        "num_examples": int(len(y)),
+        "accuracy": accuracy,
+        "expected_accuracy": expected_accuracy if compared else None,
+        "signatures_checked": ["serving_default", "predict_png", "classify"],
+        "signature_samples": int(k),
+        "seconds": round(seconds, 3),
+        "checked_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULT_FILE
+    tmp = out_dir / f".{RESULT_FILE}.tmp-{secrets.token_hex(4)}"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    log.info("wrote %s", path)
+    log.info("serving check of %s version %d on %d examples over gRPC: accuracy %.4f, %s", model_name, version,
+             len(y), accuracy, "passed" if passed else "FAILED: " + "; ".join(problems))
+    if not passed:
+        raise ServingCheckError(f"serving check of {model_name} version {version} failed: {'; '.join(problems)} "
+                                f"(details in {path})")
+    return ServingCheckOutput(path, passed, int(version), int(len(y)), accuracy,
+                              expected_accuracy if compared else None, seconds)

@@ -1,0 +1,354 @@
+"""The pipeline's stages as the runner sees them: which inputs each takes, which config sections change it,
+and a small adapter that calls the component and names its output artifacts.
+
+    ingest -> validate -> train -> export -> evaluate -> push -> score -> serving_check -> report
+
+Components are imported inside the adapters, so importing this module (the CLI's `--help`, `runs`,
+`lineage`) never imports TensorFlow. Artifact types: ExternalData, Dataset, Statistics, Model,
+TrainingHistory, SavedModel, ModelEvaluation, ModelBlessing, PushedModel, PushResult, Predictions,
+ServingCheck, Report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline import paths
+from pipeline.config import Config, model_base_path
+from pipeline.runner import Input, SkipStage, StageContext, StageRecord, StageResult, StageSpec, artifact, fingerprint_path
+from pipeline.store import Artifact, RunStore
+
+log = logging.getLogger(__name__)
+
+# Images the serving check sends through the gRPC client (a sample of the test split, in order).
+SERVING_CHECK_EXAMPLES = 500
+
+
+# -- inputs found in the workdir rather than produced in this run --------------------------------------------
+
+
+def _source(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
+    """The IDX folder ingest reads (offline), fingerprinted by content; None for the TFDS download."""
+    if config.data.source_dir is None:
+        return None
+    source = Path(config.data.source_dir)
+    if not source.is_dir():
+        return None  # ingest itself raises the error that names the folder
+    return artifact(source.resolve(), "ExternalData")
+
+
+def model_identity(saved_model_dir: str | os.PathLike) -> str:
+    """A SavedModel's graph and weights (saved_model.pb + variables/), not the records a push adds beside them."""
+    root = Path(saved_model_dir)
+    parts = [fingerprint_path(root / "saved_model.pb")]
+    if (root / "variables").is_dir():
+        parts.append(fingerprint_path(root / "variables"))
+    return ":".join(parts)
+
+
+def _pushed_artifact(store: RunStore, version) -> Artifact:
+    """The store's record of a pushed version (so lineage links up), or a new one for a version put there by hand."""
+    known = store.artifacts_by_uri(os.fspath(version.path), "PushedModel")
+    if known and known[-1].fingerprint == fingerprint_path(version.path):
+        return known[-1]
+    return artifact(version.path, "PushedModel", version=version.version, model_name=version.path.parent.name)
+
+
+def _baseline(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
+    """The newest pushed version that is not the candidate itself: comparing a model with itself says nothing,
+    and it keeps a rerun with nothing changed a cache hit (TFX's latest-blessed-model resolver, roughly)."""
+    from components import model_registry
+
+    candidate = inputs.get("model")
+    own = model_identity(candidate.uri) if candidate is not None else None
+    for version in reversed(model_registry.list_versions(model_base_path(config), config.push.model_name)):
+        if version.complete and model_identity(version.path) != own:
+            return _pushed_artifact(store, version)
+    return None
+
+
+def _served_model(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
+    """What is served now: the version this run pushed, else the newest complete version in the base path."""
+    from components import model_registry
+
+    push = upstream.get("push")
+    if push is not None and "pushed_model" in push.outputs and Path(push.outputs["pushed_model"].uri).is_dir():
+        return push.outputs["pushed_model"]
+    versions = [v for v in model_registry.list_versions(model_base_path(config), config.push.model_name) if v.complete]
+    return _pushed_artifact(store, versions[-1]) if versions else None
+
+
+def _model_to_serve(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact:
+    found = _served_model(config, workdir, store, upstream, inputs)
+    if found is None:
+        from components import model_registry
+
+        where = model_registry.model_dir(model_base_path(config), config.push.model_name)
+        push = upstream.get("push")
+        why = f" (this run's push: {push.properties.get('reason')})" if push is not None and push.properties.get("reason") else ""
+        raise SkipStage(f"no model version is pushed under {where}{why}")
+    return found
+
+
+# -- adapters ----------------------------------------------------------------------------------------------------
+
+
+def ingest_stage(ctx: StageContext) -> StageResult:
+    from components import ingest
+
+    out = ingest.run(ctx.config.data, paths.data_dir(ctx.workdir))
+    dataset = artifact(
+        out.dataset_dir, "Dataset", name=out.dataset, version=out.version, data_dir=os.fspath(out.data_dir),
+        num_examples=out.num_examples, source=out.source, source_dir=os.fspath(out.source_dir) if out.source_dir else None,
+    )
+    return StageResult({"dataset": dataset}, {"dataset": out.dataset, "version": out.version,
+                                              "num_examples": out.num_examples, "reused": out.reused})
+
+
+def _dataset(ctx: StageContext) -> tuple[str, Path]:
+    ds = ctx.inputs["dataset"]
+    return ds.properties["name"], Path(ds.properties["data_dir"])
+
+
+def validate_stage(ctx: StageContext) -> StageResult:
+    from components import validate
+
+    name, data_dir = _dataset(ctx)
+    out = validate.run(ctx.config.data, data_dir, paths.statistics_path(ctx.workdir, name))
+    splits = {s: v.get("num_examples") for s, v in out.statistics.get("splits", {}).items()}
+    return StageResult({"statistics": artifact(out.statistics_path, "Statistics", dataset=name)},
+                       {"num_examples": splits, "anomalies": list(out.anomalies)})
+
+
+def train_stage(ctx: StageContext) -> StageResult:
+    from components import train
+
+    name, data_dir = _dataset(ctx)
+    out = train.run(ctx.config.train, ctx.config.data, data_dir, ctx.out_dir)
+    outputs = {"model": artifact(out.model_path, "Model"), "history": artifact(out.history_path, "TrainingHistory")}
+    history = json.loads(Path(out.history_path).read_text())
+    last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and isinstance(v[-1], (int, float))}
+    return StageResult(outputs, {"epochs": max((len(v) for v in history.values() if isinstance(v, list)), default=0),
+                                 **{f"final_{k}": float(v) for k, v in last.items()}})
+
+
+def export_stage(ctx: StageContext) -> StageResult:
+    from components import data, export
+
+    name, data_dir = _dataset(ctx)
+    warmup = next(iter(data.split_dataset(data_dir, name, "test", batch_size=4, max_examples=4)))[0].numpy()
+    out = export.run(Path(ctx.inputs["model"].uri), paths.exported_model_dir(ctx.workdir, ctx.run_id),
+                     warmup_images=warmup)
+    return StageResult({"saved_model": artifact(out.saved_model_dir, "SavedModel",
+                                                signatures=list(out.signature_names))},
+                       {"signatures": list(out.signature_names)})
+
+
+def evaluate_stage(ctx: StageContext) -> StageResult:
+    from components import evaluate
+
+    name, data_dir = _dataset(ctx)
+    baseline = ctx.inputs.get("baseline")
+    out = evaluate.run(ctx.config.evaluate, Path(ctx.inputs["model"].uri), data_dir, name, ctx.out_dir,
+                       baseline_dir=Path(baseline.uri) if baseline else None)
+    plots = {p.stem: p for p in out.plot_paths}
+    outputs = {"evaluation": artifact(out.metrics_path, "ModelEvaluation", accuracy=out.accuracy),
+               "blessing": artifact(out.blessing_path, "ModelBlessing", blessed=out.blessed)}
+    outputs.update({f"plot_{k}": artifact(v, "Plot") for k, v in plots.items()})
+    return StageResult(outputs, {"accuracy": out.accuracy, "loss": out.loss, "num_examples": out.num_examples,
+                                 "blessed": out.blessed, "reason": out.reason,
+                                 "baseline_accuracy": out.baseline_accuracy,
+                                 "baseline": baseline.uri if baseline else None})
+
+
+def push_stage(ctx: StageContext) -> StageResult:
+    from components import push
+
+    blessing = json.loads(Path(ctx.inputs["blessing"].uri).read_text())
+    record_path = paths.push_record_path(ctx.workdir, ctx.run_id)
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    out = push.run(ctx.config.push, Path(ctx.inputs["model"].uri), model_base_path(ctx.config), blessing=blessing,
+                   metadata={"run_id": ctx.run_id, "accuracy": blessing.get("accuracy")}, record_path=record_path)
+    outputs: dict[str, Artifact] = {}
+    if out.record_path is not None:
+        outputs["push_record"] = artifact(out.record_path, "PushResult")
+    if out.pushed:
+        outputs["pushed_model"] = artifact(out.version_dir, "PushedModel", version=out.version,
+                                           model_name=ctx.config.push.model_name, accuracy=blessing.get("accuracy"))
+    return StageResult(outputs, {"pushed": out.pushed, "version": out.version, "reason": out.reason,
+                                 "blessed": bool(blessing.get("blessed")),
+                                 "removed_versions": list(out.removed_versions)})
+
+
+def score_stage(ctx: StageContext) -> StageResult:
+    from components import examples, score
+
+    name, data_dir = _dataset(ctx)
+    cfg = ctx.config.score
+    pattern = cfg.input_pattern or examples.split_file_pattern(data_dir, name, cfg.split)
+    model = Path(cfg.model) if cfg.model else Path(ctx.inputs["model"].uri)
+    out = score.run(cfg, model=model, input_pattern=pattern, output_dir=ctx.out_dir)
+    return StageResult(
+        {"predictions": artifact(out.output_dir, "Predictions", format=cfg.output_format,
+                                 model_version=out.model.version)},
+        {"num_predictions": out.num_predictions, "num_failed": out.num_failed, "accuracy": out.accuracy,
+         "model_version": out.model.version, "model": out.model.saved_model_dir, "seconds": out.seconds,
+         "summary": os.fspath(out.summary_path)},
+    )
+
+
+def serving_check_stage(ctx: StageContext) -> StageResult:
+    from components import serving_check
+
+    name, data_dir = _dataset(ctx)
+    served = ctx.inputs["model"]
+    version = int(served.properties.get("version") or Path(served.uri).name)
+    expected, expected_n = None, None
+    evaluation = ctx.upstream.get("evaluate")
+    saved = ctx.inputs.get("saved_model")
+    # The evaluator's accuracy is the yardstick when the served version is the model it evaluated;
+    # otherwise (not blessed, an older version serves) the Beam scorer's run over the same version.
+    if (evaluation is not None and "evaluation" in ctx.inputs and saved is not None
+            and model_identity(saved.uri) == model_identity(served.uri)):
+        expected, expected_n = evaluation.properties.get("accuracy"), evaluation.properties.get("num_examples")
+    elif "predictions" in ctx.inputs and ctx.upstream.get("score") is not None:
+        sc = ctx.upstream["score"].properties
+        if sc.get("model_version") == version:
+            expected, expected_n = sc.get("accuracy"), sc.get("num_predictions")
+    out = serving_check.run(Path(served.uri).parent.parent, Path(served.uri).parent.name, version, data_dir, name,
+                            ctx.out_dir, max_examples=ctx.config.evaluate.max_test_examples,
+                            expected_accuracy=expected, expected_examples=expected_n)
+    return StageResult({"result": artifact(out.result_path, "ServingCheck")},
+                       {"passed": out.passed, "model_version": out.model_version, "num_examples": out.num_examples,
+                        "accuracy": out.accuracy, "expected_accuracy": out.expected_accuracy})
+
+
+def report_stage(ctx: StageContext) -> StageResult:
+    from components import report
+
+    run = ctx.store.get_run(ctx.run_id)
+    stages = []
+    for ex in ctx.store.executions(ctx.run_id):
+        stages.append({"name": ex.stage, "status": ex.status, "duration": ex.duration, "reason": ex.error,
+                       "outputs": {k: v["uri"] for k, v in ex.outputs.items() if not k.startswith("plot_")}})
+    up = ctx.upstream
+
+    def out(stage: str, name: str) -> Path | None:
+        rec = up.get(stage)
+        return Path(rec.outputs[name].uri) if rec is not None and name in rec.outputs else None
+
+    evaluation = up.get("evaluate")
+    figures = {k[len("plot_"):]: Path(a.uri) for k, a in (evaluation.outputs if evaluation else {}).items()
+               if k.startswith("plot_")}
+    push = up.get("push")
+    lineage = None
+    served = ctx.inputs.get("served_model")
+    if served is not None:
+        lineage = lineage_record(ctx.store, served.properties.get("version") or Path(served.uri).name,
+                                 served.properties.get("model_name") or Path(served.uri).parent.name)
+    score_dir = out("score", "predictions")
+    inputs = report.ReportInputs(
+        run={"id": ctx.run_id, "status": run.status if run else "running", "started": run.started if run else None,
+             "code_version": ctx.code_version, "workdir": os.fspath(ctx.workdir), "config": ctx.config.to_dict()},
+        stages=stages,
+        statistics_path=out("validate", "statistics"),
+        history_path=out("train", "history"),
+        metrics_path=out("evaluate", "evaluation"),
+        blessing=({k: v for k, v in evaluation.properties.items() if k in ("blessed", "reason", "baseline",
+                                                                            "baseline_accuracy")}
+                  if evaluation else None),
+        score_summary_path=(score_dir / "summary.json") if score_dir else None,
+        serving_check_path=out("serving_check", "result"),
+        push=dict(push.properties) if push else None,
+        lineage=lineage,
+        figures=figures,
+    )
+    result = report.run(inputs, ctx.out_dir)
+    return StageResult({"report": artifact(result.report_path, "Report")}, {"plots": [p.name for p in result.plot_paths]})
+
+
+def default_stages() -> list[StageSpec]:
+    dataset = Input("dataset", "ingest")
+    optional = dict(required=False)
+    return [
+        StageSpec("ingest", ingest_stage, sections=("data",), inputs=(Input("source", resolve=_source, **optional),)),
+        StageSpec("validate", validate_stage, sections=("data",), inputs=(dataset,)),
+        StageSpec("train", train_stage, sections=("data", "train"),
+                  # The statistics are derived from the dataset (and carry a date): lineage, not cache identity.
+                  inputs=(dataset, Input("statistics", "validate", in_cache_key=False))),
+        StageSpec("export", export_stage, inputs=(Input("model", "train"), dataset)),
+        StageSpec("evaluate", evaluate_stage, sections=("evaluate",),
+                  inputs=(Input("model", "export", "saved_model"), dataset,
+                          Input("baseline", resolve=_baseline, **optional))),
+        StageSpec("push", push_stage, sections=("push",),
+                  inputs=(Input("model", "export", "saved_model"), Input("blessing", "evaluate"))),
+        StageSpec("score", score_stage, sections=("score",),
+                  inputs=(Input("model", resolve=_model_to_serve), dataset)),
+        StageSpec("serving_check", serving_check_stage,
+                  inputs=(Input("model", resolve=_model_to_serve), dataset,
+                          Input("saved_model", "export", **optional), Input("evaluation", "evaluate", **optional),
+                          Input("predictions", "score", **optional))),
+        StageSpec("report", report_stage, cacheable=False,
+                  inputs=(Input("served_model", resolve=_served_model, **optional),)),
+    ]
+
+
+# -- lineage -------------------------------------------------------------------------------------------------------
+
+
+def lineage_record(store: RunStore, version: int | str, model_name: str) -> dict[str, Any] | None:
+    """Which data, configuration, run and code produced pushed version `version`, and its metrics; None if unknown.
+
+    Follows the events from the PushedModel back: push <- export (SavedModel) and evaluate (metrics, blessing)
+    <- train (model) <- validate (statistics) and ingest (dataset) <- the source data.
+    """
+    found = store.find_pushed(version, model_name)
+    if not found:
+        return None
+    pushed = found[0]
+    chain = store.lineage(pushed.id)
+    by_stage = {ex.stage: (ex, ins, outs) for ex, ins, outs in chain}
+    push_ex = chain[0][0] if chain else None
+    run = store.get_run(push_ex.run_id) if push_ex else None
+    record: dict[str, Any] = {
+        "model": {"name": model_name, "version": int(version), "uri": pushed.uri,
+                  "fingerprint": pushed.fingerprint, "exists": Path(pushed.uri).is_dir()},
+        "run": None if run is None else {"id": run.id, "status": run.status, "started": run.started,
+                                         "ended": run.ended, "code_version": run.code_version},
+        "config": run.config if run else None,
+        "executions": [
+            {"stage": ex.stage, "run_id": ex.run_id, "execution": ex.id, "status": ex.status,
+             "code_version": ex.code_version, "config_fingerprint": ex.config_fingerprint,
+             "started": ex.started, "duration": ex.duration,
+             "inputs": {k: a.uri for k, a in ins.items()}, "outputs": {k: a.uri for k, a in outs.items()}}
+            for ex, ins, outs in chain
+        ],
+    }
+    if "ingest" in by_stage:
+        ex, ins, outs = by_stage["ingest"]
+        ds = outs.get("dataset")
+        record["data"] = {
+            "dataset": ds.properties.get("name") if ds else None,
+            "version": ds.properties.get("version") if ds else None,
+            "uri": ds.uri if ds else None,
+            "fingerprint": ds.fingerprint if ds else None,
+            "num_examples": ds.properties.get("num_examples") if ds else None,
+            "source": (ins["source"].uri if "source" in ins else "the TFDS download"),
+            "source_fingerprint": ins["source"].fingerprint if "source" in ins else None,
+        }
+    if "validate" in by_stage:
+        stats = by_stage["validate"][2].get("statistics")
+        record.setdefault("data", {})["statistics"] = stats.uri if stats else None
+    if "evaluate" in by_stage:
+        ex, _, outs = by_stage["evaluate"]
+        record["metrics"] = ex.properties
+        record["evaluation"] = {k: a.uri for k, a in outs.items()}
+    if "train" in by_stage:
+        ex, _, outs = by_stage["train"]
+        record["training"] = {"run_id": ex.run_id, "properties": ex.properties,
+                              "outputs": {k: a.uri for k, a in outs.items()}}
+    return record
