@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 # The order is the order of `--help`. Each module has NAME, HELP, add_arguments(parser), run(config, args).
 COMMAND_MODULES = (
     "pipeline.commands.ingest",
+    "pipeline.commands.train",
     "pipeline.commands.export",
     "pipeline.commands.evaluate",
     "pipeline.commands.push",
@@ -28,6 +29,9 @@ COMMAND_MODULES = (
     "pipeline.commands.predict",
     "pipeline.commands.score",
     "pipeline.commands.export_examples",
+    "pipeline.commands.run",
+    "pipeline.commands.runs",
+    "pipeline.commands.lineage",
 )
 
 log = logging.getLogger(__name__)

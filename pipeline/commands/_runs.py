@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from pipeline import paths
 from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
 
 
 def add_run_id_argument(parser, stage_needed: str) -> None:
@@ -29,3 +32,18 @@ def resolve_run_id(workdir: str | os.PathLike, run_id: str | None, *, needs: str
     if not paths.stage_dir(workdir, run_id, needs).is_dir():
         raise PipelineError(f"run {run_id!r} has no {needs} stage; run `{make_it}` first")
     return run_id
+
+
+def test_images(config, count: int):
+    """The first `count` test images (float32 [n, 28, 28, 1]) for warmup requests and push checks, or None
+    (the stage then uses its own stand-ins) when no dataset is prepared in the workdir."""
+    from components import data
+    from pipeline.errors import DataError
+
+    try:
+        ds = data.split_dataset(paths.data_dir(config.workdir), config.data.dataset, "test", batch_size=count,
+                                max_examples=count)
+        return next(iter(ds))[0].numpy()
+    except (DataError, StopIteration) as exc:
+        log.info("no test images (%s); using stand-ins", exc)
+        return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.commands._runs import add_run_id_argument, resolve_run_id
+from pipeline.commands._runs import add_run_id_argument, resolve_run_id, test_images
 from pipeline.config import Config
 
 NAME = "export"
@@ -27,21 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_id_argument(parser, "train")
 
 
-def warmup_images(config: Config, count: int = 4):
-    """A few real test images for the warmup requests, or None (blank images) when no data is prepared."""
-    from components import data
-    from pipeline import paths
-    from pipeline.errors import DataError
-
-    try:
-        ds = data.split_dataset(paths.data_dir(config.workdir), config.data.dataset, "test", batch_size=count,
-                                max_examples=count)
-        return next(iter(ds))[0].numpy()
-    except (DataError, StopIteration) as exc:
-        log.info("warmup requests use blank images (%s)", exc)
-        return None
-
-
 def run(config: Config, args: argparse.Namespace) -> int:
     from components import export
     from pipeline import paths
@@ -50,7 +35,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     out = export.run(
         paths.trained_model_path(config.workdir, run_id),
         paths.exported_model_dir(config.workdir, run_id),
-        warmup_images=warmup_images(config),
+        warmup_images=test_images(config, 4),
     )
     print(f"run {run_id}: exported SavedModel {out.saved_model_dir}")
     print(f"  signatures: {', '.join(out.signature_names)}")

@@ -1,0 +1,233 @@
+"""Push like TFX's Pusher: blessed only, new integer versions, atomic, never overwriting; versions; rollback."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from components import model_registry, push
+from components import signatures as sig
+from pipeline import cli, paths
+from pipeline.config import PushConfig
+from pipeline.errors import ConfigError, ModelError
+
+BLESSED = {"blessed": True, "reason": "accuracy 0.99 >= threshold"}
+NOT_BLESSED = {"blessed": False, "reason": "accuracy 0.5 is below the threshold 0.99"}
+
+
+def _tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(os.fspath(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _entries(base: Path) -> list[str]:
+    return sorted(p.name for p in (base / sig.MODEL_NAME).iterdir())
+
+
+def test_blessed_model_is_pushed_as_version_1_with_its_record(saved_model_dir, tmp_path):
+    base = tmp_path / "models"
+    record = tmp_path / "run" / "push" / "pushed.json"
+    out = push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED, metadata={"run_id": "r1", "accuracy": 0.99},
+                   record_path=record)
+    assert out.pushed and out.version == 1
+    assert out.version_dir == paths.serving_model_dir(base, sig.MODEL_NAME, 1)
+    assert _entries(base) == ["1"]  # no temporary folder left
+    push.check_signatures(out.version_dir)
+    assert (out.version_dir / "assets.extra" / sig.WARMUP_FILE).is_file()
+    meta = model_registry.read_metadata(out.version_dir)
+    assert meta["version"] == 1 and meta["run_id"] == "r1" and meta["accuracy"] == 0.99
+    assert meta["blessed"] is True and meta["forced"] is False and meta["pushed_at"]
+    assert meta["source"] == os.fspath(saved_model_dir.resolve())
+    written = json.loads(record.read_text())
+    assert written["pushed"] is True and written["version"] == 1
+
+
+def test_versions_increase_and_never_reuse_an_existing_folder(saved_model_dir, tmp_path):
+    base = tmp_path / "models"
+    assert push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED).version == 1
+    (base / sig.MODEL_NAME / "7").mkdir()  # a folder put there by hand (even an empty one) is never replaced
+    (base / sig.MODEL_NAME / "7" / "mine.txt").write_text("keep me")
+    out = push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+    assert out.version == 8
+    assert (base / sig.MODEL_NAME / "7" / "mine.txt").read_text() == "keep me"
+    assert [v.version for v in model_registry.list_versions(base, sig.MODEL_NAME)] == [1, 7, 8]
+    assert model_registry.newest_version(base, sig.MODEL_NAME).version == 8
+
+
+def test_not_blessed_is_a_recorded_outcome_and_nothing_is_pushed(saved_model_dir, tmp_path):
+    base = tmp_path / "models"
+    record = tmp_path / "pushed.json"
+    out = push.run(PushConfig(), saved_model_dir, base, blessing=NOT_BLESSED, record_path=record)
+    assert not out.pushed and out.version is None
+    assert "not blessed" in out.reason and "below the threshold" in out.reason
+    assert not base.exists()
+    assert json.loads(record.read_text())["pushed"] is False
+    assert push.run(PushConfig(), saved_model_dir, base, blessing=None).pushed is False
+
+    forced = push.run(PushConfig(force=True), saved_model_dir, base, blessing=NOT_BLESSED)
+    assert forced.pushed and forced.version == 1
+    assert model_registry.read_metadata(forced.version_dir)["forced"] is True
+
+
+def test_a_failure_mid_push_leaves_no_version_and_the_existing_one_untouched(saved_model_dir, tmp_path, monkeypatch):
+    base = tmp_path / "models"
+    first = push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+    before = _tree_digest(first.version_dir)
+
+    real_copytree = shutil.copytree
+
+    def copy_then_fail(src, dst, *args, **kwargs):
+        real_copytree(src, dst, *args, **kwargs)
+        if not Path(dst).name.startswith(".tmp-push-"):  # copytree recurses through the patched name
+            return dst
+        shutil.rmtree(Path(dst) / "variables")  # as if the disk filled up half way
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(push.shutil, "copytree", copy_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+    assert _entries(base) == ["1"]
+    assert _tree_digest(first.version_dir) == before
+
+
+def test_a_copy_that_predicts_differently_is_not_pushed(saved_model_dir, tmp_path, monkeypatch):
+    """The check in the temporary folder compares predictions with the source's, not just that it loads."""
+    from components import export
+    from components.model import build_model
+
+    other_model = tmp_path / "other.keras"
+    build_model("seed", seed=123).save(other_model)
+    other = export.run(other_model, tmp_path / "other" / "saved_model").saved_model_dir
+    real_copytree = shutil.copytree
+
+    def copy_with_other_weights(src, dst, *args, **kwargs):
+        real_copytree(src, dst, *args, **kwargs)
+        if not Path(dst).name.startswith(".tmp-push-"):  # copytree recurses through the patched name
+            return dst
+        shutil.rmtree(Path(dst) / "variables")
+        real_copytree(other / "variables", Path(dst) / "variables")
+        return dst
+
+    monkeypatch.setattr(push.shutil, "copytree", copy_with_other_weights)
+    base = tmp_path / "models"
+    with pytest.raises(ModelError, match="predicts differently"):
+        push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+    assert _entries(base) == []
+
+
+def test_keep_only_the_newest_n_versions(saved_model_dir, tmp_path):
+    base = tmp_path / "models"
+    config = PushConfig(keep_versions=2)
+    removed = [push.run(config, saved_model_dir, base, blessing=BLESSED).removed_versions for _ in range(4)]
+    assert removed == [(), (), (1,), (2,)]
+    assert _entries(base) == ["3", "4"]
+
+
+@pytest.mark.parametrize("damage", ["no_saved_model_pb", "garbage_pb", "no_variables", "no_classify"])
+def test_corrupt_or_partial_saved_model_is_refused_naming_the_path(damage, saved_model_dir, tmp_path):
+    broken = tmp_path / "broken_model"
+    shutil.copytree(saved_model_dir, broken)
+    if damage == "no_saved_model_pb":
+        (broken / "saved_model.pb").unlink()
+    elif damage == "garbage_pb":
+        (broken / "saved_model.pb").write_bytes(b"\x00garbage" * 10)
+    elif damage == "no_variables":
+        shutil.rmtree(broken / "variables")
+    else:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((broken / "saved_model.pb").read_bytes())
+        del proto.meta_graphs[0].signature_def[sig.CLASSIFY_SIGNATURE]
+        (broken / "saved_model.pb").write_bytes(proto.SerializeToString())
+    base = tmp_path / "models"
+    with pytest.raises(ModelError, match="broken_model"):
+        push.run(PushConfig(), broken, base, blessing=BLESSED)
+    assert not (base / sig.MODEL_NAME).exists() or _entries(base) == []
+
+
+def test_base_path_that_is_a_file_is_a_clear_error(saved_model_dir, tmp_path):
+    base = tmp_path / "models"
+    base.write_text("not a folder")
+    with pytest.raises(ConfigError, match="is a file"):
+        push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write anywhere")
+def test_base_path_that_is_not_writable_is_a_clear_error(saved_model_dir, tmp_path):
+    base = tmp_path / "models"
+    base.mkdir()
+    base.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="writable|cannot create"):
+            push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+    finally:
+        base.chmod(0o700)
+
+
+def _write_run(workdir: Path, run_id: str, saved_model_dir: Path, *, blessed: bool, accuracy: float) -> None:
+    shutil.copytree(saved_model_dir, paths.exported_model_dir(workdir, run_id))
+    paths.stage_dir(workdir, run_id, "evaluate").mkdir(parents=True)
+    paths.blessing_path(workdir, run_id).write_text(json.dumps({"blessed": blessed, "reason": "test"}))
+    paths.metrics_path(workdir, run_id).write_text(json.dumps({"accuracy": accuracy, "dataset": "mnist"}))
+
+
+def test_push_versions_and_rollback_commands(saved_model_dir, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    base = paths.model_base_path(workdir)
+    _write_run(workdir, "20261123T000001Z-aaaaaa", saved_model_dir, blessed=True, accuracy=0.991)
+    assert cli.main(["push", "--workdir", os.fspath(workdir), "--run-id", "20261123T000001Z-aaaaaa", "-q"]) == 0
+    _write_run(workdir, "20261123T000002Z-bbbbbb", saved_model_dir, blessed=False, accuracy=0.95)
+    assert cli.main(["push", "--workdir", os.fspath(workdir), "-q"]) == 0  # newest run: not blessed, exit 0
+    assert "not blessed" in capsys.readouterr().out
+    assert cli.main(["push", "--workdir", os.fspath(workdir), "--force", "-q"]) == 0
+    assert [v.version for v in model_registry.list_versions(base, sig.MODEL_NAME)] == [1, 2]
+
+    capsys.readouterr()
+    assert cli.main(["versions", "--workdir", os.fspath(workdir)]) == 0
+    table = capsys.readouterr().out
+    row1, row2 = [line for line in table.splitlines() if line.strip()[:1].isdigit()]
+    assert "0.9910" in row1 and "served" not in row1
+    assert "0.9500" in row2 and "served" in row2 and "forced" in row2
+
+    assert cli.main(["rollback", "--workdir", os.fspath(workdir), "-q"]) == 0
+    versions = model_registry.list_versions(base, sig.MODEL_NAME)
+    assert [v.version for v in versions] == [1, 2, 3]  # history kept; the newest (served) is a copy of 1
+    served = versions[-1].metadata
+    assert served["rolled_back_from"] == 2 and served["copy_of_version"] == 1
+    assert served["accuracy"] == 0.991 and served["blessed"] is True
+    push.check_signatures(versions[-1].path)
+
+    capsys.readouterr()
+    assert cli.main(["versions", "--workdir", os.fspath(workdir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["served"] for r in rows] == [False, False, True]
+
+    assert cli.main(["rollback", "--workdir", os.fspath(workdir), "--to", "3"]) == 1  # already served
+    assert cli.main(["rollback", "--workdir", os.fspath(workdir), "--to", "9"]) == 1
+    assert "version 9 is not in" in capsys.readouterr().err
+
+
+def test_push_without_evaluation_asks_for_it(saved_model_dir, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    shutil.copytree(saved_model_dir, paths.exported_model_dir(workdir, "20261123T000001Z-aaaaaa"))
+    assert cli.main(["push", "--workdir", os.fspath(workdir)]) == 1
+    assert "mnist-pipeline evaluate" in capsys.readouterr().err
+    assert not paths.model_base_path(workdir).exists()
+
+
+def test_rollback_with_one_version_is_refused(saved_model_dir, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    push.run(dataclasses.replace(PushConfig()), saved_model_dir, paths.model_base_path(workdir), blessing=BLESSED)
+    assert cli.main(["rollback", "--workdir", os.fspath(workdir)]) == 1
+    assert "nothing to roll back" in capsys.readouterr().err
