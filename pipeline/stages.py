@@ -128,12 +128,15 @@ def train_stage(ctx: StageContext) -> StageResult:
     from components import train
 
     name, data_dir = _dataset(ctx)
+    # A resumed run trains into the same folder, so Keras's BackupAndRestore continues after the last epoch.
     out = train.run(ctx.config.train, ctx.config.data, data_dir, ctx.out_dir)
-    outputs = {"model": artifact(out.model_path, "Model"), "history": artifact(out.history_path, "TrainingHistory")}
-    history = json.loads(Path(out.history_path).read_text())
-    last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and isinstance(v[-1], (int, float))}
-    return StageResult(outputs, {"epochs": max((len(v) for v in history.values() if isinstance(v, list)), default=0),
-                                 **{f"final_{k}": float(v) for k, v in last.items()}})
+    outputs = {"model": artifact(out.model_path, "Model", architecture=out.architecture),
+               "history": artifact(out.history_path, "TrainingHistory")}
+    return StageResult(outputs, {"architecture": out.architecture, "epochs": out.epochs,
+                                 "batch_size": out.batch_size, "learning_rate": out.learning_rate,
+                                 "train_examples": out.train_examples, "validation_examples": out.validation_examples,
+                                 "val_accuracy": out.val_accuracy, "val_loss": out.val_loss,
+                                 "initial_epoch": out.initial_epoch})
 
 
 def export_stage(ctx: StageContext) -> StageResult:
