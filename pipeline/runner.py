@@ -159,25 +159,45 @@ def artifact(uri: str | os.PathLike, type_: str, **properties: Any) -> Artifact:
     return Artifact(os.fspath(uri), type_, props)
 
 
+PACKAGES = ("pipeline", "components", "serving")
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The git commit of the checkout this package runs from, else the installed package's version."""
+    """`src:<hash of the project's Python sources> git:<commit>` (or the package version without git).
+
+    The source hash is what the cache keys use: a commit that touches only tests or docs, or another
+    engineer's unrelated commit, does not invalidate cached stages, while any edit to the code does. The
+    commit (or package version) is there for people reading the record.
+    """
     root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for package in PACKAGES:
+        for f in sorted((root / package).rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0")
+            _hash_file(h, f)
+    source = f"src:{h.hexdigest()[:12]}"
     try:
         out = subprocess.run(
             ["git", "-C", os.fspath(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
         )
         commit = out.stdout.strip()
         if commit:
-            return f"git:{commit[:12]}"
+            return f"{source} git:{commit[:12]}"
     except (OSError, subprocess.SubprocessError):
         pass
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return f"mnist-pipeline=={version('mnist-pipeline')}"
+        return f"{source} mnist-pipeline=={version('mnist-pipeline')}"
     except PackageNotFoundError:
-        return "unknown"
+        return source
+
+
+def _code_identity(code: str) -> str:
+    """The part of a code version that keys the cache: the source hash when there is one."""
+    first = code.split()[0] if code.split() else code
+    return first if first.startswith("src:") else code
 
 
 def cache_key(stage: str, config_fingerprint: str, inputs: Mapping[str, Artifact], code: str) -> str:
@@ -185,7 +205,7 @@ def cache_key(stage: str, config_fingerprint: str, inputs: Mapping[str, Artifact
         "stage": stage,
         "config": config_fingerprint,
         "inputs": {name: [a.uri, a.fingerprint] for name, a in sorted(inputs.items())},
-        "code": code,
+        "code": _code_identity(code),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
