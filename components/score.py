@@ -83,7 +83,8 @@ def _join(base: str, *parts: str) -> str:
 
 
 def resolve_model(path: str | os.PathLike) -> ModelRef:
-    """A SavedModel dir, or a model base path `<base>/<model>` meaning its newest integer version."""
+    """A SavedModel dir, or a model base path `<base>/<model>` meaning its newest integer version (resolved by
+    `components.model_registry` for local paths, by listing the folder for remote ones such as gs://)."""
     import tensorflow as tf
 
     path = os.fspath(path)
@@ -98,18 +99,21 @@ def resolve_model(path: str | os.PathLike) -> ModelRef:
             f"model {path!r} does not exist; give a SavedModel folder or a model base path <base>/<model> "
             f"(run `mnist-pipeline push` to fill the workdir's)"
         )
-    versions = sorted(
-        int(name.rstrip("/"))
-        for name in gfile.listdir(path)
-        if name.rstrip("/").isdigit() and gfile.exists(_join(path, name.rstrip("/"), "saved_model.pb"))
-    )
-    if not versions:
-        raise ModelError(
-            f"model {path!r} is neither a SavedModel (no saved_model.pb) nor a model base path "
-            f"(no <integer version>/saved_model.pb inside)"
-        )
     name = os.path.basename(path.rstrip("/")) or sig.MODEL_NAME
-    return ModelRef(_join(path, str(versions[-1])), name, versions[-1])
+    if "://" not in path:
+        from components import model_registry
+
+        newest = model_registry.newest_version(os.path.dirname(path.rstrip("/")) or ".", name)
+        version = newest.version if newest is not None and newest.complete else None
+    else:
+        versions = sorted(int(n.rstrip("/")) for n in gfile.listdir(path) if n.rstrip("/").isdigit())
+        version = versions[-1] if versions and gfile.exists(_join(path, str(versions[-1]), "saved_model.pb")) else None
+    if version is None:
+        raise ModelError(
+            f"model {path!r} is neither a SavedModel (no saved_model.pb) nor a model base path whose newest "
+            f"<integer version>/ holds a saved_model.pb"
+        )
+    return ModelRef(_join(path, str(version)), name, version)
 
 
 def check_signature(saved_model_dir: str) -> None:
@@ -245,14 +249,15 @@ class DecodeExamples(beam.DoFn):
                     if key == _default_key(record):
                         key = _default_key(images[0])
             if reason is None:
-                try:
-                    image = self._decode_one(images[0]).numpy()
+                try:  # diagnose with the raw decoder, then decode with the project's function
+                    shape = self._tf.io.decode_png(images[0], channels=1).shape
                 except self._tf.errors.InvalidArgumentError as exc:
-                    message = exc.message.strip().splitlines()[0]
-                    if "28x28" in message:
-                        reason = f"wrong size: image must be {sig.IMAGE_SIZE}x{sig.IMAGE_SIZE} pixels"
+                    reason = f"undecodable image: {exc.message.strip().splitlines()[0]}"
+                else:
+                    if tuple(shape[:2]) != (sig.IMAGE_SIZE, sig.IMAGE_SIZE):
+                        reason = f"wrong size: {shape[0]}x{shape[1]} pixels, expected {sig.IMAGE_SIZE}x{sig.IMAGE_SIZE}"
                     else:
-                        reason = f"undecodable image: {message}"
+                        image = self._decode_one(images[0]).numpy()
             if reason is None:
                 yield (key, label), image
             else:
