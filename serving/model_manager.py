@@ -4,8 +4,8 @@
     manager.poll()              # load what the version policy wants (also done by the polling thread)
     servable = manager.resolve("mnist", version=None, label=None)   # the newest available version
 
-A version is a folder `<base>/<model>/<integer>/` holding `saved_model.pb` (the pusher renames complete
-folders into place, so a folder that is there is whole). Each poll:
+A version is a folder `<base>/<model>/<integer>/` holding `saved_model.pb`, as `components.model_registry`
+lists them (the pusher renames complete folders into place, so a folder that is there is whole). Each poll:
 
 1. lists the versions on disk and picks the aspired ones by the version policy (`latest` N, `all` or
    `specific`, from models.config; without one, TF Serving's default, the newest one);
@@ -38,6 +38,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from components import model_registry
 from components import signatures as sig
 
 log = logging.getLogger(__name__)
@@ -376,15 +377,13 @@ class ModelManager:
 
     def _poll_model(self, name: str) -> bool:
         settings = self._states[name].settings
-        on_disk = {}
         try:
-            entries = list(settings.base_path.iterdir()) if settings.base_path.is_dir() else []
+            # The shared registry lists `<dir>/<integer>/` as TF Serving does; `base_path` is that <dir>.
+            listed = model_registry.list_versions(settings.base_path.parent, settings.base_path.name)
         except OSError as exc:
             log.warning("cannot list %s: %s", settings.base_path, exc)
-            entries = []
-        for entry in entries:
-            if entry.name.isdigit() and (entry / "saved_model.pb").is_file():
-                on_disk[int(entry.name)] = entry
+            listed = []
+        on_disk = {v.version: v.path for v in listed if v.complete}
         usable = [v for v, p in on_disk.items() if self._failed.get((name, v)) != _mtime(p)]
         aspired = set(settings.aspired(usable))
         changed = False
