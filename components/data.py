@@ -86,8 +86,16 @@ def train_and_validation(
         base = base.take(max_examples)
     indexed = base.enumerate()
     is_val = _in_validation(seed, validation_fraction)
-    train = indexed.filter(lambda i, ex: tf.logical_not(is_val(i, ex))).map(lambda i, ex: ex)
-    val = indexed.filter(is_val).map(lambda i, ex: ex)
+
+    def is_train(index, example):
+        return tf.logical_not(is_val(index, example))
+
+    def drop_index(index, example):
+        return example
+
+    # Named functions, not lambdas on one line: autograph cannot tell two lambdas on a line apart.
+    train = indexed.filter(is_train).map(drop_index)
+    val = indexed.filter(is_val).map(drop_index)
     return (
         _batched(train, batch_size, shuffle_buffer=shuffle_buffer, seed=seed),
         _batched(val, batch_size),
