@@ -10,7 +10,8 @@ accuracy is not below the baseline's (the version pushed now, run on the same te
 `tolerance`. Not blessed is an outcome, recorded with its reasons in blessing.json, not an exception.
 
 Writes (atomically) into `out_dir`: metrics.json (loss, accuracy, per-class precision/recall/F1, confusion
-matrix, baseline), blessing.json, confusion_matrix.png, test_samples.png, misclassified.png.
+matrix, baseline), blessing.json, confusion_matrix.png, test_samples.png, misclassified.png, and
+training_curves.png when the trainer's history is given.
 """
 
 from __future__ import annotations
@@ -73,8 +74,12 @@ def run(
     out_dir: Path,
     *,
     baseline_dir: Path | None = None,
+    history_path: Path | None = None,
 ) -> EvaluateOutput:
-    """Metrics and blessing of the SavedModel at `saved_model_dir`; see the module docstring."""
+    """Metrics and blessing of the SavedModel at `saved_model_dir`; see the module docstring.
+
+    `history_path`: the trainer's history.json (Keras History.history); if it exists, training_curves.png too.
+    """
     from components import data
 
     saved_model_dir, out_dir = Path(saved_model_dir), Path(out_dir)
@@ -127,6 +132,12 @@ def run(
                          out_dir / "misclassified.png",
                          title=f"misclassified: {int((predictions != candidate.labels).sum())} of {len(predictions)}"),
     )
+    if history_path is not None and Path(history_path).is_file():
+        try:
+            history = json.loads(Path(history_path).read_text())
+            plot_paths += (plots.training_curves(history, out_dir / "training_curves.png"),)
+        except (OSError, ValueError) as exc:  # the curves are a view of training, not part of the verdict
+            log.warning("no training curves: %s cannot be used (%s)", history_path, exc)
     log.info("test accuracy %.4f, loss %.4f on %d examples; %s: %s",
              metrics["accuracy"], metrics["loss"], metrics["num_examples"],
              "blessed" if blessed else "NOT blessed", reason)

@@ -83,6 +83,11 @@ def metrics_path(workdir: str | os.PathLike, run_id: str) -> Path:
     return stage_dir(workdir, run_id, "evaluate") / "metrics.json"
 
 
+def history_path(workdir: str | os.PathLike, run_id: str) -> Path:
+    """Keras's History.history of the run's training (components.train.HISTORY_FILE in the train folder)."""
+    return stage_dir(workdir, run_id, "train") / "history.json"
+
+
 def blessing_path(workdir: str | os.PathLike, run_id: str) -> Path:
     return stage_dir(workdir, run_id, "evaluate") / "blessing.json"
 

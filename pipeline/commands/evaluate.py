@@ -14,7 +14,8 @@ HELP = "evaluate a run's exported SavedModel on the test split and decide its bl
 DESCRIPTION = """\
 Evaluate <workdir>/runs/<run>/export/saved_model (what would be served, through its serving_default signature)
 on the test split: loss, accuracy, per-class precision/recall/F1 and the confusion matrix go to
-<workdir>/runs/<run>/evaluate/metrics.json, with confusion_matrix.png, test_samples.png and misclassified.png.
+<workdir>/runs/<run>/evaluate/metrics.json, with confusion_matrix.png, test_samples.png, misclassified.png and (from train/history.json)
+training_curves.png.
 
 Blessing (blessing.json), as TFX's Evaluator: accuracy >= evaluate.accuracy_threshold (default 0.99) AND not
 worse than the version pushed now (the newest under the model base path, run on the same test set) by more
@@ -50,6 +51,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         config.data.dataset,
         paths.stage_dir(config.workdir, run_id, "evaluate"),
         baseline_dir=served.path if served is not None else None,
+        history_path=paths.history_path(config.workdir, run_id),
     )
     print(f"run {run_id}: test accuracy {out.accuracy:.4f}, loss {out.loss:.4f} on {out.num_examples} examples")
     if served is not None:
