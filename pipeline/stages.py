@@ -328,7 +328,7 @@ def lineage_record(store: RunStore, version: int | str, model_name: str) -> dict
              "code_version": ex.code_version, "config_fingerprint": ex.config_fingerprint,
              "started": ex.started, "duration": ex.duration,
              "inputs": {k: a.uri for k, a in ins.items()}, "outputs": {k: a.uri for k, a in outs.items()}}
-            for ex, ins, outs in chain
+            for ex, ins, outs in sorted(chain, key=lambda item: item[0].id)  # in the order they ran
         ],
     }
     if "ingest" in by_stage:

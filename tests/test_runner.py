@@ -191,3 +191,81 @@ def test_second_run_on_a_locked_workdir_refuses(tmp_path):
         with pytest.raises(LockHeldError, match="another run"):
             run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
     assert fake.calls == Counter()
+
+
+# -- the whole pipeline, for real, on tiny synthetic data ---------------------------------------------------------
+
+
+@pytest.mark.timeout(900)
+def test_whole_pipeline_end_to_end_then_cached_then_failure_and_resume(idx_dir, tmp_path, capsys, monkeypatch):
+    from components import model_registry
+    from pipeline.cli import main
+    from pipeline.runner import fingerprint_path
+    from pipeline.stages import lineage_record
+
+    workdir = tmp_path / "work"
+    def flags(epochs: int) -> list[str]:
+        return ["--workdir", str(workdir), "--source-dir", str(idx_dir), "--architecture", "seed",
+                "--epochs", str(epochs), "--accuracy-threshold", "0"]
+
+    assert main(["run", *flags(1)]) == 0
+    first_out = capsys.readouterr().out
+
+    store = RunStore(paths.store_path(workdir))
+    [run1] = store.list_runs()
+    assert run1.status == "succeeded"
+    statuses = {e.stage: e.status for e in store.executions(run1.id)}
+    assert statuses == {s: "succeeded" for s in ("ingest", "validate", "train", "export", "evaluate", "push", "score",
+                                                 "serving_check", "report")}
+    [v1] = model_registry.list_versions(paths.model_base_path(workdir), "mnist")
+    assert v1.version == 1 and v1.complete
+    score_ex = next(e for e in store.executions(run1.id) if e.stage == "score")
+    assert score_ex.properties["num_predictions"] == 50 and score_ex.properties["num_failed"] == 0
+    check = json.loads((paths.stage_dir(workdir, run1.id, "serving_check") / "serving_check.json").read_text())
+    assert check["passed"] and check["model_version"] == 1 and check["num_examples"] == 50
+    assert check["expected_accuracy"] is not None  # compared with the evaluator's accuracy
+    report_html = paths.stage_dir(workdir, run1.id, "report") / "report.html"
+    assert report_html.is_file() and "data:image/png;base64," in report_html.read_text()
+    assert str(report_html) in first_out
+
+    lineage = lineage_record(store, 1, "mnist")
+    assert lineage["run"]["id"] == run1.id and lineage["data"]["dataset"] == "mnist"
+    assert lineage["data"]["source"] == str(idx_dir.resolve()) and lineage["data"]["statistics"]
+    assert lineage["config"]["train"]["architecture"] == "seed" and "accuracy" in lineage["metrics"]
+    assert main(["lineage", "1", "--workdir", str(workdir)]) == 0
+    assert run1.id in capsys.readouterr().out
+    assert main(["runs", "--workdir", str(workdir)]) == 0
+    assert "v1" in capsys.readouterr().out
+
+    # Nothing changed: every stage but the report is a cache hit, and nothing new is pushed.
+    assert main(["run", *flags(1)]) == 0
+    run2 = store.list_runs()[0]
+    statuses = {e.stage: e.status for e in store.executions(run2.id)}
+    assert statuses.pop("report") == "succeeded" and set(statuses.values()) == {"cached"}, statuses
+    assert [v.version for v in model_registry.list_versions(paths.model_base_path(workdir), "mnist")] == [1]
+    capsys.readouterr()
+
+    # A stage that fails stops the run, names the stage, and leaves the pushed version as it was.
+    before = fingerprint_path(v1.path)
+    from components import train
+
+    real_train = train.run
+    monkeypatch.setattr(train, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    assert main(["run", *flags(2)]) == 1
+    err = capsys.readouterr().err
+    assert "'train'" in err and "disk on fire" in err
+    run3 = store.list_runs()[0]
+    assert (run3.status, run3.failed_stage) == ("failed", "train")
+    assert fingerprint_path(v1.path) == before
+    assert [v.version for v in model_registry.list_versions(paths.model_base_path(workdir), "mnist")] == [1]
+
+    # Resumed, it continues from train with the recorded configuration (2 epochs).
+    monkeypatch.setattr(train, "run", real_train)
+    assert main(["run", "--workdir", str(workdir), "--resume"]) == 0
+    resumed = store.get_run(run3.id)
+    assert resumed.status == "succeeded"
+    execs = store.executions(run3.id)
+    assert [e.stage for e in execs if e.status == "cached"] == ["ingest", "validate"]
+    train_ex = [e for e in execs if e.stage == "train"]
+    assert [e.status for e in train_ex] == ["failed", "succeeded"] and train_ex[-1].properties["epochs"] == 2
+    store.close()
