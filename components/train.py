@@ -1,0 +1,248 @@
+"""The trainer: Keras `fit` on the tf.data pipeline, resumable, with checkpoints, TensorBoard and a history.
+
+    out = run(TrainConfig(architecture="default"), DataConfig(), data_dir, out_dir)
+    out.model_path  # <out_dir>/model.keras, written atomically once training has finished
+
+What it writes under `out_dir` (see `pipeline.paths`):
+
+    model.keras               the trained model (temp file, then rename: never half-written)
+    history.json              Keras's History.history: {"epoch": [1, 2, ...], "loss": [...], "accuracy",
+                              "val_loss", "val_accuracy", "learning_rate"}, rewritten atomically every epoch
+    checkpoints/best.keras    the epoch with the best validation accuracy so far (ModelCheckpoint)
+    backup/                   BackupAndRestore's state while training runs; removed once model.keras is written
+    tensorboard/              TensorBoard event files
+
+A run killed at any point (even SIGKILL) and started again on the same `out_dir` resumes after its last
+finished epoch: `BackupAndRestore` restores weights, optimizer state (so the learning-rate schedule
+continues) and the epoch counter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import DataConfig, TrainConfig
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+CHECKPOINT_FILE = "best.keras"
+
+
+@dataclass(frozen=True)
+class TrainOutput:
+    model_path: Path
+    history_path: Path
+    tensorboard_dir: Path
+    checkpoint_path: Path  # best validation accuracy
+    architecture: str
+    epochs: int  # the planned total
+    initial_epoch: int  # 0, or the epoch this invocation resumed from
+    epochs_run: int  # epochs run by this invocation
+    batch_size: int
+    learning_rate: float
+    train_examples: int
+    validation_examples: int
+    val_accuracy: float
+    val_loss: float
+    train_seconds: float  # wall time of this invocation's `fit`
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_model_atomically(model, path: Path) -> None:
+    # Keras insists on the .keras suffix, so the temp file keeps it.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _count(ds) -> int:
+    """Examples in a batched (images, labels) dataset; the pass also fills its in-memory cache."""
+    import tensorflow as tf
+
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, batch: n + tf.shape(batch[1], out_type=tf.int64)[0]))
+
+
+def _resolve(config: TrainConfig):
+    from components import model as model_lib
+
+    r = model_lib.recipe(config.architecture)  # ConfigError for an unknown name
+    epochs = config.epochs if config.epochs is not None else r.epochs
+    batch_size = config.batch_size if config.batch_size is not None else r.batch_size
+    learning_rate = config.learning_rate if config.learning_rate is not None else r.learning_rate
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
+    if not learning_rate > 0:
+        raise ConfigError(f"train.learning_rate must be positive, got {learning_rate!r}")
+    return r, epochs, batch_size, float(learning_rate)
+
+
+def _columns(epochs: list[dict]) -> dict[str, list]:
+    """Per-epoch entries -> Keras's `History.history` shape ({"loss": [...], ...}) plus an "epoch" column."""
+    keys = sorted({k for e in epochs for k in e} - {"epoch"})
+    return {"epoch": [e["epoch"] for e in epochs], **{k: [e.get(k) for e in epochs] for k in keys}}
+
+
+def _rows(history: dict) -> list[dict]:
+    epochs = history.get("epoch", [])
+    return [{"epoch": n, **{k: v[i] for k, v in history.items() if k != "epoch" and i < len(v)}}
+            for i, n in enumerate(epochs)]
+
+
+def _history_callback(keras, path: Path):
+    class HistoryWriter(keras.callbacks.Callback):
+        """history.json (Keras's History.history shape), rewritten atomically after every epoch. Entries are
+        keyed by epoch number, so a resumed run replaces the epochs it repeats and never duplicates them."""
+
+        def __init__(self):
+            super().__init__()
+            self._epochs: list[dict] | None = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self._epochs is None:
+                previous = []
+                if path.is_file():
+                    try:
+                        previous = _rows(json.loads(path.read_text()))
+                    except (ValueError, TypeError, AttributeError):
+                        log.warning("ignoring unreadable %s", path)
+                self._epochs = [e for e in previous if e["epoch"] <= epoch]
+
+        def on_epoch_end(self, epoch, logs=None):
+            entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            if "learning_rate" not in entry:
+                lr = self.model.optimizer.learning_rate
+                entry["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+            self._epochs = [e for e in self._epochs if e["epoch"] != epoch + 1] + [entry]
+            _atomic_write_text(path, json.dumps(_columns(self._epochs), indent=2) + "\n")
+
+    return HistoryWriter()
+
+
+def run(
+    config: TrainConfig,
+    data: DataConfig,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    verbose: int = 2,
+) -> TrainOutput:
+    """Train `config.architecture` on the prepared dataset in `data_dir`; outputs go to `out_dir`.
+
+    `verbose` is Keras's: 1 for the progress bar (a terminal), 2 for one line per epoch (logs, CI).
+    A missing dataset is a DataError naming the command that prepares it.
+    """
+    import keras
+
+    from components import data as data_lib
+    from components import model as model_lib
+
+    r, epochs, batch_size, learning_rate = _resolve(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / MODEL_FILE
+    history_path = out / HISTORY_FILE
+    tensorboard_dir = out / "tensorboard"
+    checkpoint_path = out / "checkpoints" / CHECKPOINT_FILE
+    backup_dir = out / "backup"
+
+    keras.utils.set_random_seed(config.seed)
+    train_ds, val_ds = data_lib.train_and_validation(
+        data_dir,
+        data.dataset,
+        batch_size=batch_size,
+        validation_fraction=data.validation_fraction,
+        seed=data.seed,
+        shuffle_buffer=data.shuffle_buffer,
+        max_examples=config.max_train_examples,
+    )
+    train_examples, validation_examples = _count(train_ds), _count(val_ds)
+    if train_examples == 0 or validation_examples == 0:
+        raise ConfigError(
+            f"too few training examples to train ({train_examples} train, {validation_examples} validation); "
+            f"raise train.max_train_examples (now {config.max_train_examples})"
+        )
+    steps_per_epoch = math.ceil(train_examples / batch_size)
+    log.info(
+        "training %r: %d epochs, batch %d, learning rate %g, %d train / %d validation examples",
+        config.architecture, epochs, batch_size, learning_rate, train_examples, validation_examples,
+    )
+
+    model = model_lib.build_model(config.architecture, seed=config.seed)
+    model_lib.compile_model(model, r, total_steps=steps_per_epoch * epochs, learning_rate=learning_rate)
+
+    resuming = (backup_dir / "training_metadata.json").is_file()
+    if resuming:
+        log.info("resuming from the backup in %s", backup_dir)
+    elif model_path.exists():
+        log.warning("%s exists from an earlier run; training again from scratch and replacing it", model_path)
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    callbacks = [
+        # First, so that the epoch counter is restored before the other callbacks see an epoch.
+        # The backup is removed only once model.keras is in place, so a kill in between still resumes.
+        keras.callbacks.BackupAndRestore(
+            os.fspath(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=False
+        ),
+        keras.callbacks.ModelCheckpoint(
+            os.fspath(checkpoint_path), monitor="val_accuracy", mode="max", save_best_only=True
+        ),
+        keras.callbacks.TensorBoard(log_dir=os.fspath(tensorboard_dir), profile_batch=0),
+        _history_callback(keras, history_path),
+    ]
+    started = time.perf_counter()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    train_seconds = time.perf_counter() - started
+    initial_epoch = epochs - len(history.epoch)
+
+    _save_model_atomically(model, model_path)
+    log.info("wrote %s", model_path)
+    shutil.rmtree(backup_dir, ignore_errors=True)
+    log.info("wrote %s", history_path)
+    log.info("wrote %s and %s", checkpoint_path, tensorboard_dir)
+
+    final = _rows(json.loads(history_path.read_text()))[-1]
+    return TrainOutput(
+        model_path=model_path,
+        history_path=history_path,
+        tensorboard_dir=tensorboard_dir,
+        checkpoint_path=checkpoint_path,
+        architecture=config.architecture,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        epochs_run=len(history.epoch),
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        train_examples=train_examples,
+        validation_examples=validation_examples,
+        val_accuracy=float(final.get("val_accuracy", float("nan"))),
+        val_loss=float(final.get("val_loss", float("nan"))),
+        train_seconds=train_seconds,
+    )
