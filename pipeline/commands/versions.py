@@ -58,6 +58,6 @@ def run(config: Config, args: argparse.Namespace) -> int:
         accuracy = meta.get("accuracy")
         served = "served" if i == len(versions) - 1 else ""
         note = _note(meta) if v.complete else "INCOMPLETE: no saved_model.pb"
-        print(f"  {v.version:>7}  {served:6}  {accuracy if accuracy is None else format(accuracy, '.4f'):>8}  "
+        print(f"  {v.version:>7}  {served:6}  {'-' if accuracy is None else format(accuracy, '.4f'):>8}  "
               f"{meta.get('pushed_at') or '-':25}  {meta.get('run_id') or '-':24}  {note}")
     return 0
