@@ -268,4 +268,17 @@ def test_whole_pipeline_end_to_end_then_cached_then_failure_and_resume(idx_dir, 
     assert [e.stage for e in execs if e.status == "cached"] == ["ingest", "validate"]
     train_ex = [e for e in execs if e.stage == "train"]
     assert [e.status for e in train_ex] == ["failed", "succeeded"] and train_ex[-1].properties["epochs"] == 2
+
+    # Not blessed (a model trained on 10 examples, threshold 0.99) is a recorded outcome, not a failure:
+    # nothing is pushed, and scoring and the serving check use the version served now.
+    served = [v.version for v in model_registry.list_versions(paths.model_base_path(workdir), "mnist")]
+    weak = [*flags(1)[:-1], "0.99", "--max-train-examples", "10"]
+    assert main(["run", *weak]) == 0
+    run5 = store.list_runs()[0]
+    execs = {e.stage: e for e in store.executions(run5.id)}
+    assert run5.status == "succeeded" and execs["evaluate"].properties["blessed"] is False
+    assert execs["push"].properties["pushed"] is False and "not blessed" in execs["push"].properties["reason"]
+    assert [v.version for v in model_registry.list_versions(paths.model_base_path(workdir), "mnist")] == served
+    assert execs["score"].properties["model_version"] == served[-1]
+    assert execs["serving_check"].status in ("cached", "succeeded")
     store.close()
