@@ -72,6 +72,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             outputs = servable.predict(request)
         except RequestError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:  # a bug or an unforeseen input: answer INTERNAL, keep serving
+            log.exception("request failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = predict_pb2.PredictResponse()
         _answer_spec(response.model_spec, request.model_spec, servable,
                      request.model_spec.signature_name or "serving_default")
@@ -85,6 +88,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             result = servable.classify(request)
         except RequestError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:  # a bug or an unforeseen input: answer INTERNAL, keep serving
+            log.exception("request failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = classification_pb2.ClassificationResponse()
         _answer_spec(response.model_spec, request.model_spec, servable,
                      request.model_spec.signature_name or "serving_default")
@@ -99,6 +105,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             servable = _resolve(self._manager, request.model_spec)
         except RequestError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:  # a bug or an unforeseen input: answer INTERNAL, keep serving
+            log.exception("request failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -122,6 +131,9 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
             statuses = self._manager.statuses(spec.name, version)
         except RequestError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:  # a bug or an unforeseen input: answer INTERNAL, keep serving
+            log.exception("request failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for status in statuses:
             entry = response.model_version_status.add(version=status.version, state=_STATE.Value(status.state))

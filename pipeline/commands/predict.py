@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--version", type=int, metavar="N", help="ask this model version (default: the newest)")
     which.add_argument("--label", metavar="LABEL", help="ask the version with this label (models.config), e.g. stable")
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="deadline of each call (default 10)")
+    parser.add_argument("--status", action="store_true", help="print the model's versions (GetModelStatus) and signatures")
     parser.add_argument("--test-set", type=int, metavar="N", help="send the first N test images instead of files")
     parser.add_argument("--concurrency", type=int, default=1, metavar="K", help="concurrent requests for --test-set (default 1)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="B", help="images per request for --test-set (default 1)")
@@ -73,8 +74,10 @@ def _client(config: Config, args: argparse.Namespace):
 def run(config: Config, args: argparse.Namespace) -> int:
     from pipeline.errors import PipelineError
 
+    if args.status:
+        return _print_status(config, args)
     if args.test_set is None and not args.images:
-        raise PipelineError("give PNG files to classify, or --test-set N")
+        raise PipelineError("give PNG files to classify, --test-set N, or --status")
     if args.test_set is not None and args.images:
         raise PipelineError("give PNG files or --test-set N, not both")
     if args.test_set is not None:
@@ -86,6 +89,30 @@ def run(config: Config, args: argparse.Namespace) -> int:
         print(f"{path}: {int(digit)} (p={float(probs[int(digit)]):.3f})")
     print(f"model {client.model_name} version {out.model_version} at {args.server}")
     return 0
+
+
+def _print_status(config: Config, args: argparse.Namespace) -> int:
+    with _client(config, args) as client:
+        statuses = client.get_model_status()
+        meta = client.get_model_metadata(version=args.version, version_label=args.label)
+    print(f"model {client.model_name} at {args.server}:")
+    for s in statuses:
+        error = f" ({s.error_message})" if s.error_code else ""
+        print(f"  version {s.version}: {s.state}{error}")
+    print(f"  signatures of version {meta.model_version}:")
+    for name, sd in sorted(meta.signature_defs.items()):
+        if name.startswith("__"):
+            continue
+        ins = ", ".join(f"{k} {_dtype(v.dtype)}{[d.size for d in v.tensor_shape.dim]}" for k, v in sorted(sd.inputs.items()))
+        outs = ", ".join(f"{k} {_dtype(v.dtype)}{[d.size for d in v.tensor_shape.dim]}" for k, v in sorted(sd.outputs.items()))
+        print(f"    {name} ({sd.method_name}): {ins} -> {outs}")
+    return 0
+
+
+def _dtype(enum: int) -> str:
+    import tensorflow as tf
+
+    return tf.as_dtype(enum).name
 
 
 def _run_test_set(config: Config, args: argparse.Namespace) -> int:
