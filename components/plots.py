@@ -24,7 +24,7 @@ def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100)
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -45,6 +45,8 @@ def _save(figure, path: Path) -> Path:
 
 def training_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
     """Loss and accuracy per epoch, training and validation (keys as Keras names them: loss, val_loss, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
     panels = [(m, f"val_{m}") for m in ("loss", "accuracy") if m in history or f"val_{m}" in history]
     if not panels:
         raise ValueError(f"history has neither loss nor accuracy series (keys: {', '.join(history) or 'none'})")
@@ -54,8 +56,11 @@ def training_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
         for key, label in ((train_key, "training"), (val_key, "validation")):
             values = list(history.get(key, []))
             if values:
-                ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+                epochs = list(history.get("epoch", []))  # the trainer's epoch numbers, else 1..n
+                x = epochs if len(epochs) == len(values) else range(1, len(values) + 1)
+                ax.plot(x, values, marker="o", label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(train_key)
         ax.set_title(train_key)
         ax.grid(alpha=0.3)
