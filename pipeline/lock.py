@@ -73,13 +73,24 @@ class WorkdirLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        os.write(fd, json.dumps({"pid": os.getpid(), "owner": self.owner, "since": stamp}).encode())
-        os.fsync(fd)
         self._fd = fd
+        self._write()
         log.debug("locked workdir %s (%s)", self.workdir, self.path)
         return self
+
+    def describe(self, owner: str) -> None:
+        """Say what the holder is doing now (e.g. once the run id is known), for whoever is refused."""
+        if self._fd is None:
+            return
+        self.owner = owner
+        self._write()
+
+    def _write(self) -> None:
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.pwrite(self._fd, json.dumps({"pid": os.getpid(), "owner": self.owner, "since": stamp}).encode(), 0)
+        os.fsync(self._fd)
 
     def release(self) -> None:
         if self._fd is None:

@@ -112,6 +112,7 @@ class StageSpec:
     sections: tuple[str, ...] = ()  # config sections whose values change what the stage does
     inputs: tuple[Input, ...] = ()
     cacheable: bool = True
+    after_failure: bool = False  # also runs (best effort) when an earlier stage failed: the report
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def run_pipeline(
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     code = code or code_version()
-    with WorkdirLock(workdir, owner="mnist-pipeline run", wait=wait), RunStore(paths.store_path(workdir)) as store:
+    with WorkdirLock(workdir, owner="mnist-pipeline run", wait=wait) as lock, RunStore(paths.store_path(workdir)) as store:
         stale = store.mark_interrupted()  # we hold the lock: anything still 'running' belongs to a dead process
         for run_id in stale:
             log.warning("run %s was interrupted (its process stopped); resume it with `mnist-pipeline run --resume %s`",
@@ -270,13 +271,15 @@ def run_pipeline(
                 raise ConfigError(f"cannot resume run {run.id}: it already succeeded; start a new run instead")
             config = dataclasses.replace(config_from_dict(run.config), workdir=config.workdir)
             run_id = run.id
-            finished = store.finished_stages(run_id)
+            rerun = {s.name for s in specs if not s.cacheable}  # the report is written again, not kept
+            finished = {k: v for k, v in store.finished_stages(run_id).items() if k not in rerun}
             store.reopen_run(run_id)
             log.info("resuming run %s after %s", run_id, ", ".join(finished) or "no finished stage")
         else:
             run_id = paths.new_run_id()
             store.start_run(run_id, config.to_dict(), code)
             log.info("run %s started in %s (code %s)", run_id, workdir, code)
+        lock.describe(f"mnist-pipeline run {run_id}")
         selected = select_stages(specs, stages, skip)
         return _run_stages(store, config, workdir, run_id, specs, selected, finished, use_cache, code)
 
@@ -311,6 +314,12 @@ def _run_stages(
             records[spec.name] = _run_stage(store, config, workdir, run_id, spec, records, use_cache, code)
     except StageFailed as exc:
         store.finish_run(run_id, "failed", failed_stage=exc.stage, error=exc.error)
+        for spec in selected:
+            if spec.after_failure and spec.name not in records and spec.name != exc.stage:
+                try:  # e.g. a report that shows where the run failed; its own failure must not hide the first
+                    _run_stage(store, config, workdir, run_id, spec, records, use_cache, code)
+                except Exception as later:  # noqa: BLE001
+                    log.warning("stage %s after the failure could not run either: %s", spec.name, later)
         raise
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: the record must not say 'running'
         store.mark_interrupted()

@@ -295,7 +295,7 @@ def default_stages() -> list[StageSpec]:
                   inputs=(Input("model", resolve=_model_to_serve), dataset,
                           Input("saved_model", "export", **optional), Input("evaluation", "evaluate", **optional),
                           Input("predictions", "score", **optional))),
-        StageSpec("report", report_stage, cacheable=False,
+        StageSpec("report", report_stage, cacheable=False, after_failure=True,
                   inputs=(Input("served_model", resolve=_served_model, **optional),)),
     ]
 

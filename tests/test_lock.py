@@ -23,6 +23,13 @@ def test_second_holder_refuses_naming_the_first(tmp_path):
         assert read_holder(tmp_path)["owner"] == "run B"
 
 
+def test_holder_can_say_which_run_it_is(tmp_path):
+    with WorkdirLock(tmp_path, owner="mnist-pipeline run") as lock:
+        lock.describe("mnist-pipeline run 20261123T212400Z-3f9a1c")
+        with pytest.raises(LockHeldError, match="20261123T212400Z-3f9a1c"):
+            WorkdirLock(tmp_path, owner="other").acquire()
+
+
 def test_wait_blocks_until_released(tmp_path):
     first = WorkdirLock(tmp_path, owner="run A").acquire()
     got = threading.Event()

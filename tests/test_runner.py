@@ -185,6 +185,26 @@ def test_skipped_stage_is_recorded_and_the_run_goes_on(tmp_path):
     assert result.stage("c").status == "succeeded"
 
 
+def test_report_like_stage_runs_after_a_failure_and_again_on_resume(tmp_path):
+    seen = []
+
+    def report(ctx):
+        seen.append([(e.stage, e.status) for e in ctx.store.executions(ctx.run_id)])
+        return StageResult()
+
+    fake = FakeStages()
+    fake.fail.add("b")
+    specs = [*fake.specs(), StageSpec("report", report, cacheable=False, after_failure=True)]
+    with pytest.raises(StageFailed, match="'b'"):
+        run_pipeline(_config(tmp_path), specs=specs, code="v1")
+    assert seen[-1][:2] == [("a", "succeeded"), ("b", "failed")]  # the report saw where it failed
+    with RunStore(paths.store_path(tmp_path / "w")) as store:
+        assert store.list_runs()[0].failed_stage == "b"  # the report did not clear the failure
+    fake.fail.clear()
+    result = run_pipeline(_config(tmp_path), specs=specs, code="v1", resume="latest")
+    assert result.stage("report").status == "succeeded" and len(seen) == 2
+
+
 def test_second_run_on_a_locked_workdir_refuses(tmp_path):
     fake = FakeStages()
     with WorkdirLock(tmp_path / "w", owner="another run"):
