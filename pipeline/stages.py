@@ -15,18 +15,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline import paths
 from pipeline.config import Config, model_base_path
-from pipeline.runner import Input, SkipStage, StageContext, StageRecord, StageResult, StageSpec, artifact, fingerprint_path
+from pipeline.runner import Input, SkipStage, StageContext, StageResult, StageSpec, artifact, fingerprint_path
 from pipeline.store import Artifact, RunStore
 
 log = logging.getLogger(__name__)
-
-# Images the serving check sends through the gRPC client (a sample of the test split, in order).
-SERVING_CHECK_EXAMPLES = 500
-
 
 # -- inputs found in the workdir rather than produced in this run --------------------------------------------
 
