@@ -210,7 +210,8 @@ def _idx_builder_class(base: type, dataset: str) -> type:
 def _ingest_download(dataset: str, data_dir: Path) -> IngestOutput:
     base = _tfds_base_class(dataset)
     version = str(base.VERSION)
-    if _prepared(dataset, data_dir).is_prepared():
+    # Only ask TFDS once the dataset's folder exists (it warns about a missing one).
+    if paths.ingest_record_path(data_dir, dataset).parent.is_dir() and _prepared(dataset, data_dir).is_prepared():
         record = _read_record(data_dir, dataset) or {"source": "tfds"}
         log.info("reusing %s %s in %s: already prepared", dataset, version, data_dir)
         return _output(dataset, data_dir, reused=True, record=record)
