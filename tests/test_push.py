@@ -175,6 +175,15 @@ def test_base_path_that_is_not_writable_is_a_clear_error(saved_model_dir, tmp_pa
         base.chmod(0o700)
 
 
+def test_base_path_reported_not_writable_is_a_clear_error(saved_model_dir, tmp_path, monkeypatch):
+    """The same check as above where the tests run as root (who may write anywhere): the OS says no."""
+    real_access = os.access
+    monkeypatch.setattr(push.os, "access", lambda p, mode: False if "models" in os.fspath(p) else real_access(p, mode))
+    with pytest.raises(ConfigError, match="not writable"):
+        push.run(PushConfig(), saved_model_dir, tmp_path / "models", blessing=BLESSED)
+    assert _entries(tmp_path / "models") == []
+
+
 def _write_run(workdir: Path, run_id: str, saved_model_dir: Path, *, blessed: bool, accuracy: float) -> None:
     shutil.copytree(saved_model_dir, paths.exported_model_dir(workdir, run_id))
     paths.stage_dir(workdir, run_id, "evaluate").mkdir(parents=True)
