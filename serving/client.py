@@ -7,10 +7,11 @@ Typical usage: `ServingClient("localhost:8500").predict(images)["classes"]` with
         out = client.predict(images, version_label="stable")  # {"probabilities": [b, 10], "classes": [b]}
         out.model_version                                     # the version that answered
 
-Every call has a deadline (`timeout`). The channel raises gRPC's message size limits to `max_message_bytes`,
+Tensors are converted by `serving.tensors` (tf.make_tensor_proto's wire form, built directly for numeric
+arrays). Every call has a deadline (`timeout`). The channel raises gRPC's message size limits to `max_message_bytes`,
 and a batch is split so that no request exceeds that limit nor `max_batch_size` images (TF Serving's batching
 refuses batches larger than its max_batch_size). UNAVAILABLE is retried by gRPC itself, through the
-channel's service config (`retryPolicy`), not by a loop here. TLS is used when `root_certificates` is given,
+channel's service config (`retryPolicy`, `max_attempts` in all; 1 turns retries off), not by a loop here. TLS is used when `root_certificates` is given,
 mutual TLS when `certificate_chain` and `private_key` are given too. Every `grpc.RpcError` becomes a
 `ServingError` that keeps the status code and says what to do.
 """
@@ -26,7 +27,6 @@ from typing import Iterable, Mapping, Sequence
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -39,6 +39,7 @@ from tensorflow_serving.apis import (
 
 from components import signatures as sig
 from serving.errors import ServingError
+from serving.tensors import fill_tensor_proto, to_ndarray
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,9 @@ class ServingClient:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", service_config(max_attempts)),
         ]
+        if max_attempts >= 2:  # gRPC's retryPolicy needs at least 2 attempts; 1 means no retries
+            options += [("grpc.enable_retries", 1), ("grpc.service_config", service_config(max_attempts))]
         if root_certificates is not None or certificate_chain is not None:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(root_certificates, "CA certificate"),
@@ -193,7 +194,7 @@ class ServingClient:
                             f"{details}; {hint}", code)
 
     def _chunks(self, inputs: Mapping[str, np.ndarray]) -> list[slice]:
-        sizes = {len(a) if a.ndim else 1 for a in inputs.values()}
+        sizes = {a.shape[0] if a.ndim else 1 for a in inputs.values()}
         if len(sizes) != 1:
             raise ServingError(f"inputs have different batch sizes {sorted(sizes)}; give every input the same first dimension")
         (n,) = sizes
@@ -219,7 +220,7 @@ class ServingClient:
         input_name: str = sig.IMAGE_INPUT,
     ) -> Prediction:
         """Predict on a batch; an array goes to `input_name`. Large batches go as several requests."""
-        if not isinstance(inputs, Mapping):
+        if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
             inputs = {input_name: inputs}
         arrays = {k: np.asarray(v) for k, v in inputs.items()}
         parts: list[Mapping[str, np.ndarray]] = []
@@ -228,9 +229,10 @@ class ServingClient:
             request = predict_pb2.PredictRequest()
             self._spec(request.model_spec, version, version_label, signature_name)
             for key, array in arrays.items():
-                request.inputs[key].CopyFrom(tf.make_tensor_proto(array[part]))
+                fill_tensor_proto(request.inputs[key], array[part])
             response = self._call(self._predictions.Predict, request, f"Predict ({signature_name})")
-            parts.append({k: tf.make_ndarray(v) for k, v in response.outputs.items()})
+            # Copied: the fast path views the response's bytes read-only, and callers may write to outputs.
+            parts.append({k: np.array(to_ndarray(v)) for k, v in response.outputs.items()})
             model_version = response.model_spec.version.value if response.model_spec.HasField("version") else None
         if len(parts) == 1:
             return Prediction(parts[0], model_version)

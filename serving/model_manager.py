@@ -40,6 +40,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from components import model_registry
 from components import signatures as sig
+from serving.tensors import to_ndarray
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def _to_tensor(key: str, proto, spec: tf.TensorSpec) -> tf.Tensor:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r} has shape {shape}, the signature expects {spec.shape}")
     try:
-        array = tf.make_ndarray(proto)
+        array = to_ndarray(proto)
     except (ValueError, TypeError) as exc:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {key!r}: its values do not fill shape {shape}: {exc}") from exc

@@ -17,7 +17,6 @@ import logging
 from concurrent import futures
 
 import grpc
-import tensorflow as tf
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -29,22 +28,12 @@ from tensorflow_serving.apis import (
 )
 
 from serving.model_manager import ModelManager, RequestError, Servable
+from serving.tensors import fill_tensor_proto
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _STATE = get_model_status_pb2.ModelVersionStatus.State
-
-
-def _fill_tensor_proto(proto, array) -> None:
-    """What tf.make_tensor_proto writes for a numeric array (dtype, shape, raw bytes), ~50x faster for small ones."""
-    if array.dtype.kind in "biuf" and array.dtype.byteorder in "=|":
-        proto.dtype = tf.as_dtype(array.dtype).as_datatype_enum
-        for size in array.shape:
-            proto.tensor_shape.dim.add(size=size)
-        proto.tensor_content = array.tobytes()
-    else:
-        proto.CopyFrom(tf.make_tensor_proto(array))
 
 
 def _resolve(manager: ModelManager, spec) -> Servable:
@@ -79,7 +68,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         _answer_spec(response.model_spec, request.model_spec, servable,
                      request.model_spec.signature_name or "serving_default")
         for key, value in outputs.items():
-            _fill_tensor_proto(response.outputs[key], value)
+            fill_tensor_proto(response.outputs[key], value)
         return response
 
     def Classify(self, request, context):

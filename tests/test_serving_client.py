@@ -115,3 +115,30 @@ def test_predict_command_checks_every_file_before_calling(tmp_path, capsys):
     # The server address is never reached: the bad file stops the command first.
     assert main(["predict", "--server", closed_port_address(), str(good), str(bad)]) == 1
     assert "b.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("array", [
+    np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32),
+    np.arange(5, dtype=np.int64),
+    np.zeros((0, 10), np.float32),
+    np.array([True, False]),
+    np.array([b"png", b""], dtype=object),
+    np.arange(6, dtype=np.float64).reshape(2, 3)[:, ::2],  # not contiguous
+], ids=["float32", "int64", "empty", "bool", "bytes", "strided"])
+def test_tensor_protos_match_tensorflows(array):
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+
+    from serving.tensors import fill_tensor_proto, to_ndarray
+
+    ours = fill_tensor_proto(tensor_pb2.TensorProto(), array)
+    for proto in (ours, tf.make_tensor_proto(array)):
+        back = to_ndarray(proto)
+        assert back.dtype == array.dtype and back.shape == array.shape
+        np.testing.assert_array_equal(back, array)
+    np.testing.assert_array_equal(tf.make_ndarray(ours), array)
+    # values in the typed fields (as other clients send them) are read too
+    typed = tf.make_tensor_proto([1.5, 2.5])
+    typed.ClearField("tensor_content")
+    typed.float_val.extend([1.5, 2.5])
+    np.testing.assert_array_equal(to_ndarray(typed), np.array([1.5, 2.5], np.float32))
