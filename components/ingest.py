@@ -199,8 +199,12 @@ def _idx_builder_class(base: type, dataset: str) -> type:
                 for index, (image, label) in enumerate(zip(split.images, split.labels)):
                     yield index, {"image": image[..., None], "label": int(label)}
 
+            # TFDS prints "Downloading and preparing ... to <temporary path>" and "downloaded and prepared to
+            # <temporary path>": neither is true here. We log the source and the final path instead.
+            def _log_download_bytes(self):
+                log.info("preparing %s %s from IDX files", self.name, self.version)
+
             def _log_download_done(self):
-                # TFDS prints the temporary path here, which is about to be renamed; we log the final one.
                 pass
 
     IdxBuilder.__module__ = base.__module__  # dataset_info.json names TFDS's module, as after a download

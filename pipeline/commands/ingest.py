@@ -35,6 +35,10 @@ def run(config: Config, args: argparse.Namespace) -> int:
     from components import ingest, validate
     from pipeline import paths
 
+    if args.quiet:
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
     out = ingest.run(config.data, paths.data_dir(config.workdir))
     state = "reused (already prepared from the same data)" if out.reused else "prepared"
     source = f"IDX files in {out.source_dir}" if out.source_dir else "the TFDS download"
