@@ -161,6 +161,7 @@ def run(
     A missing dataset is a DataError naming the command that prepares it.
     """
     import keras
+    import tensorflow as tf
 
     from components import data as data_lib
     from components import model as model_lib
@@ -191,6 +192,10 @@ def run(
             f"raise train.max_train_examples (now {config.max_train_examples})"
         )
     steps_per_epoch = math.ceil(train_examples / batch_size)
+    # The validation carve-out (a filter) hides the cardinality; telling tf.data gives Keras a progress bar
+    # with a total from the first epoch on and no "input ran out of data" warning.
+    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
+    val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(math.ceil(validation_examples / batch_size)))
     log.info(
         "training %r: %d epochs, batch %d, learning rate %g, %d train / %d validation examples",
         config.architecture, epochs, batch_size, learning_rate, train_examples, validation_examples,
@@ -206,16 +211,18 @@ def run(
         log.warning("%s exists from an earlier run; training again from scratch and replacing it", model_path)
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     callbacks = [
-        # First, so that the epoch counter is restored before the other callbacks see an epoch.
-        # The backup is removed only once model.keras is in place, so a kill in between still resumes.
-        keras.callbacks.BackupAndRestore(
-            os.fspath(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=False
-        ),
+        # Order matters at the end of an epoch: history and checkpoint are written before the backup, so a
+        # backup of epoch k always has a history of at least k epochs to resume with.
+        _history_callback(keras, history_path),
         keras.callbacks.ModelCheckpoint(
             os.fspath(checkpoint_path), monitor="val_accuracy", mode="max", save_best_only=True
         ),
         keras.callbacks.TensorBoard(log_dir=os.fspath(tensorboard_dir), profile_batch=0),
-        _history_callback(keras, history_path),
+        # The backup is removed only once model.keras is in place, so a kill in between still resumes.
+        # double_checkpoint: a kill during a save falls back to the epoch before.
+        keras.callbacks.BackupAndRestore(
+            os.fspath(backup_dir), save_freq="epoch", double_checkpoint=True, delete_checkpoint=False
+        ),
     ]
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
