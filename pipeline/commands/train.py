@@ -45,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import train
+    from components import model, train
     from pipeline import paths
 
+    model.recipe(config.train.architecture)  # an unknown name fails here, before a run folder appears
     run_id = args.run_id or paths.new_run_id()
     if not _RUN_ID.match(run_id):
         raise ConfigError(f"--run-id {run_id!r} is not a valid run id (letters, digits, '.', '_', '-')")
