@@ -253,6 +253,7 @@ def run_pipeline(
         from pipeline.stages import default_stages
 
         specs = default_stages()
+    selected = select_stages(specs, stages, skip)  # a bad stage name is an error before anything is recorded
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     code = code or code_version()
@@ -280,7 +281,6 @@ def run_pipeline(
             store.start_run(run_id, config.to_dict(), code)
             log.info("run %s started in %s (code %s)", run_id, workdir, code)
         lock.describe(f"mnist-pipeline run {run_id}")
-        selected = select_stages(specs, stages, skip)
         return _run_stages(store, config, workdir, run_id, specs, selected, finished, use_cache, code)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline import paths
 from pipeline.config import Config, apply_overrides
+from pipeline.errors import ConfigError
 from pipeline.lock import LockHeldError, WorkdirLock
 from pipeline.runner import (
     Input,
@@ -164,8 +165,10 @@ def test_stage_selection_takes_inputs_from_earlier_runs(tmp_path):
     assert [s.name for s in result.stages] == ["c"] and fake.calls["c"] == 2
     result = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", skip=["a", "b"], use_cache=False)
     assert [s.name for s in result.stages] == ["c"]
-    with pytest.raises(Exception, match="unknown stage 'zz'"):
+    with pytest.raises(ConfigError, match="unknown stage 'zz'"):
         run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", stages=["zz"])
+    with RunStore(paths.store_path(tmp_path / "w")) as store:
+        assert store.list_runs()[0].status == "succeeded"  # the refused run left no record
 
 
 def test_missing_upstream_fails_clearly(tmp_path):
