@@ -61,12 +61,12 @@ def start_local_server(base: Path, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def address(saved_model_dir, tmp_path_factory):
+def address(request, tmp_path_factory):
     if REMOTE:
         yield REMOTE
         return
     base = tmp_path_factory.mktemp("models")
-    push_version(saved_model_dir, base, 1)
+    push_version(request.getfixturevalue("saved_model_dir"), base, 1)  # not built at all against a remote server
     server = start_local_server(base)
     yield server.address
     server.stop(1.0)
