@@ -50,11 +50,12 @@ def push_version(saved_model_dir: Path, base: Path, version: int) -> Path:
     return target
 
 
-def start_local_server(base: Path, **kwargs):
+def start_local_server(base: Path, models_config: Path = DEPLOY_MODELS_CONFIG, **kwargs):
     from serving.model_manager import ModelManager, read_models_config
     from serving.server import LocalServer
 
-    manager = ModelManager(read_models_config(DEPLOY_MODELS_CONFIG, base), poll_interval=0.2)
+    manager = ModelManager(read_models_config(models_config, base), poll_interval=0.2, models_config=models_config,
+                           model_base_path=base)
     server = LocalServer(manager, host="127.0.0.1", port=0, max_message_bytes=SERVER_MAX_MESSAGE_BYTES, **kwargs)
     server.start()
     return server
@@ -384,6 +385,36 @@ def test_new_version_rolls_out_without_failed_requests(saved_model_dir, tmp_path
         stop.set()
         for t in threads:
             t.join(60)
+        server.stop(0.5)
+
+
+@local_only
+def test_edited_models_config_moves_labels(saved_model_dir, tmp_path, digits):
+    from serving.client import ServingClient
+    from serving.errors import ServingError
+
+    base = tmp_path / "models"
+    push_version(saved_model_dir, base, 1)
+    config = tmp_path / "models.config"
+    config.write_text(DEPLOY_MODELS_CONFIG.read_text())
+    server = start_local_server(base, models_config=config)
+    try:
+        with ServingClient(server.address, timeout=20.0) as c:
+            with pytest.raises(ServingError) as exc:
+                c.predict(floats(digits[0][:1]), version_label="blue")
+            assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            text = config.read_text().replace('key: "stable"', 'key: "blue"')
+            config.write_text(text)
+            os.utime(config, (time.time() + 5, time.time() + 5))  # a new mtime even within the clock's tick
+            deadline = time.monotonic() + 30
+            while True:  # the server re-reads the file at its next poll, as TF Serving does
+                try:
+                    assert c.predict(floats(digits[0][:1]), version_label="blue").model_version == 1
+                    break
+                except ServingError:
+                    assert time.monotonic() < deadline, "the edited models.config was not picked up in 30 s"
+                    time.sleep(0.1)
+    finally:
         server.stop(0.5)
 
 
