@@ -265,35 +265,112 @@ class DecodeExamples(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, {"key": key, "reason": reason})
 
 
-class FormatPredictions(beam.DoFn):
-    """((key, label), PredictionResult) -> a JSON line, a CSV line or a Parquet row (dict)."""
+STATS_TAG = "stats"
 
-    def __init__(self, output_format: str, model_name: str, model_version: int | None):
+
+def _new_stats() -> list:
+    """[predictions, labeled, correct, confusion as a flat list (row = label, column = predicted)]."""
+    return [0, 0, 0, [0] * (sig.NUM_CLASSES * sig.NUM_CLASSES)]
+
+
+class FormatPredictions(beam.DoFn):
+    """((key, label), PredictionResult) -> chunks of output rows, plus per-bundle statistics.
+
+    Rows are emitted in chunks of up to `chunk_size` (text: lines joined by newlines, which WriteToText writes
+    as they are; parquet: a pyarrow Table for WriteToParquetBatched), so the sinks pay their per-element cost
+    once per chunk. Counts and the confusion matrix are accumulated per bundle and emitted on the `stats`
+    output at the end of the bundle (combiner lifting by hand), so the summary costs nothing per element.
+    Assumes the global window (a batch job).
+    """
+
+    def __init__(self, output_format: str, model_name: str, model_version: int | None, chunk_size: int = 512):
         self._format = output_format
         self._model_name = model_name
         self._model_version = model_version
+        self._chunk_size = chunk_size
         self._predictions = Metrics.counter(METRICS_NAMESPACE, "predictions")
+
+    def setup(self):
+        self._name_json = json.dumps(self._model_name)
+        self._version_json = "null" if self._model_version is None else str(int(self._model_version))
+        self._version_csv = "" if self._model_version is None else str(int(self._model_version))
+        self._name_csv = _csv_field(self._model_name)
+
+    def start_bundle(self):
+        self._rows: list = []
+        self._stats = _new_stats()
 
     def process(self, element):
         (key, label), result = element
         probabilities, predicted = result.inference
-        self._predictions.inc()
-        if self._format == "csv":
-            version = "" if self._model_version is None else str(self._model_version)
-            if any(c in key for c in ',"\n\r'):
-                key = '"' + key.replace('"', '""') + '"'
-            yield ",".join([key, str(predicted), "" if label is None else str(label), self._model_name, version,
-                            *map(repr, probabilities.tolist())])
-            return
-        row = {
-            "key": key,
-            "predicted_class": predicted,
-            "probabilities": probabilities.tolist(),
-            "label": label,
-            "model_name": self._model_name,
-            "model_version": self._model_version,
-        }
-        yield json.dumps(row) if self._format == "jsonl" else row
+        stats = self._stats
+        stats[0] += 1
+        if label is not None and 0 <= label < sig.NUM_CLASSES:
+            stats[1] += 1
+            stats[2] += label == predicted
+            stats[3][label * sig.NUM_CLASSES + predicted] += 1
+        self._rows.append((key, label, predicted, probabilities))
+        if len(self._rows) >= self._chunk_size:
+            yield self._flush()
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        window = GlobalWindow()
+        if self._rows:
+            yield WindowedValue(self._flush(), window.max_timestamp(), (window,))
+        if self._stats[0]:
+            yield beam.pvalue.TaggedOutput(STATS_TAG, WindowedValue(self._stats, window.max_timestamp(), (window,)))
+        self._stats = _new_stats()
+
+    def _flush(self):
+        rows, self._rows = self._rows, []
+        self._predictions.inc(len(rows))
+        if self._format == "parquet":
+            return self._table(rows)
+        line = self._csv_line if self._format == "csv" else self._json_line
+        return "\n".join(line(*row) for row in rows)
+
+    def _json_line(self, key, label, predicted, probabilities) -> str:
+        values = probabilities.tolist()
+        if not np.isfinite(probabilities).all():  # json writes NaN/Infinity, repr would not
+            return json.dumps({"key": key, "predicted_class": predicted, "probabilities": values, "label": label,
+                               "model_name": self._model_name, "model_version": self._model_version})
+        return (
+            f'{{"key": {json.dumps(key)}, "predicted_class": {predicted}, '
+            f'"probabilities": [{", ".join(map(repr, values))}], "label": {"null" if label is None else label}, '
+            f'"model_name": {self._name_json}, "model_version": {self._version_json}}}'
+        )
+
+    def _csv_line(self, key, label, predicted, probabilities) -> str:
+        return ",".join([_csv_field(key), str(predicted), "" if label is None else str(label), self._name_csv,
+                         self._version_csv, *map(repr, probabilities.tolist())])
+
+    def _table(self, rows):
+        import pyarrow as pa
+
+        keys, labels, predicted, probabilities = zip(*rows)
+        n = len(rows)
+        flat = pa.array(np.stack(probabilities).astype(np.float32).reshape(-1))
+        offsets = pa.array(np.arange(0, (n + 1) * sig.NUM_CLASSES, sig.NUM_CLASSES, dtype=np.int32))
+        return pa.Table.from_arrays(
+            [
+                pa.array(keys, pa.string()),
+                pa.array(predicted, pa.int64()),
+                pa.ListArray.from_arrays(offsets, flat),
+                pa.array(labels, pa.int64()),
+                pa.array([self._model_name] * n, pa.string()),
+                pa.array([self._model_version] * n, pa.int64()),
+            ],
+            schema=_parquet_schema(),
+        )
+
+
+def _csv_field(value: str) -> str:
+    if any(c in value for c in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
 
 
 def _parquet_schema():
@@ -309,62 +386,44 @@ def _parquet_schema():
     ])
 
 
-class _ConfusionFn(beam.CombineFn):
-    """(label or None, predicted) -> [predictions, labeled, correct, 10x10 confusion (rows: label)]."""
+class _SummaryFn(beam.CombineFn):
+    """("stats", per-bundle statistics) and ("failed", reason kind) -> the summary's figures."""
 
     def create_accumulator(self):
-        return [0, 0, 0, np.zeros((sig.NUM_CLASSES, sig.NUM_CLASSES), np.int64)]
+        return [_new_stats(), {}]
 
     def add_input(self, acc, element):
-        label, predicted = element
-        acc[0] += 1
-        if label is not None and 0 <= label < sig.NUM_CLASSES:
-            acc[1] += 1
-            acc[2] += label == predicted
-            acc[3][label, predicted] += 1
+        kind, value = element
+        if kind == STATS_TAG:
+            stats = acc[0]
+            stats[0] += value[0]
+            stats[1] += value[1]
+            stats[2] += value[2]
+            stats[3] = [a + b for a, b in zip(stats[3], value[3])]
+        else:
+            acc[1][value] = acc[1].get(value, 0) + 1
         return acc
 
     def merge_accumulators(self, accs):
-        accs = list(accs)
         out = self.create_accumulator()
-        for a in accs:
-            out[0] += a[0]
-            out[1] += a[1]
-            out[2] += a[2]
-            out[3] += a[3]
+        for stats, reasons in accs:
+            self.add_input(out, (STATS_TAG, stats))
+            for reason, count in reasons.items():
+                out[1][reason] = out[1].get(reason, 0) + count
         return out
 
     def extract_output(self, acc):
-        n, labeled, correct, confusion = acc
+        (n, labeled, correct, confusion), reasons = acc
+        k = sig.NUM_CLASSES
         return {
             "predictions": int(n),
             "labeled": int(labeled),
             "correct": int(correct),
             "accuracy": (correct / labeled) if labeled else None,
-            "confusion_matrix": confusion.tolist() if labeled else None,
+            "confusion_matrix": [confusion[i * k:(i + 1) * k] for i in range(k)] if labeled else None,
+            "failed": sum(reasons.values()),
+            "failed_by_reason": dict(sorted(reasons.items())),
         }
-
-
-class _ReasonCountFn(beam.CombineFn):
-    """Failed rows -> {reason kind (text before ':'): count}."""
-
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, row):
-        kind = row["reason"].split(":", 1)[0]
-        acc[kind] = acc.get(kind, 0) + 1
-        return acc
-
-    def merge_accumulators(self, accs):
-        out: dict[str, int] = {}
-        for a in accs:
-            for k, v in a.items():
-                out[k] = out.get(k, 0) + v
-        return out
-
-    def extract_output(self, acc):
-        return dict(sorted(acc.items()))
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
@@ -379,7 +438,7 @@ def write_json_atomic(path: str, payload: dict) -> None:
 
 
 class Summarize(beam.PTransform):
-    """(predictions, failed rows) -> summary.json; returns the PCollection of the one summary dict."""
+    """(per-bundle statistics, failed rows) -> summary.json; returns the PCollection of the one summary dict."""
 
     def __init__(self, summary_path: str, header: dict):
         super().__init__()
@@ -387,24 +446,22 @@ class Summarize(beam.PTransform):
         self._header = header
 
     def expand(self, pcolls):
-        predictions, failed = pcolls
-        stats = (
-            predictions
-            | "LabelAndClass" >> beam.Map(lambda kv: (kv[0][1], kv[1].inference[1]))
-            | "Confusion" >> beam.CombineGlobally(_ConfusionFn())
-        )
-        reasons = failed | "CountFailed" >> beam.CombineGlobally(_ReasonCountFn())
+        stats, failed = pcolls
         path, header = self._path, self._header
 
-        def write(_, stats, reasons):
-            summary = {**header, **stats, "failed": sum(reasons.values()), "failed_by_reason": reasons}
+        def write(figures):
+            summary = {**header, **figures}
             write_json_atomic(path, summary)
             return summary
 
         return (
-            predictions.pipeline
-            | "Once" >> beam.Create([None])
-            | "WriteSummary" >> beam.Map(write, beam.pvalue.AsSingleton(stats), beam.pvalue.AsSingleton(reasons))
+            (
+                stats | "TagStats" >> beam.Map(lambda s: (STATS_TAG, s)),
+                failed | "TagFailed" >> beam.Map(lambda row: (FAILED_TAG, row["reason"].split(":", 1)[0])),
+            )
+            | "Merge" >> beam.Flatten()
+            | "Combine" >> beam.CombineGlobally(_SummaryFn())
+            | "WriteSummary" >> beam.Map(write)
         )
 
 
@@ -420,7 +477,8 @@ def build_pipeline(
     model_handler=None,
 ) -> dict[str, beam.PCollection]:
     """Compose the scoring job on `p`. `model_handler` (unkeyed, uint8 images in) replaces the SavedModel
-    handler in tests. Returns the PCollections: predictions (keyed results), rows, failed, summary."""
+    handler in tests. Returns the PCollections: predictions (keyed results), rows (chunks of formatted rows), failed,
+    summary."""
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
     from components.beam_model import SavedModelHandler
@@ -444,15 +502,17 @@ def build_pipeline(
         )
     )
     failed = (decoded[FAILED_TAG], inference_failed) | "AllFailed" >> beam.Flatten()
-    rows = predictions | "FormatPredictions" >> beam.ParDo(
+    formatted = predictions | "FormatPredictions" >> beam.ParDo(
         FormatPredictions(output_format, model.name, model.version)
-    )
+    ).with_outputs(STATS_TAG, main="rows")
     prefix = _join(output_dir, PREDICTIONS_PREFIX)
     if output_format == "parquet":
-        rows | "WritePredictions" >> beam.io.WriteToParquet(prefix, _parquet_schema(), file_name_suffix=".parquet")
+        formatted.rows | "WritePredictions" >> beam.io.WriteToParquetBatched(
+            prefix, _parquet_schema(), file_name_suffix=".parquet")
     else:
         header = ",".join(CSV_COLUMNS) if output_format == "csv" else None
-        rows | "WritePredictions" >> beam.io.WriteToText(prefix, file_name_suffix=f".{output_format}", header=header)
+        formatted.rows | "WritePredictions" >> beam.io.WriteToText(
+            prefix, file_name_suffix=f".{output_format}", header=header)
     (
         failed
         | "FormatFailed" >> beam.Map(lambda row: json.dumps(row))
@@ -465,8 +525,8 @@ def build_pipeline(
         "predictions_pattern": f"{prefix}-*.{output_format}",
         "failed_pattern": _join(output_dir, f"{FAILED_PREFIX}-*.jsonl"),
     }
-    summary = (predictions, failed) | "Summarize" >> Summarize(_join(output_dir, SUMMARY_FILE), header)
-    return {"predictions": predictions, "rows": rows, "failed": failed, "summary": summary}
+    summary = (formatted[STATS_TAG], failed) | "Summarize" >> Summarize(_join(output_dir, SUMMARY_FILE), header)
+    return {"predictions": predictions, "rows": formatted.rows, "failed": failed, "summary": summary}
 
 
 # --------------------------------------------------------------------------------------------- entry

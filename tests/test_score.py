@@ -98,9 +98,9 @@ def test_pipeline_keys_predictions_and_dead_letter_with_fake_model(tmp_path):
         out = score.build_pipeline(p, input_pattern=pattern, output_dir=str(tmp_path / "out"), model=ref,
                                    output_format="jsonl", min_batch_size=2, max_batch_size=4,
                                    model_handler=_fake_handler())
-        rows = out["rows"] | "Parse" >> beam.Map(
-            lambda line: (lambda r: (r["key"], r["predicted_class"], r["label"], r["model_name"], r["model_version"]))(
-                json.loads(line)))
+        rows = out["rows"] | "Parse" >> beam.FlatMap(
+            lambda chunk: [(r["key"], r["predicted_class"], r["label"], r["model_name"], r["model_version"])
+                           for r in map(json.loads, chunk.split("\n"))])
         assert_that(rows, equal_to([(f"good-{i}", int(y), int(y), "mnist", 7) for i, y in enumerate(labels)]),
                     label="CheckPredictions")
         reasons = out["failed"] | "Reason" >> beam.Map(
