@@ -10,8 +10,10 @@ Steps (stable labels): ReadExamples (TFRecord files of tf.Example: `image` PNG b
 `key`; a prepared TFDS split is such a file set) -> Decode (per batch: tf.io.parse_example and the project's
 `decode_png` in one tf.function; a batch with a bad record is decoded record by record so only that record
 goes to `failed`) -> RunInference (KeyedModelHandler over `beam_model.SavedModelHandler`; the key is
-(example key, label)) -> FormatPredictions -> WritePredictions (JSON lines, CSV or Parquet, sharded by
-Beam); WriteFailed (JSON lines: key, reason); Summarize (summary.json: counts, accuracy, confusion matrix).
+(example key, label); a batch the model fails on goes to `failed` too, via `with_exception_handling`) ->
+FormatPredictions (rows in chunks, plus per-bundle counts and confusion matrix) -> WritePredictions (JSON
+lines, CSV or Parquet, sharded by Beam); WriteFailed (JSON lines: key, reason); Summarize (summary.json:
+counts, accuracy, confusion matrix, failures by reason; the launcher adds Beam's metrics after the job).
 
 A record without a `key` feature is keyed by the SHA-1 of its image bytes (of the record when it has no
 image), so a key always identifies its input. Outputs under `output_dir`:
@@ -134,7 +136,7 @@ def check_signature(saved_model_dir: str) -> None:
             f"(it has: {', '.join(signatures) or 'none'}); export it with `mnist-pipeline export`"
         )
     signature = signatures[sig.SERVING_DEFAULT]
-    missing = [f"input {sig.IMAGE_INPUT!r}" for _ in [0] if sig.IMAGE_INPUT not in signature.inputs]
+    missing = [f"input {sig.IMAGE_INPUT!r}"] if sig.IMAGE_INPUT not in signature.inputs else []
     missing += [f"output {k!r}" for k in (sig.PROBABILITIES_OUTPUT, sig.CLASSES_OUTPUT) if k not in signature.outputs]
     if missing:
         raise ModelError(
@@ -158,7 +160,8 @@ def check_output(output_dir: str) -> None:
     """Create `output_dir`, prove it writable, and remove outputs of an earlier job there."""
     probe = _join(output_dir, f".write-probe-{secrets.token_hex(4)}")
     try:
-        FileSystems.mkdirs(output_dir) if not FileSystems.exists(output_dir) else None
+        if not FileSystems.exists(output_dir):
+            FileSystems.mkdirs(output_dir)
         FileSystems.create(probe).close()
         FileSystems.delete([probe])
     except Exception as exc:  # BeamIOError, OSError
@@ -655,4 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main, not this `__main__` copy, so the DoFns pickle as `components.score.*`:
+    # names remote workers (Dataflow, Flink) can import, where `__main__` would be a different program.
+    from components import score as _score
+
+    raise SystemExit(_score.main())
