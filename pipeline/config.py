@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    architecture: str = "default"  # "default" (>=99.6% recipe) or "seed" (the tutorial CNN)
+    architecture: str = "default"  # "default" (batch norm + augmentation, components/model.py) or "seed" (the tutorial CNN)
     epochs: int | None = None  # None: the architecture's recipe
     batch_size: int | None = None  # None: the architecture's recipe
     learning_rate: float | None = None  # None: the architecture's recipe

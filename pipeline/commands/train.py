@@ -12,7 +12,7 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError
 
 NAME = "train"
-HELP = "train the CNN (default: the >=99.6% recipe; seed: the tutorial CNN) on the ingested dataset"
+HELP = "train a CNN (default: batch norm, augmentation, one-cycle; seed: the tutorial CNN) on the ingested dataset"
 DESCRIPTION = """\
 Train on the ingested dataset (run `mnist-pipeline ingest` first) and write, under
 <workdir>/runs/<run id>/train/: model.keras, history.json, checkpoints/best.keras, tensorboard/.
@@ -32,7 +32,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--architecture", key="train.architecture", metavar="NAME",
-                help="default (the >=99.6%% recipe) or seed (the tutorial CNN)")
+                help="default (batch norm, augmentation, one-cycle schedule) or seed (the tutorial CNN)")
     config_flag(parser, "--epochs", key="train.epochs", type=int, metavar="N", help="default: the recipe's")
     config_flag(parser, "--batch-size", key="train.batch_size", type=int, metavar="N", help="default: the recipe's")
     config_flag(parser, "--learning-rate", key="train.learning_rate", type=float, metavar="LR",
