@@ -248,7 +248,8 @@ def report_stage(ctx: StageContext) -> StageResult:
     served = ctx.inputs.get("served_model")
     if served is not None:
         lineage = lineage_record(ctx.store, served.properties.get("version") or Path(served.uri).name,
-                                 served.properties.get("model_name") or Path(served.uri).parent.name)
+                                 served.properties.get("model_name") or Path(served.uri).parent.name,
+                                 Path(served.uri).parent.parent)
     score_dir = out("score", "predictions")
     inputs = report.ReportInputs(
         run={"id": ctx.run_id, "status": run.status if run else "running", "started": run.started if run else None,
@@ -299,8 +300,11 @@ def default_stages() -> list[StageSpec]:
 # -- lineage -------------------------------------------------------------------------------------------------------
 
 
-def lineage_record(store: RunStore, version: int | str, model_name: str) -> dict[str, Any] | None:
+def lineage_record(store: RunStore, version: int | str, model_name: str,
+                   base_path: str | os.PathLike | None = None) -> dict[str, Any] | None:
     """Which data, configuration, run and code produced pushed version `version`, and its metrics; None if unknown.
+
+    With `base_path`, the version pushed there is preferred (a store may have seen several base paths).
 
     Follows the events from the PushedModel back: push <- export (SavedModel) and evaluate (metrics, blessing)
     <- train (model) <- validate (statistics) and ingest (dataset) <- the source data.
@@ -308,7 +312,8 @@ def lineage_record(store: RunStore, version: int | str, model_name: str) -> dict
     found = store.find_pushed(version, model_name)
     if not found:
         return None
-    pushed = found[0]
+    here = os.fspath(paths.serving_model_dir(base_path, model_name, int(version))) if base_path else None
+    pushed = next((a for a in found if a.uri == here), found[0])
     chain = store.lineage(pushed.id)
     by_stage = {ex.stage: (ex, ins, outs) for ex, ins, outs in chain}
     push_ex = chain[0][0] if chain else None

@@ -92,3 +92,17 @@ def test_second_reader_sees_committed_rows_while_writer_is_open(tmp_path):
         assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert reader.execute("SELECT status FROM runs").fetchall() == [("running",)]
         reader.close()
+
+
+def test_lineage_record_prefers_the_version_in_the_given_base_path(tmp_path):
+    from pipeline.stages import lineage_record
+
+    with RunStore(tmp_path / "m.sqlite") as store:
+        for run_id, base in (("r1", tmp_path / "a"), ("r2", tmp_path / "b")):
+            store.start_run(run_id, {"train": {"epochs": int(run_id[1])}}, "v")
+            uri = str(base / "mnist" / "1")
+            _record(store, run_id, "push", {}, {"pushed_model": Artifact(uri, "PushedModel",
+                                                                         {"version": 1, "model_name": "mnist"})})
+        assert lineage_record(store, 1, "mnist")["run"]["id"] == "r2"  # the newest by default
+        assert lineage_record(store, 1, "mnist", tmp_path / "a")["run"]["id"] == "r1"
+        assert lineage_record(store, 2, "mnist") is None

@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(config: Config, args: argparse.Namespace) -> int:
     from pipeline import paths
+    from pipeline.config import model_base_path
     from pipeline.errors import PipelineError
     from pipeline.stages import lineage_record
     from pipeline.store import RunStore
@@ -28,7 +29,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         raise PipelineError(f"no run store at {str(path)!r}; pass the --workdir the model was pushed from")
     name = args.model_name or config.push.model_name
     with RunStore(path) as store:
-        record = lineage_record(store, args.version, name)
+        record = lineage_record(store, args.version, name, model_base_path(config))
         if record is None:
             known = sorted({str(a.properties.get("version")) for a in store.pushed_versions()
                             if a.properties.get("model_name") == name}, key=lambda v: int(v) if v.isdigit() else -1)
