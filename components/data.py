@@ -27,8 +27,8 @@ class SplitInfo:
     num_examples: int
 
 
-def load_split(data_dir: str | os.PathLike, dataset: str, split: str) -> tf.data.Dataset:
-    """Unbatched (uint8 [28,28,1], int64) pairs of a prepared split; a clear error if it is not prepared."""
+def prepared_builder(data_dir: str | os.PathLike, dataset: str, split: str):
+    """The TFDS builder of a prepared dataset that has `split`; a DataError saying what is missing and what to run."""
     import tensorflow_datasets as tfds
 
     try:
@@ -43,6 +43,12 @@ def load_split(data_dir: str | os.PathLike, dataset: str, split: str) -> tf.data
     if split.partition("[")[0] not in builder.info.splits:
         known = ", ".join(builder.info.splits)
         raise DataError(f"dataset {dataset!r} has no split {split!r}; it has: {known}")
+    return builder
+
+
+def load_split(data_dir: str | os.PathLike, dataset: str, split: str) -> tf.data.Dataset:
+    """Unbatched (uint8 [28,28,1], int64) pairs of a prepared split; a clear error if it is not prepared."""
+    builder = prepared_builder(data_dir, dataset, split)
     return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
 
 

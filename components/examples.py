@@ -46,21 +46,11 @@ def make_example(png: bytes, label: int | None = None, key: str | bytes | None =
 
 def split_files(data_dir: str | os.PathLike, dataset: str, split: str) -> list[str]:
     """The TFRecord files of a prepared TFDS split; a DataError naming what is missing."""
-    import tensorflow_datasets as tfds
+    from components.data import prepared_builder
 
     if "[" in split:
         raise DataError(f"split {split!r}: slices are not supported here; name a whole split (train, test)")
-    try:
-        builder = tfds.builder(dataset, data_dir=os.fspath(data_dir))
-    except Exception as exc:  # tfds raises DatasetNotFoundError and friends
-        raise DataError(f"unknown dataset {dataset!r}: {exc}") from exc
-    if not builder.is_prepared():
-        raise DataError(
-            f"dataset {dataset!r} is not prepared in {os.fspath(data_dir)!r}; "
-            f"run `mnist-pipeline ingest --source-dir DIR` first"
-        )
-    if split not in builder.info.splits:
-        raise DataError(f"dataset {dataset!r} has no split {split!r}; it has: {', '.join(builder.info.splits)}")
+    builder = prepared_builder(data_dir, dataset, split)
     if builder.info.file_format is not None and builder.info.file_format.value != "tfrecord":
         raise DataError(f"dataset {dataset!r} is stored as {builder.info.file_format.value}, not TFRecord")
     return [os.fspath(p) for p in builder.info.splits[split].filepaths]
