@@ -97,6 +97,20 @@ def _read_record(data_dir: Path, dataset: str) -> dict[str, Any] | None:
         return None
 
 
+def _record(dataset: str, version: str, source: str, source_dir: str | None, fingerprint: str | None,
+            header_counts: dict[str, int] | None) -> dict[str, Any]:
+    """What ingest.json keeps: where the data came from, a fingerprint of the files and the IDX header counts."""
+    return {
+        "dataset": dataset,
+        "version": version,
+        "source": source,
+        "source_dir": source_dir,
+        "fingerprint": fingerprint,
+        "header_counts": header_counts,
+        "prepared_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def _write_record(data_dir: Path, dataset: str, record: dict[str, Any]) -> Path:
     path = paths.ingest_record_path(data_dir, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,15 +179,7 @@ def _ingest_idx(dataset: str, source_dir: Path, data_dir: Path) -> IngestOutput:
         return Path(builder.data_dir)
 
     _prepare_atomically(dataset, version, data_dir, prepare)
-    record = {
-        "dataset": dataset,
-        "version": version,
-        "source": "idx",
-        "source_dir": os.fspath(source_dir.resolve()),
-        "fingerprint": fingerprint,
-        "header_counts": header_counts,
-        "prepared_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    record = _record(dataset, version, "idx", os.fspath(source_dir.resolve()), fingerprint, header_counts)
     _write_record(data_dir, dataset, record)
     return _output(dataset, data_dir, reused=False, record=record)
 
@@ -229,15 +235,7 @@ def _ingest_download(dataset: str, data_dir: Path) -> IngestOutput:
         return Path(builder.data_dir)
 
     _prepare_atomically(dataset, version, data_dir, prepare)
-    record = {
-        "dataset": dataset,
-        "version": version,
-        "source": "tfds",
-        "source_dir": None,
-        "fingerprint": None,
-        "header_counts": None,
-        "prepared_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    record = _record(dataset, version, "tfds", None, None, None)
     _write_record(data_dir, dataset, record)
     return _output(dataset, data_dir, reused=False, record=record)
 

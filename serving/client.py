@@ -40,6 +40,7 @@ from tensorflow_serving.apis import (
 from components import signatures as sig
 from serving.errors import ServingError
 from serving.tensors import fill_tensor_proto, to_ndarray
+from serving.tls import read_pem_file
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +103,6 @@ def service_config(max_attempts: int = 5) -> str:
     })
 
 
-def _read(path: str | os.PathLike | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ServingError(f"{what} file {os.fspath(path)!r} cannot be read: {exc}; pass an existing PEM file") from exc
-
-
 class ServingClient:
     """PredictionService and ModelService calls for one model over one channel; thread-safe."""
 
@@ -146,9 +137,9 @@ class ServingClient:
             options += [("grpc.enable_retries", 1), ("grpc.service_config", service_config(max_attempts))]
         if root_certificates is not None or certificate_chain is not None:
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(root_certificates, "CA certificate"),
-                private_key=_read(private_key, "client private key"),
-                certificate_chain=_read(certificate_chain, "client certificate"),
+                root_certificates=read_pem_file(root_certificates, "CA certificate file"),
+                private_key=read_pem_file(private_key, "client private key file"),
+                certificate_chain=read_pem_file(certificate_chain, "client certificate file"),
             )
             if tls_server_name:
                 options.append(("grpc.ssl_target_name_override", tls_server_name))

@@ -48,23 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="on SIGTERM, how long running calls may take to finish (default 5)")
 
 
-def _read(path: str | None, what: str) -> bytes | None:
-    from serving.errors import ServingError
-
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ServingError(f"{what} {path!r} cannot be read: {exc}; pass an existing PEM file") from exc
-
-
 def run(config: Config, args: argparse.Namespace) -> int:
     from pipeline.config import model_base_path
     from serving.errors import ServingError
     from serving.model_manager import ModelManager, ModelSettings, read_models_config
     from serving.server import LocalServer
+    from serving.tls import read_pem_file
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ServingError("TLS needs both --tls-cert and --tls-key; pass both or neither")
@@ -85,8 +74,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
                            models_config=config.serve.models_config, model_base_path=base)
     server = LocalServer(
         manager, host=config.serve.host, port=config.serve.port,
-        tls_cert=_read(args.tls_cert, "--tls-cert"), tls_key=_read(args.tls_key, "--tls-key"),
-        client_ca=_read(args.tls_client_ca, "--tls-client-ca"), max_message_bytes=args.max_message_bytes,
+        tls_cert=read_pem_file(args.tls_cert, "--tls-cert"), tls_key=read_pem_file(args.tls_key, "--tls-key"),
+        client_ca=read_pem_file(args.tls_client_ca, "--tls-client-ca"), max_message_bytes=args.max_message_bytes,
     )
     stop = threading.Event()
 
