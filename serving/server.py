@@ -13,6 +13,7 @@ Versions, labels and roll-outs are `serving.model_manager`'s. Bound to 127.0.0.1
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from concurrent import futures
 
@@ -51,19 +52,27 @@ def _answer_spec(response_spec, request_spec, servable: Servable, signature_name
     response_spec.signature_name = signature_name
 
 
+@contextlib.contextmanager
+def _errors_as_status(context):
+    """A RequestError answers with its status code; anything else (a bug, an unforeseen input) with INTERNAL,
+    logged. Either way the call ends there and the server keeps serving."""
+    try:
+        yield
+    except RequestError as exc:
+        context.abort(exc.code, exc.message)
+    except Exception as exc:
+        log.exception("request failed")
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager):
         self._manager = manager
 
     def Predict(self, request, context):
-        try:
+        with _errors_as_status(context):
             servable = _resolve(self._manager, request.model_spec)
             outputs = servable.predict(request)
-        except RequestError as exc:
-            context.abort(exc.code, exc.message)
-        except Exception as exc:  # a bug or an unforeseen input: answer INTERNAL, keep serving
-            log.exception("request failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = predict_pb2.PredictResponse()
         _answer_spec(response.model_spec, request.model_spec, servable,
                      request.model_spec.signature_name or "serving_default")
@@ -72,14 +81,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def Classify(self, request, context):
-        try:
+        with _errors_as_status(context):
             servable = _resolve(self._manager, request.model_spec)
             result = servable.classify(request)
-        except RequestError as exc:
-            context.abort(exc.code, exc.message)
-        except Exception as exc:  # a bug or an unforeseen input: answer INTERNAL, keep serving
-            log.exception("request failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = classification_pb2.ClassificationResponse()
         _answer_spec(response.model_spec, request.model_spec, servable,
                      request.model_spec.signature_name or "serving_default")
@@ -87,16 +91,11 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def GetModelMetadata(self, request, context):
-        try:
+        with _errors_as_status(context):
             if list(request.metadata_field) != ["signature_def"]:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"Metadata field(s) {list(request.metadata_field)} not supported; ask for ['signature_def']")
             servable = _resolve(self._manager, request.model_spec)
-        except RequestError as exc:
-            context.abort(exc.code, exc.message)
-        except Exception as exc:  # a bug or an unforeseen input: answer INTERNAL, keep serving
-            log.exception("request failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -114,15 +113,10 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request, context):
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
-        try:
+        with _errors_as_status(context):
             if spec.WhichOneof("version_choice") == "version_label":
                 version = self._manager.resolve(spec.name, label=spec.version_label).version
             statuses = self._manager.statuses(spec.name, version)
-        except RequestError as exc:
-            context.abort(exc.code, exc.message)
-        except Exception as exc:  # a bug or an unforeseen input: answer INTERNAL, keep serving
-            log.exception("request failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for status in statuses:
             entry = response.model_version_status.add(version=status.version, state=_STATE.Value(status.state))
