@@ -196,16 +196,6 @@ def encode_pngs(images: np.ndarray) -> list[bytes]:
     return [tf.io.encode_png(p).numpy() for p in pixels]
 
 
-def make_example(png: bytes, label: int | None = None) -> bytes:
-    """A serialized tf.Example with TFDS MNIST's features (`image` PNG bytes, optional `label`)."""
-    import tensorflow as tf
-
-    feature = {sig.EXAMPLE_IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))}
-    if label is not None:
-        feature[sig.EXAMPLE_LABEL_FEATURE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
 def write_warmup_requests(path: Path, images: np.ndarray) -> None:
     """One PredictionLog per signature: PredictRequests for serving_default and predict_png, a
     ClassificationRequest for classify, each over `images`, in a TFRecord as TF Serving reads it."""

@@ -68,7 +68,8 @@ def run(
 
     `expected_accuracy` applies only when the check sees `expected_examples` examples (the same set)."""
     from components import data
-    from components.export import encode_pngs, make_example
+    from components.examples import make_example
+    from components.export import encode_pngs
     from serving.client import ServingClient
     from serving.model_manager import ModelManager, ModelSettings
     from serving.server import LocalServer

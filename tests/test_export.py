@@ -12,6 +12,7 @@ import pytest
 
 from components import export
 from components import signatures as sig
+from components.examples import make_example
 from pipeline.errors import ModelError
 from tests.conftest import synthetic_digits
 
@@ -88,7 +89,7 @@ def test_png_and_classify_give_the_same_classes_as_the_float_signature(loaded, i
     np.testing.assert_allclose(from_png[sig.PROBABILITIES_OUTPUT].numpy(), floats[sig.PROBABILITIES_OUTPUT].numpy(), atol=1e-5)
 
     # `label` is optional and ignored: half the examples carry one.
-    examples = [export.make_example(png, label=i if i % 2 else None) for i, png in enumerate(pngs)]
+    examples = [make_example(png, label=i if i % 2 else None) for i, png in enumerate(pngs)]
     classified = loaded.signatures[sig.CLASSIFY_SIGNATURE](**{sig.CLASSIFY_INPUT: tf.constant(examples)})
     scores = classified[sig.CLASSIFY_SCORES_OUTPUT].numpy()
     names = classified[sig.CLASSIFY_CLASSES_OUTPUT].numpy()
