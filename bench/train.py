@@ -121,8 +121,13 @@ def main() -> None:
     by_name = {r["architecture"]: r for r in results}
     if "default" in by_name and "seed" in by_name:
         d, b = by_name["default"], by_name["seed"]
+        ratio = d["train_seconds"] / b["train_seconds"]
         print(f"\ndefault/seed: throughput {d['examples_per_second'] / b['examples_per_second']:.2f}x, "
-              f"training time {d['train_seconds'] / b['train_seconds']:.2f}x")
+              f"training time {ratio:.2f}x")
+        # The machine's speed drifts (shared hosts): the seed CNN, trained in this same run, is the yardstick.
+        # The issue measured it at 180-210 s on this kind of machine, so 10 minutes is about 2.9-3.3x the seed.
+        print(f"seed trained in {b['train_seconds']:.0f} s here (the issue measured 180-210 s); at the issue's "
+              f"seed time the default would train in {ratio * 180:.0f}-{ratio * 210:.0f} s")
     if "default" in by_name:
         d = by_name["default"]
         acc_ok, time_ok = d["test_accuracy"] >= 0.996, d["train_seconds"] <= 600
