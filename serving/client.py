@@ -38,13 +38,13 @@ from tensorflow_serving.apis import (
 )
 
 from components import signatures as sig
+from serving import DEFAULT_MAX_MESSAGE_BYTES
 from serving.errors import ServingError
 from serving.tensors import fill_tensor_proto, to_ndarray
 from serving.tls import read_pem_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _ENVELOPE_BYTES = 64 * 1024  # room for the request's names and shapes beside the tensor bytes
 
 _HINTS = {

@@ -28,12 +28,12 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving import DEFAULT_MAX_MESSAGE_BYTES
 from serving.model_manager import ModelManager, RequestError, Servable
 from serving.tensors import fill_tensor_proto
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _STATE = get_model_status_pb2.ModelVersionStatus.State
 
 
