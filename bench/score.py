@@ -74,7 +74,7 @@ def run_job(model: str, pattern: str, out: Path, batch: int, fmt: str, beam_args
 def prepare(work: Path, model: str | None) -> tuple[Path, str]:
     """(data_dir with real MNIST prepared, SavedModel path): ingests, and trains + exports when no model."""
     from components import data, export, ingest
-    from components.model import build_model
+    from components.model import build_model, compile_model, recipe
     from pipeline import paths
     from pipeline.config import DataConfig
 
@@ -84,7 +84,7 @@ def prepare(work: Path, model: str | None) -> tuple[Path, str]:
         return data_dir, model
     train, _ = data.train_and_validation(data_dir, "mnist", batch_size=128, validation_fraction=0.1, seed=42)
     keras_model = build_model("seed", seed=42)
-    keras_model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    compile_model(keras_model, recipe("seed"), total_steps=1)  # the seed's own recipe: Adam 1e-3, constant
     t = time.perf_counter()
     keras_model.fit(train, epochs=1, verbose=0)
     print(f"trained the seed CNN for 1 epoch in {time.perf_counter() - t:.0f} s")

@@ -1,7 +1,7 @@
 """Train the default and the seed architecture on real MNIST in one run; print test accuracy, training wall
 time, examples per second and peak memory for each.
 
-    .venv/bin/python bench/train.py                       # both recipes as configured (about 15 min on 2 cores)
+    .venv/bin/python bench/train.py                       # both recipes as configured (about 12 min on 2 idle cores)
     .venv/bin/python bench/train.py --epochs 1            # a quick look
 
 Each training runs in its own child process (`mnist-pipeline`'s components, nothing else), so its peak
