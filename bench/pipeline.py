@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from hoststat import cpu_times, describe, steal_share  # noqa: E402  (bench/, the script's folder)
 from pipeline import paths  # noqa: E402
 from pipeline.store import RunStore  # noqa: E402
 
@@ -65,13 +66,16 @@ def main() -> int:
     try:
         results = []
         for label in ("first run (fresh workdir)", "second run (nothing changed)"):
+            before = cpu_times()
             seconds, rc, output = _run(code, workdir, source_dir)
+            steal = describe(steal_share(before, cpu_times()))
             if rc != 0:
                 print(f"{label}: FAILED (exit {rc})\n{output[-4000:]}")
                 return 1
             run_id, stages, props = _stages(workdir)
             results.append(seconds)
-            print(f"\n{label}: run {run_id}, {seconds:.1f} s wall (process start to exit)", flush=True)
+            print(f"\n{label}: run {run_id}, {seconds:.1f} s wall (process start to exit), "
+                  f"cpu steal {steal} (CPU time the host gave to other guests)", flush=True)
             for stage, status, duration in stages:
                 print(f"  {stage:<14} {status:<9} {duration:8.1f} s")
         ev, push = props.get("evaluate", {}), props.get("push", {})

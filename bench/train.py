@@ -6,7 +6,8 @@ time, examples per second and peak memory for each.
 
 Each training runs in its own child process (`mnist-pipeline`'s components, nothing else), so its peak
 resident memory is that child's `ru_maxrss`. The data is ingested into the workdir first when it is not
-there. Wall times depend on what else runs on the machine: the load average is printed before and after,
+there. Wall times depend on what else runs on the machine and its host: the load average is printed before and
+after, the share of CPU time the host took for other guests (steal) beside each training,
 and the default/seed throughput ratio, measured in the same run, is the figure to compare across machines.
 """
 
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hoststat import cpu_times, describe, steal_share  # bench/, the script's folder
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -41,7 +44,9 @@ def child(architecture: str, workdir: Path, result_path: Path, epochs: int | Non
 
     import keras
 
-    model = keras.models.load_model(out.model_path)
+    # Plain cross-entropy on the test set, whatever loss (label smoothing) the recipe trained with.
+    model = keras.models.load_model(out.model_path, compile=False)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     test = data.split_dataset(paths.data_dir(workdir), config.data.dataset, "test", batch_size=1000)
     loss, accuracy = model.evaluate(test, verbose=0)
     result = {
@@ -106,18 +111,20 @@ def main() -> None:
     print(f"cpus: {os.cpu_count()}, load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results = []
     for architecture in args.architectures:
-        started = time.time()
+        started, before = time.time(), cpu_times()
         r = measure(architecture, workdir, args.epochs)
+        r["cpu_steal"] = steal_share(before, cpu_times())
         results.append(r)
         print(f"  {architecture}: done in {time.time() - started:.0f} s (process, with data loading and evaluation)",
               flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
-    header = f"{'architecture':<13}{'params':>9}{'epochs':>7}{'batch':>6}{'test acc':>10}{'train s':>9}{'ex/s':>8}{'peak RSS MiB':>14}"
+    header = f"{'architecture':<13}{'params':>9}{'epochs':>7}{'batch':>6}{'test acc':>10}{'train s':>9}{'ex/s':>8}{'peak RSS MiB':>14}{'cpu steal':>11}"
     print(header)
     for r in results:
         print(f"{r['architecture']:<13}{r['params']:>9}{r['epochs']:>7}{r['batch_size']:>6}{r['test_accuracy']:>10.4f}"
-              f"{r['train_seconds']:>9.0f}{r['examples_per_second']:>8.0f}{r['peak_rss_mib']:>14.0f}")
+              f"{r['train_seconds']:>9.0f}{r['examples_per_second']:>8.0f}{r['peak_rss_mib']:>14.0f}"
+              f"{describe(r['cpu_steal']):>11}")
     by_name = {r["architecture"]: r for r in results}
     if "default" in by_name and "seed" in by_name:
         d, b = by_name["default"], by_name["seed"]

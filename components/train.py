@@ -226,7 +226,14 @@ def run(
     ]
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
-    train_seconds = time.perf_counter() - started
+    if r.recalibrate_bn_examples:
+        recalibrating = time.perf_counter()
+        used = model_lib.recalibrate_batch_norm(model, train_ds, max_examples=r.recalibrate_bn_examples)
+        log.info(
+            "recalibrated the batch norm statistics on %d clean training images in %.1f s",
+            used, time.perf_counter() - recalibrating,
+        )
+    train_seconds = time.perf_counter() - started  # recalibration included: it is part of training
     initial_epoch = epochs - len(history.epoch)
 
     _save_model_atomically(model, model_path)

@@ -80,3 +80,60 @@ def test_unknown_architecture_names_it_and_the_known_ones(call):
         call()
     assert "'resnet'" in str(err.value)
     assert "default" in str(err.value) and "seed" in str(err.value)
+
+
+def test_label_smoothing_loss_matches_keras_categorical_cross_entropy_and_reloads(tmp_path):
+    import keras
+
+    from components.losses import SparseCategoricalCrossentropyWithLabelSmoothing
+
+    rng = np.random.default_rng(0)
+    probs = keras.ops.softmax(rng.normal(size=(6, 10)).astype(np.float32))
+    labels = np.array([0, 3, 9, 3, 1, 7])
+    smoothed = SparseCategoricalCrossentropyWithLabelSmoothing(label_smoothing=0.1)
+    expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(np.eye(10)[labels], probs)
+    assert float(smoothed(labels, probs)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(SparseCategoricalCrossentropyWithLabelSmoothing(0.0)(labels, probs)) == pytest.approx(
+        float(keras.losses.SparseCategoricalCrossentropy()(labels, probs)), rel=1e-6)
+    with pytest.raises(ValueError, match="1.5"):
+        SparseCategoricalCrossentropyWithLabelSmoothing(label_smoothing=1.5)
+
+    # A model compiled with it saves and reloads compiled (the class is registered with Keras).
+    r = model_lib.Recipe(epochs=1, batch_size=8, learning_rate=1e-3, label_smoothing=0.1)
+    model = model_lib.compile_model(model_lib.build_model("seed", seed=0), r, total_steps=1)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(reloaded.loss).__name__ == "SparseCategoricalCrossentropyWithLabelSmoothing"
+    assert reloaded.loss.label_smoothing == pytest.approx(0.1)
+
+
+def test_recalibrate_batch_norm_sets_population_statistics_of_clean_images():
+    import keras
+    import tensorflow as tf
+
+    model = model_lib.build_model("default", seed=0)
+    rng = np.random.default_rng(1)
+    images = rng.random((300, 28, 28, 1), dtype=np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(300, np.int64))).batch(64)
+    used = model_lib.recalibrate_batch_norm(model, ds, max_examples=250)
+    assert used == 250
+
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(bns) >= 2
+    # The first batch norm's inputs are the first conv's outputs on the clean (unaugmented) images.
+    first = np.asarray(keras.Model(model.input, bns[0].input)(images[:250], training=False))
+    np.testing.assert_allclose(np.asarray(bns[0].moving_mean), first.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bns[0].moving_variance), first.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-6)
+    # A later one sees inputs computed with the earlier layers already recalibrated: in inference mode its
+    # own inputs are now normalized to mean 0 and variance 1 by the new statistics.
+    last = bns[-1]
+    h = np.asarray(keras.Model(model.input, last.output)(images[:250], training=False))
+    pre_relu = (h - np.asarray(last.beta)) / np.asarray(last.gamma)
+    np.testing.assert_allclose(pre_relu.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(pre_relu.var(axis=0), 1.0, rtol=1e-2)
+
+
+def test_default_recipe_decays_smooths_and_recalibrates():
+    r = model_lib.recipe("default")
+    assert r.weight_decay > 0 and 0 < r.label_smoothing < 1 and r.recalibrate_bn_examples > 0
+    assert model_lib.recipe("seed").recalibrate_bn_examples == 0  # the tutorial CNN has no batch norm

@@ -1,0 +1,36 @@
+"""How much CPU the host took away from this VM over a stretch of a benchmark ("steal", from /proc/stat).
+
+On a shared host the hypervisor runs other guests on our cores; the time a runnable vCPU waits for that is
+counted as steal. A benchmark that ran with 60% steal had well under half the machine, so its wall times say
+more about the host than about the code: the benchmarks print the share beside their timings.
+
+    before = cpu_times()
+    ...                                  # the measured work
+    print(f"cpu steal {steal_share(before, cpu_times()):.0%}")
+"""
+
+from __future__ import annotations
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot; None where /proc/stat is missing (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[7] if len(ticks) > 7 else 0, sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time stolen by the host between two `cpu_times()` readings; None if unknown."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def describe(share: float | None) -> str:
+    return "unknown" if share is None else f"{share:.0%}"
