@@ -41,14 +41,15 @@ class Recipe:
 _RECIPES = {
     "seed": Recipe(epochs=5, batch_size=32, learning_rate=0.001),
     "default": Recipe(
-        epochs=15, batch_size=128, learning_rate=0.003, schedule="one_cycle", warmup_fraction=0.15,
+        epochs=13, batch_size=128, learning_rate=0.003, schedule="one_cycle", warmup_fraction=0.15,
         # Keras's AdamW decays by learning_rate * weight_decay per step: 0.05 shrinks the weights by about 40%
         # over the run, where the 1e-4 used before did next to nothing. Runs on real MNIST, 15 epochs, test
         # accuracy (seed 42 unless said): weight decay 1e-4 99.55%; 0.05 99.58%; 0.15 99.58%; 0.05 with label
         # smoothing 0.1 99.56%, seed 7 99.60%. Recalibrating batch norm on 20k clean images afterwards moved
         # seven trained models by -0.04 to +0.06 points (mean +0.015): this recipe's seed-42 model to 99.61%
-        # (bench/train.py), its seed-7 one to 99.56%. So the recipe's accuracy is about 99.58% +- 0.03 from
-        # seed to seed: the 99.6% target is at its edge.
+        # (bench/train.py), its seed-7 one to 99.56%. So with 15 epochs the recipe's accuracy was about
+        # 99.58% +- 0.03 from seed to seed. 13 epochs (the same schedule, compressed; 13% less compute, for
+        # the 10-minute budget): 99.62% before recalibration, 99.66% after (one run, seed 42).
         weight_decay=0.05,
         label_smoothing=0.1,
         recalibrate_bn_examples=20_000,
