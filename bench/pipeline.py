@@ -78,6 +78,10 @@ def main() -> int:
                   f"cpu steal {steal} (CPU time the host gave to other guests)", flush=True)
             for stage, status, duration in stages:
                 print(f"  {stage:<14} {status:<9} {duration:8.1f} s")
+            train = props.get("train", {})
+            if {s: st for s, st, _ in stages}.get("train") == "succeeded" and "train_seconds" in train:
+                print(f"  (train: {train['train_seconds']:.1f} s of training, fit and batch norm recalibration; "
+                      f"target <= 600 s: {'met' if train['train_seconds'] <= 600 else 'MISSED'})")
         ev, push = props.get("evaluate", {}), props.get("push", {})
         check, score = props.get("serving_check", {}), props.get("score", {})
         first, second = results

@@ -225,7 +225,11 @@ def run(
         ),
     ]
     started = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
+    # shuffle=False: tf.data already reshuffles every epoch (data.train_and_validation); Keras ignores the flag for
+    # a tf.data.Dataset, but its default True makes it warn that it does.
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False
+    )
     if r.recalibrate_bn_examples:
         recalibrating = time.perf_counter()
         used = model_lib.recalibrate_batch_norm(model, train_ds, max_examples=r.recalibrate_bn_examples)

@@ -132,7 +132,9 @@ def train_stage(ctx: StageContext) -> StageResult:
                                  "batch_size": out.batch_size, "learning_rate": out.learning_rate,
                                  "train_examples": out.train_examples, "validation_examples": out.validation_examples,
                                  "val_accuracy": out.val_accuracy, "val_loss": out.val_loss,
-                                 "initial_epoch": out.initial_epoch})
+                                 "initial_epoch": out.initial_epoch,
+                                 # fit and the batch norm recalibration, without loading data or saving
+                                 "train_seconds": round(out.train_seconds, 1)})
 
 
 def export_stage(ctx: StageContext) -> StageResult:
