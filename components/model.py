@@ -194,7 +194,6 @@ def recalibrate_batch_norm(model, dataset, *, max_examples: int) -> int:
     if not layers or max_examples <= 0:
         return 0
     images = dataset.map(lambda x, _y: x).unbatch().take(max_examples).batch(1000)
-    used = 0
     for layer in layers:
         features = keras.Model(model.input, layer.input)
 
