@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def find_saved_model(args, scratch: Path) -> tuple[Path, str]:
-    from components import signatures as sig
+    from serving import signatures as sig
     from pipeline import paths
 
     if args.saved_model:

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from components import signatures as sig
+from serving import signatures as sig
 
 log = logging.getLogger(__name__)
 

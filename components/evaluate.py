@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from components import plots
-from components import signatures as sig
+from serving import signatures as sig
 from pipeline.config import EvaluateConfig
 from pipeline.errors import DataError, ModelError
 

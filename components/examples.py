@@ -3,7 +3,7 @@
     pattern = split_file_pattern(data_dir, "mnist", "test")       # the TFDS split's own TFRecord files
     out = write_examples(data_dir, "mnist", "test", "out/test")   # out/test-00000-of-00004.tfrecord ...
 
-Features, as TFDS's MNIST names them (`components.signatures`): `image` PNG bytes, `label` int64 (optional),
+Features, as TFDS's MNIST names them (`serving.signatures`): `image` PNG bytes, `label` int64 (optional),
 `key` bytes (optional). A prepared TFDS split is already such a file set (TFDS writes tf.Example records
 with `image` and `label`), so the scorer reads a split by its file pattern: one code path for a split and
 for users' files, streamed, never loaded into memory.
@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import signatures as sig
+from serving import signatures as sig
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)

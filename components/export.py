@@ -2,7 +2,7 @@
 
     out = export.run(paths.trained_model_path(w, run), paths.exported_model_dir(w, run), warmup_images=x[:4])
 
-Signatures (names from `components.signatures`, so server, client, scorer and tests agree):
+Signatures (names from `serving.signatures`, so server, client, scorer and tests agree):
 
 - `serving_default` (tensorflow/serving/predict): `image` float32 [batch, 28, 28, 1] in [0, 1]
   -> `probabilities` float32 [batch, 10], `classes` int64 [batch];
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components import signatures as sig
+from serving import signatures as sig
 from pipeline.errors import ModelError
 
 log = logging.getLogger(__name__)

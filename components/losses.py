@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from components.signatures import NUM_CLASSES
+from serving.signatures import NUM_CLASSES
 
 
 @keras.saving.register_keras_serializable(package="mnist_pipeline")

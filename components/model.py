@@ -9,7 +9,7 @@
   layers inside the model (active only in training, so the exported serving graph is a plain forward
   pass), trained with larger batches and a one-cycle learning rate (linear warmup, cosine decay).
 
-The input is named `components.signatures.KERAS_INPUT_NAME`; the output is softmax probabilities.
+The input is named `serving.signatures.KERAS_INPUT_NAME`; the output is softmax probabilities.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from components.signatures import IMAGE_SIZE, KERAS_INPUT_NAME, NUM_CLASSES
+from serving.signatures import IMAGE_SIZE, KERAS_INPUT_NAME, NUM_CLASSES
 from pipeline.errors import ConfigError
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components.signatures import IMAGE_SIZE
+from serving.signatures import IMAGE_SIZE
 
 
 def scale_images(images: tf.Tensor) -> tf.Tensor:

@@ -27,9 +27,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from components import model_registry
-from components import signatures as sig
-from pipeline import paths
+from serving import model_registry
+from serving import signatures as sig
 from pipeline.config import PushConfig
 from pipeline.errors import ConfigError, ModelError
 
@@ -191,7 +190,7 @@ def _next_version(model_dir: Path) -> int:
 
 
 def _write_metadata(version_dir: Path, record: Mapping[str, Any]) -> None:
-    path = paths.push_metadata_path(version_dir)
+    path = model_registry.push_metadata_path(version_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
 

@@ -39,7 +39,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from components import signatures as sig
+from serving import signatures as sig
 from pipeline.errors import ConfigError, DataError, ModelError, PipelineError
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def _join(base: str, *parts: str) -> str:
 
 def resolve_model(path: str | os.PathLike) -> ModelRef:
     """A SavedModel dir, or a model base path `<base>/<model>` meaning its newest integer version (resolved by
-    `components.model_registry` for local paths, by listing the folder for remote ones such as gs://)."""
+    `serving.model_registry` for local paths, by listing the folder for remote ones such as gs://)."""
     import tensorflow as tf
 
     path = os.fspath(path)
@@ -103,7 +103,7 @@ def resolve_model(path: str | os.PathLike) -> ModelRef:
         )
     name = os.path.basename(path.rstrip("/")) or sig.MODEL_NAME
     if "://" not in path:
-        from components import model_registry
+        from serving import model_registry
 
         newest = model_registry.newest_version(os.path.dirname(path.rstrip("/")) or ".", name)
         version = newest.version if newest is not None and newest.complete else None

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from components.signatures import IMAGE_SIZE, NUM_CLASSES
+from serving.signatures import IMAGE_SIZE, NUM_CLASSES
 from pipeline import paths
 from pipeline.config import DataConfig
 from pipeline.errors import DataError, ValidationError

@@ -96,19 +96,9 @@ def push_record_path(workdir: str | os.PathLike, run_id: str) -> Path:
     return stage_dir(workdir, run_id, "push") / "pushed.json"
 
 
-def push_metadata_path(version_dir: str | os.PathLike) -> Path:
-    """The pusher's record inside a pushed version (TF Serving ignores assets.extra/ but for warmup)."""
-    return Path(version_dir) / "assets.extra" / "mnist_pipeline_push.json"
-
-
 def model_base_path(workdir: str | os.PathLike) -> Path:
     """The folder TF Serving's --model_base_path points at is model_base_path(w) / model name."""
     return Path(workdir) / "serving" / "models"
-
-
-def serving_model_dir(base_path: str | os.PathLike, model_name: str, version: int) -> Path:
-    """`<base>/<model>/<version>/`, TF Serving's layout."""
-    return Path(base_path) / model_name / str(int(version))
 
 
 def store_path(workdir: str | os.PathLike) -> Path:

@@ -21,6 +21,7 @@ from pipeline import paths
 from pipeline.config import Config, model_base_path
 from pipeline.runner import Input, SkipStage, StageContext, StageResult, StageSpec, artifact, fingerprint_path
 from pipeline.store import Artifact, RunStore
+from serving import model_registry
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ def _pushed_artifact(store: RunStore, version) -> Artifact:
 def _baseline(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
     """The newest pushed version that is not the candidate itself: comparing a model with itself says nothing,
     and it keeps a rerun with nothing changed a cache hit (TFX's latest-blessed-model resolver, roughly)."""
-    from components import model_registry
 
     candidate = inputs.get("model")
     own = model_identity(candidate.uri) if candidate is not None else None
@@ -69,7 +69,6 @@ def _baseline(config: Config, workdir: Path, store: RunStore, upstream, inputs) 
 
 def _served_model(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
     """What is served now: the version this run pushed, else the newest complete version in the base path."""
-    from components import model_registry
 
     push = upstream.get("push")
     if push is not None and "pushed_model" in push.outputs and Path(push.outputs["pushed_model"].uri).is_dir():
@@ -81,7 +80,6 @@ def _served_model(config: Config, workdir: Path, store: RunStore, upstream, inpu
 def _model_to_serve(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact:
     found = _served_model(config, workdir, store, upstream, inputs)
     if found is None:
-        from components import model_registry
 
         where = model_registry.model_dir(model_base_path(config), config.push.model_name)
         push = upstream.get("push")
@@ -314,7 +312,7 @@ def lineage_record(store: RunStore, version: int | str, model_name: str,
     found = store.find_pushed(version, model_name)
     if not found:
         return None
-    here = os.fspath(paths.serving_model_dir(base_path, model_name, int(version))) if base_path else None
+    here = os.fspath(model_registry.version_dir(base_path, model_name, int(version))) if base_path else None
     pushed = next((a for a in found if a.uri == here), found[0])
     chain = store.lineage(pushed.id)
     by_stage = {ex.stage: (ex, ins, outs) for ex, ins, outs in chain}

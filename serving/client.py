@@ -37,7 +37,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from components import signatures as sig
+from serving import signatures as sig
 from serving import DEFAULT_MAX_MESSAGE_BYTES
 from serving.errors import ServingError
 from serving.tensors import fill_tensor_proto, to_ndarray

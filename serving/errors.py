@@ -1,4 +1,5 @@
-"""The serving package's error: a `PipelineError` that keeps the gRPC status code.
+"""The serving package's errors: `ServingError` (a `PipelineError` that keeps the gRPC status code) for the
+client and the serving set-up, `RequestError` for a request the local server refuses.
 
 Every `grpc.RpcError` the client sees is turned into a `ServingError` whose message names the call, the
 server and the status, and says what to do; `.code` keeps the `grpc.StatusCode` (None for errors found
@@ -18,3 +19,12 @@ class ServingError(PipelineError):
     def __init__(self, message: str, code: Any = None):
         super().__init__(message)
         self.code = code
+
+
+class RequestError(Exception):
+    """A request the local server answers with a gRPC status (never a crash); `code` is a `grpc.StatusCode`."""
+
+    def __init__(self, code: Any, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message

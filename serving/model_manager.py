@@ -1,10 +1,11 @@
-"""The local server's model manager: versions of each model, loaded, warmed up and retired as TF Serving does.
+"""The local server's model manager: which versions of each model are loaded, polled and retired, as TF Serving's
+AspiredVersionsManager does; one loaded version is a `serving.servable.Servable`.
 
     manager = ModelManager({"mnist": ModelSettings(base_path)}, poll_interval=1.0)
     manager.poll()              # load what the version policy wants (also done by the polling thread)
     servable = manager.resolve("mnist", version=None, label=None)   # the newest available version
 
-A version is a folder `<base>/<model>/<integer>/` holding `saved_model.pb`, as `components.model_registry`
+A version is a folder `<base>/<model>/<integer>/` holding `saved_model.pb`, as `serving.model_registry`
 lists them (the pusher renames complete folders into place, so a folder that is there is whole). Each poll:
 
 1. lists the versions on disk and picks the aspired ones by the version policy (`latest` N, `all` or
@@ -29,32 +30,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import grpc
-import numpy as np
-import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from components import model_registry
-from components import signatures as sig
-from serving.tensors import to_ndarray
+from serving import model_registry
+from serving.errors import RequestError
+from serving.servable import Servable
 
 log = logging.getLogger(__name__)
-
-_TF_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
-MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many
-
-
-class RequestError(Exception):
-    """A request the server answers with a gRPC status (never a crash)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -115,149 +100,6 @@ def read_models_config(path: str | os.PathLike, model_base_path: str | os.PathLi
                  p, entry.name, base, kind if kind != "latest" else f"latest {settings.num_versions}", settings.labels)
         models[entry.name] = settings
     return models
-
-
-@dataclass(frozen=True)
-class _Signature:
-    fn: Any  # the concrete function; called directly with keyword tensors
-    inputs: Mapping[str, tf.TensorSpec]
-    method_name: str
-
-
-class Servable:
-    """One loaded version: its signature functions and its SignatureDefs, as GetModelMetadata returns them."""
-
-    def __init__(self, name: str, version: int, path: Path):
-        self.name = name
-        self.version = version
-        self.path = path
-        self._loaded = tf.saved_model.load(os.fspath(path))
-        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-        self.signature_defs = dict(saved.meta_graphs[0].signature_def)
-        self.signatures: dict[str, _Signature] = {}
-        for key, fn in self._loaded.signatures.items():
-            _, kwargs = fn.structured_input_signature
-            method = self.signature_defs[key].method_name if key in self.signature_defs else sig.PREDICT_METHOD
-            self.signatures[key] = _Signature(fn, dict(kwargs), method)
-
-    # -- request handling -------------------------------------------------------------------------------
-
-    def signature(self, name: str) -> _Signature:
-        found = self.signatures.get(name or sig.SERVING_DEFAULT)
-        if found is None:
-            # TF Serving's code and message for an unknown signature key (predict_util.cc).
-            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f'Serving signature key "{name or sig.SERVING_DEFAULT}" not found.')
-        return found
-
-    def predict(self, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
-        signature = self.signature(request.model_spec.signature_name)
-        wanted, given = set(signature.inputs), set(request.inputs)
-        if wanted != given:
-            raise RequestError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input keys {sorted(given)} do not match the signature's inputs {sorted(wanted)}; "
-                f"send exactly {sorted(wanted)}",
-            )
-        tensors = {key: _to_tensor(key, request.inputs[key], spec) for key, spec in signature.inputs.items()}
-        outputs = _call(signature.fn, tensors)
-        if request.output_filter:
-            unknown = set(request.output_filter) - set(outputs)
-            if unknown:
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"output_filter names {sorted(unknown)}, not outputs of the signature {sorted(outputs)}")
-            outputs = {k: outputs[k] for k in request.output_filter}
-        return outputs
-
-    def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResult:
-        signature = self.signature(request.model_spec.signature_name)
-        if signature.method_name != sig.CLASSIFY_METHOD:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"Expected classification signature method_name to be {sig.CLASSIFY_METHOD}. "
-                               f"Was: {signature.method_name}")
-        kind = request.input.WhichOneof("kind")
-        if kind == "example_list":
-            serialized = [e.SerializeToString() for e in request.input.example_list.examples]
-        elif kind == "example_list_with_context":
-            ctx = request.input.example_list_with_context.context
-            serialized = []
-            for e in request.input.example_list_with_context.examples:
-                merged = type(ctx)()
-                merged.CopyFrom(ctx)
-                merged.MergeFrom(e)
-                serialized.append(merged.SerializeToString())
-        else:
-            serialized = []
-        if not serialized:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
-        (key,) = signature.inputs
-        outputs = _call(signature.fn, {key: tf.constant(serialized, tf.string)})
-        classes = outputs.get(sig.CLASSIFY_CLASSES_OUTPUT)
-        scores = outputs.get(sig.CLASSIFY_SCORES_OUTPUT)
-        result = classification_pb2.ClassificationResult()
-        for i in range(len(serialized)):
-            row = result.classifications.add()
-            n = scores.shape[1] if scores is not None else classes.shape[1]
-            for j in range(n):
-                cls = row.classes.add()
-                if classes is not None:
-                    cls.label = classes[i, j].decode() if isinstance(classes[i, j], bytes) else str(classes[i, j])
-                if scores is not None:
-                    cls.score = float(scores[i, j])
-        return result
-
-    def warm_up(self) -> int:
-        """Replay `assets.extra/tf_serving_warmup_requests`; a failing record fails the load, as in TF Serving."""
-        path = self.path / "assets.extra" / sig.WARMUP_FILE
-        if not path.is_file():
-            return 0
-        count = 0
-        for record in tf.data.TFRecordDataset(os.fspath(path)).take(MAX_WARMUP_RECORDS):
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            kind = entry.WhichOneof("log_type")
-            if kind == "predict_log":
-                self.predict(entry.predict_log.request)
-            elif kind == "classify_log":
-                self.classify(entry.classify_log.request)
-            else:
-                raise ValueError(f"warmup record {count} is a {kind}, which the local server does not replay")
-            count += 1
-        return count
-
-
-def _to_tensor(key: str, proto, spec: tf.TensorSpec) -> tf.Tensor:
-    """Check a TensorProto against the signature's TensorSpec BEFORE the model sees it."""
-    try:
-        dtype = tf.as_dtype(proto.dtype)
-    except TypeError:
-        dtype = None
-    if dtype != spec.dtype:
-        got = dtype.name if dtype is not None else f"enum {proto.dtype}"
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r} has dtype {got}, the signature expects {spec.dtype.name}")
-    if proto.tensor_shape.unknown_rank:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r} has an unknown rank; send a full shape")
-    shape = [d.size for d in proto.tensor_shape.dim]
-    if any(d < 0 for d in shape) or not spec.shape.is_compatible_with(shape):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r} has shape {shape}, the signature expects {spec.shape}")
-    try:
-        array = to_ndarray(proto)
-    except (ValueError, TypeError) as exc:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: its values do not fill shape {shape}: {exc}") from exc
-    if list(array.shape) != shape:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: {array.size} values do not fill shape {shape}")
-    return tf.constant(array, dtype=spec.dtype)
-
-
-def _call(fn, tensors: Mapping[str, tf.Tensor]) -> dict[str, np.ndarray]:
-    try:
-        outputs = fn(**tensors)
-    except tf.errors.OpError as exc:
-        raise RequestError(_TF_TO_GRPC.get(exc.error_code, grpc.StatusCode.INTERNAL), exc.message) from exc
-    return {k: v.numpy() for k, v in outputs.items()}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from tensorflow_serving.apis import (
 )
 
 from serving import DEFAULT_MAX_MESSAGE_BYTES
-from serving.model_manager import ModelManager, RequestError, Servable
+from serving.errors import RequestError
+from serving.model_manager import ModelManager
+from serving.servable import Servable
 from serving.tensors import fill_tensor_proto
 
 log = logging.getLogger(__name__)

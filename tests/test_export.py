@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from components import export
-from components import signatures as sig
+from serving import signatures as sig
 from components.examples import make_example
 from pipeline.errors import ModelError
 from tests.conftest import synthetic_digits

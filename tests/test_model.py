@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from components import model as model_lib
-from components.signatures import KERAS_INPUT_NAME
+from serving.signatures import KERAS_INPUT_NAME
 from pipeline.errors import ConfigError
 
 

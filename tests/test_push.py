@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from components import model_registry, push
-from components import signatures as sig
+from components import push
+from serving import model_registry
+from serving import signatures as sig
 from pipeline import cli, paths
 from pipeline.config import PushConfig
 from pipeline.errors import ConfigError, ModelError
@@ -40,7 +41,7 @@ def test_blessed_model_is_pushed_as_version_1_with_its_record(saved_model_dir, t
     out = push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED, metadata={"run_id": "r1", "accuracy": 0.99},
                    record_path=record)
     assert out.pushed and out.version == 1
-    assert out.version_dir == paths.serving_model_dir(base, sig.MODEL_NAME, 1)
+    assert out.version_dir == model_registry.version_dir(base, sig.MODEL_NAME, 1)
     assert _entries(base) == ["1"]  # no temporary folder left
     push.check_signatures(out.version_dir)
     assert (out.version_dir / "assets.extra" / sig.WARMUP_FILE).is_file()

@@ -3,7 +3,6 @@ integration test of the whole `mnist-pipeline run` on tiny synthetic IDX data.""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -221,7 +220,7 @@ def test_second_run_on_a_locked_workdir_refuses(tmp_path):
 
 @pytest.mark.timeout(900)
 def test_whole_pipeline_end_to_end_then_cached_then_failure_and_resume(idx_dir, tmp_path, capsys, monkeypatch):
-    from components import model_registry
+    from serving import model_registry
     from pipeline.cli import main
     from pipeline.runner import fingerprint_path
     from pipeline.stages import lineage_record

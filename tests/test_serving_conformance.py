@@ -9,7 +9,6 @@ local server's files or process (roll-out, health, SIGTERM, TLS, the message lim
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
-from components import signatures as sig
+from serving import signatures as sig
 from tests.conftest import REPO_ROOT, synthetic_digits
 
 pytestmark = pytest.mark.timeout(300)

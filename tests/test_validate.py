@@ -12,7 +12,7 @@ from components import ingest, validate
 from pipeline import paths
 from pipeline.config import DataConfig
 from pipeline.errors import DataError, ValidationError
-from tests.conftest import IDX_FILES, synthetic_digits, write_idx_images, write_idx_labels
+from tests.conftest import IDX_FILES, synthetic_digits, write_idx_labels
 
 
 def _ingest(source: Path, workdir: Path, dataset: str = "mnist") -> DataConfig:

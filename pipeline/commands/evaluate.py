@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import evaluate, model_registry
+    from components import evaluate
+    from serving import model_registry
     from pipeline import paths
     from pipeline.config import model_base_path
 

@@ -45,7 +45,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     print(f"{out.dataset} {out.version}: {state} from {source}")
     print(f"  TFDS data_dir: {out.data_dir}  (tfds.load({out.dataset!r}, data_dir={str(out.data_dir)!r}))")
     print(f"  dataset dir:   {out.dataset_dir}")
-    print(f"  examples:      " + ", ".join(f"{k} {v}" for k, v in sorted(out.num_examples.items())))
+    print("  examples:      " + ", ".join(f"{k} {v}" for k, v in sorted(out.num_examples.items())))
     print(f"  ingest record: {out.record_path}")
     # Raises ValidationError (exit 1, anomalies named) after writing the statistics.
     checked = validate.run(config.data, out.data_dir, paths.statistics_path(config.workdir, out.dataset))

@@ -60,7 +60,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     metrics = record.get("metrics") or {}
     if metrics:
         shown = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
-        print(f"  metrics:      " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(shown.items())))
+        print("  metrics:      " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(shown.items())))
     print("  executions:")
     for ex in record["executions"]:
         print(f"    {ex['stage']:<10} run {ex['run_id']}  {ex['status']:<9} code {ex['code_version']}  "

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import model_registry, push
+    from components import push
+    from serving import model_registry
     from pipeline.config import model_base_path
 
     base = model_base_path(config)

@@ -34,7 +34,7 @@ def _note(meta: dict) -> str:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import model_registry
+    from serving import model_registry
     from pipeline.config import model_base_path
 
     base = model_base_path(config)

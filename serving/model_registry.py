@@ -8,6 +8,7 @@ Only folders whose name is an integer count, as in TF Serving (a push in flight 
 non-integer folder beside them). Each version carries the pusher's record in
 `assets.extra/mnist_pipeline_push.json` (accuracy, date, run id, source; `rolled_back_from` for a rollback).
 Imports no TensorFlow: the CLI, the Beam scorer and the local server all resolve "the served version" here.
+This module owns TF Serving's model base path layout; nobody else joins `<base>/<model>/<version>`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from pipeline import paths
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +35,27 @@ class ModelVersion:
         return (self.path / "saved_model.pb").is_file()
 
 
+PUSH_METADATA_FILE = "mnist_pipeline_push.json"  # under <version>/assets.extra/, beside the warmup file
+
+
 def model_dir(base_path: str | os.PathLike, model_name: str) -> Path:
     """`<base>/<model_name>/`: the folder TF Serving's --model_base_path points at."""
-    return paths.serving_model_dir(base_path, model_name, 0).parent
+    return Path(base_path) / model_name
 
 
-def read_metadata(version_dir: str | os.PathLike) -> dict[str, Any]:
+def version_dir(base_path: str | os.PathLike, model_name: str, version: int) -> Path:
+    """`<base>/<model_name>/<version>/`: one servable version, as TF Serving's file system source lists it."""
+    return model_dir(base_path, model_name) / str(int(version))
+
+
+def push_metadata_path(version_dir_: str | os.PathLike) -> Path:
+    """The pusher's record inside a pushed version (TF Serving ignores assets.extra/ but for warmup)."""
+    return Path(version_dir_) / "assets.extra" / PUSH_METADATA_FILE
+
+
+def read_metadata(version_dir_: str | os.PathLike) -> dict[str, Any]:
     """The pusher's record of a version; {} when it has none or it cannot be read."""
-    path = paths.push_metadata_path(version_dir)
+    path = push_metadata_path(version_dir_)
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -70,10 +82,3 @@ def newest_version(base_path: str | os.PathLike, model_name: str) -> ModelVersio
     """The version TF Serving serves under its default policy (latest), or None."""
     versions = list_versions(base_path, model_name)
     return versions[-1] if versions else None
-
-
-def find_version(base_path: str | os.PathLike, model_name: str, version: int) -> ModelVersion | None:
-    for v in list_versions(base_path, model_name):
-        if v.version == version:
-            return v
-    return None

@@ -1,0 +1,172 @@
+"""One loaded version of a model, as TF Serving's SavedModelBundle servable: its signatures, checked requests,
+the call into the SavedModel, and the warmup replay that must pass before the version is published.
+
+    servable = Servable("mnist", 3, Path("models/mnist/3"))
+    servable.warm_up()                                   # assets.extra/tf_serving_warmup_requests
+    outputs = servable.predict(predict_request)          # {"probabilities": ndarray, "classes": ndarray}
+
+Every problem with a request raises `RequestError` with TF Serving's status code, before the model runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
+
+from serving import signatures as sig
+from serving.errors import RequestError
+from serving.tensors import to_ndarray
+
+_TF_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
+MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many
+
+
+@dataclass(frozen=True)
+class _Signature:
+    fn: Any  # the concrete function; called directly with keyword tensors
+    inputs: Mapping[str, tf.TensorSpec]
+    method_name: str
+
+
+class Servable:
+    """One loaded version: its signature functions and its SignatureDefs, as GetModelMetadata returns them."""
+
+    def __init__(self, name: str, version: int, path: Path):
+        self.name = name
+        self.version = version
+        self.path = path
+        self._loaded = tf.saved_model.load(os.fspath(path))
+        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+        self.signature_defs = dict(saved.meta_graphs[0].signature_def)
+        self.signatures: dict[str, _Signature] = {}
+        for key, fn in self._loaded.signatures.items():
+            _, kwargs = fn.structured_input_signature
+            method = self.signature_defs[key].method_name if key in self.signature_defs else sig.PREDICT_METHOD
+            self.signatures[key] = _Signature(fn, dict(kwargs), method)
+
+    # -- request handling -------------------------------------------------------------------------------
+
+    def signature(self, name: str) -> _Signature:
+        found = self.signatures.get(name or sig.SERVING_DEFAULT)
+        if found is None:
+            # TF Serving's code and message for an unknown signature key (predict_util.cc).
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f'Serving signature key "{name or sig.SERVING_DEFAULT}" not found.')
+        return found
+
+    def predict(self, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+        signature = self.signature(request.model_spec.signature_name)
+        wanted, given = set(signature.inputs), set(request.inputs)
+        if wanted != given:
+            raise RequestError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input keys {sorted(given)} do not match the signature's inputs {sorted(wanted)}; "
+                f"send exactly {sorted(wanted)}",
+            )
+        tensors = {key: _to_tensor(key, request.inputs[key], spec) for key, spec in signature.inputs.items()}
+        outputs = _call(signature.fn, tensors)
+        if request.output_filter:
+            unknown = set(request.output_filter) - set(outputs)
+            if unknown:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"output_filter names {sorted(unknown)}, not outputs of the signature {sorted(outputs)}")
+            outputs = {k: outputs[k] for k in request.output_filter}
+        return outputs
+
+    def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResult:
+        signature = self.signature(request.model_spec.signature_name)
+        if signature.method_name != sig.CLASSIFY_METHOD:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Expected classification signature method_name to be {sig.CLASSIFY_METHOD}. "
+                               f"Was: {signature.method_name}")
+        kind = request.input.WhichOneof("kind")
+        if kind == "example_list":
+            serialized = [e.SerializeToString() for e in request.input.example_list.examples]
+        elif kind == "example_list_with_context":
+            ctx = request.input.example_list_with_context.context
+            serialized = []
+            for e in request.input.example_list_with_context.examples:
+                merged = type(ctx)()
+                merged.CopyFrom(ctx)
+                merged.MergeFrom(e)
+                serialized.append(merged.SerializeToString())
+        else:
+            serialized = []
+        if not serialized:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
+        (key,) = signature.inputs
+        outputs = _call(signature.fn, {key: tf.constant(serialized, tf.string)})
+        classes = outputs.get(sig.CLASSIFY_CLASSES_OUTPUT)
+        scores = outputs.get(sig.CLASSIFY_SCORES_OUTPUT)
+        result = classification_pb2.ClassificationResult()
+        for i in range(len(serialized)):
+            row = result.classifications.add()
+            n = scores.shape[1] if scores is not None else classes.shape[1]
+            for j in range(n):
+                cls = row.classes.add()
+                if classes is not None:
+                    cls.label = classes[i, j].decode() if isinstance(classes[i, j], bytes) else str(classes[i, j])
+                if scores is not None:
+                    cls.score = float(scores[i, j])
+        return result
+
+    def warm_up(self) -> int:
+        """Replay `assets.extra/tf_serving_warmup_requests`; a failing record fails the load, as in TF Serving."""
+        path = self.path / "assets.extra" / sig.WARMUP_FILE
+        if not path.is_file():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(os.fspath(path)).take(MAX_WARMUP_RECORDS):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            kind = entry.WhichOneof("log_type")
+            if kind == "predict_log":
+                self.predict(entry.predict_log.request)
+            elif kind == "classify_log":
+                self.classify(entry.classify_log.request)
+            else:
+                raise ValueError(f"warmup record {count} is a {kind}, which the local server does not replay")
+            count += 1
+        return count
+
+
+def _to_tensor(key: str, proto, spec: tf.TensorSpec) -> tf.Tensor:
+    """Check a TensorProto against the signature's TensorSpec BEFORE the model sees it."""
+    try:
+        dtype = tf.as_dtype(proto.dtype)
+    except TypeError:
+        dtype = None
+    if dtype != spec.dtype:
+        got = dtype.name if dtype is not None else f"enum {proto.dtype}"
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r} has dtype {got}, the signature expects {spec.dtype.name}")
+    if proto.tensor_shape.unknown_rank:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r} has an unknown rank; send a full shape")
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in shape) or not spec.shape.is_compatible_with(shape):
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r} has shape {shape}, the signature expects {spec.shape}")
+    try:
+        array = to_ndarray(proto)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: its values do not fill shape {shape}: {exc}") from exc
+    if list(array.shape) != shape:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {key!r}: {array.size} values do not fill shape {shape}")
+    return tf.constant(array, dtype=spec.dtype)
+
+
+def _call(fn, tensors: Mapping[str, tf.Tensor]) -> dict[str, np.ndarray]:
+    try:
+        outputs = fn(**tensors)
+    except tf.errors.OpError as exc:
+        raise RequestError(_TF_TO_GRPC.get(exc.error_code, grpc.StatusCode.INTERNAL), exc.message) from exc
+    return {k: v.numpy() for k, v in outputs.items()}
