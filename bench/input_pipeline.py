@@ -154,8 +154,10 @@ def main() -> int:
     print(f"  numpy feed (slice, scale, convert, call):     {numpy_rate:12,.0f} examples/s  ({_fmt(fed_numpy_rates)})")
     print(f"  pipeline / numpy feed:                        {pipeline_rate / numpy_rate:12.2f}x  (target >= 1)")
     print("iterated from Python, nothing consuming (for reference):")
-    print(f"  pipeline (for batch in dataset):              {statistics.median(pipeline_rates):12,.0f} examples/s  ({_fmt(pipeline_rates)})")
-    print(f"  numpy feed (slice, scale, to tensors):        {statistics.median(numpy_rates):12,.0f} examples/s  ({_fmt(numpy_rates)})")
+    print(f"  pipeline (for batch in dataset):              {statistics.median(pipeline_rates):12,.0f} examples/s  "
+          f"({_fmt(pipeline_rates)})")
+    print(f"  numpy feed (slice, scale, to tensors):        {statistics.median(numpy_rates):12,.0f} examples/s  "
+          f"({_fmt(numpy_rates)})")
     print(f"  numpy slicing alone (no tensors):             {statistics.median(raw_numpy_rates):12,.0f} examples/s")
 
     # 3. What training consumes: fit() steps of the recipe's model on one fixed batch (no input cost).

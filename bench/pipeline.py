@@ -4,9 +4,10 @@
 
 Each run is the CLI in a fresh process (as a user starts it) on a fresh temporary workdir; per-stage wall times
 come from the run store. Both runs use a snapshot of the project's packages taken at the start, so edits
-made to the checkout meanwhile (the cache keys hash the sources) cannot turn the second run into a rerun. Targets: the first run (everything, default architecture and recipe) at most 15
-minutes, with the pushed model at the export issue's accuracy; the second run at most 10% of the first's time
-(every stage a cache hit but the report).
+made to the checkout meanwhile (the cache keys hash the sources) cannot turn the second run into a rerun.
+Targets: the first run (everything, default architecture and recipe) at most 15 minutes, with the pushed model
+at the export issue's accuracy; the second run at most 10% of the first's time (every stage a cache hit but the
+report).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hoststat import cpu_times, describe, steal_share  # noqa: E402  (bench/, the script's folder)
+
 from pipeline import paths  # noqa: E402
 from pipeline.store import RunStore  # noqa: E402
 

@@ -42,8 +42,8 @@ def _job(argv: list[str]) -> None:
     """Child process: one scoring job; prints its figures as JSON on the last line."""
     import logging
 
-    import tensorflow  # noqa: F401  importing TF (5-8 s) is process start-up, not the job: done before the clock
     import pyarrow  # noqa: F401
+    import tensorflow  # noqa: F401  importing TF (5-8 s) is process start-up, not the job: done before the clock
 
     from components import score
     from pipeline.config import ScoreConfig
@@ -56,7 +56,8 @@ def _job(argv: list[str]) -> None:
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
     load = result.metrics.get("RunInference/load_model_latency_milli_secs", {}).get("sum", 0) / 1000
     print(json.dumps({
-        "images": result.num_predictions, "failed": result.num_failed, "seconds": seconds, "cpu_s": cpu, "accuracy": result.accuracy,
+        "images": result.num_predictions, "failed": result.num_failed, "seconds": seconds, "cpu_s": cpu,
+        "accuracy": result.accuracy,
         "model_load_s": load,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "children_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -99,7 +100,8 @@ class RawLoop:
     def __init__(self, saved_model_dir: str, data_dir: Path, batch: int):
         import tensorflow as tf
 
-        from components import data, signatures as sig
+        from components import data
+        from components import signatures as sig
 
         self._tf, self._sig = tf, sig
         self.batches = [(x.numpy(), y.numpy()) for x, y in data.split_dataset(data_dir, "mnist", "test", batch_size=batch)]

@@ -33,8 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def find_saved_model(args, scratch: Path) -> tuple[Path, str]:
-    from serving import signatures as sig
     from pipeline import paths
+    from serving import signatures as sig
 
     if args.saved_model:
         return Path(args.saved_model), "given"

@@ -119,7 +119,8 @@ def main() -> None:
               flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
-    header = f"{'architecture':<13}{'params':>9}{'epochs':>7}{'batch':>6}{'test acc':>10}{'train s':>9}{'ex/s':>8}{'peak RSS MiB':>14}{'cpu steal':>11}"
+    header = (f"{'architecture':<13}{'params':>9}{'epochs':>7}{'batch':>6}{'test acc':>10}{'train s':>9}{'ex/s':>8}"
+              f"{'peak RSS MiB':>14}{'cpu steal':>11}")
     print(header)
     for r in results:
         print(f"{r['architecture']:<13}{r['params']:>9}{r['epochs']:>7}{r['batch_size']:>6}{r['test_accuracy']:>10.4f}"

@@ -14,7 +14,8 @@ serving graph use.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -51,7 +52,7 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         return tf.saved_model.load(self._saved_model_dir)
 
     def run_inference(
-        self, batch: Sequence[np.ndarray], model: Any, inference_args: Optional[dict[str, Any]] = None
+        self, batch: Sequence[np.ndarray], model: Any, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
         from components.preprocessing import scale_images
 

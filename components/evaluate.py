@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from components import plots
-from serving import signatures as sig
+from pipeline.atomic import atomic_write_json
 from pipeline.config import EvaluateConfig
 from pipeline.errors import DataError, ModelError
+from serving import signatures as sig
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run(
     blessed, reasons = bless(metrics["accuracy"], baseline_accuracy, config)
     reason = "; ".join(reasons)
 
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     record: dict[str, Any] = {
         "saved_model_dir": os.fspath(saved_model_dir),
         "dataset": dataset,
@@ -256,12 +256,6 @@ def _predict(predict, test, *, keep_images: bool) -> _Predictions:
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Write JSON through a temporary file in the same folder, then rename: whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_json(path, payload)
     log.info("wrote %s", path)
     return path

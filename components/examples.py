@@ -17,8 +17,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving import signatures as sig
 from pipeline.errors import DataError
+from serving import signatures as sig
 
 log = logging.getLogger(__name__)
 

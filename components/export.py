@@ -1,6 +1,6 @@
 """Export stage: a trained Keras model -> a TF2 SavedModel that TF Serving serves as it is.
 
-    out = export.run(paths.trained_model_path(w, run), paths.exported_model_dir(w, run), warmup_images=x[:4])
+    out = export.run(train_dir / train.MODEL_FILE, export_dir / export.SAVED_MODEL_DIR, warmup_images=x[:4])
 
 Signatures (names from `serving.signatures`, so server, client, scorer and tests agree):
 
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from serving import signatures as sig
+from pipeline.atomic import atomic_write
 from pipeline.errors import ModelError
+from serving import signatures as sig
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class ExportOutput:
     saved_model_dir: Path
     signature_names: tuple[str, ...]
     warmup_path: Path
+
+
+SAVED_MODEL_DIR = "saved_model"  # the stage's output folder holds the SavedModel under this name
 
 
 def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None = None) -> ExportOutput:
@@ -154,9 +158,7 @@ def set_signature_methods(saved_model_dir: Path, methods: dict[str, str]) -> Non
             if name not in meta_graph.signature_def:
                 raise ModelError(f"SavedModel {os.fspath(saved_model_dir)!r} has no signature {name!r}")
             meta_graph.signature_def[name].method_name = method
-    tmp = pb_path.with_name(f".{pb_path.name}.tmp-{secrets.token_hex(4)}")
-    tmp.write_bytes(proto.SerializeToString())
-    os.replace(tmp, pb_path)
+    atomic_write(pb_path, proto.SerializeToString())
     _refresh_fingerprint(Path(saved_model_dir))
 
 

@@ -11,7 +11,7 @@ examples; ours takes what the (checked) files hold. Without `source_dir`, the no
 
 Both paths prepare into a temporary folder inside `data_dir` and rename the finished
 `<dataset>/<version>/` into place, so an interrupted or failed ingest leaves nothing half-written. A
-record beside the data (`pipeline.paths.ingest_record_path`) keeps the source, a fingerprint of the
+record beside the data (`record_path(data_dir, dataset)`, `ingest.json`) keeps the source, a fingerprint of the
 files and the IDX header counts: a second ingest of the same files reuses the prepared data, and the
 validate stage checks the prepared counts against the headers.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline import paths
+from pipeline.atomic import atomic_write_json
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
 
@@ -56,15 +56,23 @@ class IngestOutput:
     header_counts: dict[str, int] | None = field(default=None)  # per split, from the IDX headers
 
 
+def check_config(config: DataConfig) -> None:
+    """What can be refused before anything is written (the command calls it before a run is recorded)."""
+    if config.dataset not in SUPPORTED_DATASETS:
+        raise DataError(f"unknown dataset {config.dataset!r}; supported: {', '.join(SUPPORTED_DATASETS)}")
+    source_dir = Path(config.source_dir) if config.source_dir is not None else None
+    if source_dir is not None and source_dir.exists() and not source_dir.is_dir():
+        raise DataError(f"source dir {str(source_dir)!r} is a file, not a folder; "
+                        "pass the folder holding the four IDX .gz files")
+
+
 def run(config: DataConfig, data_dir: str | os.PathLike) -> IngestOutput:
     """Prepare `config.dataset` in `data_dir` from `config.source_dir` (IDX files) or the TFDS download."""
-    dataset = config.dataset
-    if dataset not in SUPPORTED_DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; supported: {', '.join(SUPPORTED_DATASETS)}")
+    check_config(config)
     data_dir = Path(data_dir)
     if config.source_dir is not None:
-        return _ingest_idx(dataset, Path(config.source_dir), data_dir)
-    return _ingest_download(dataset, data_dir)
+        return _ingest_idx(config.dataset, Path(config.source_dir), data_dir)
+    return _ingest_download(config.dataset, data_dir)
 
 
 def _tfds_base_class(dataset: str) -> type:
@@ -89,8 +97,16 @@ def _fingerprint(source_dir: Path) -> str:
     return digest.hexdigest()
 
 
+RECORD_FILE = "ingest.json"
+
+
+def record_path(data_dir: str | os.PathLike, dataset: str) -> Path:
+    """`<data_dir>/<dataset>/ingest.json`: what ingest prepared (source, fingerprint, IDX header counts)."""
+    return Path(data_dir) / dataset / RECORD_FILE
+
+
 def _read_record(data_dir: Path, dataset: str) -> dict[str, Any] | None:
-    path = paths.ingest_record_path(data_dir, dataset)
+    path = record_path(data_dir, dataset)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -107,16 +123,12 @@ def _record(dataset: str, version: str, source: str, source_dir: str | None, fin
         "source_dir": source_dir,
         "fingerprint": fingerprint,
         "header_counts": header_counts,
-        "prepared_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "prepared_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
 def _write_record(data_dir: Path, dataset: str, record: dict[str, Any]) -> Path:
-    path = paths.ingest_record_path(data_dir, dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    path = atomic_write_json(record_path(data_dir, dataset), record, sort_keys=True)
     log.info("wrote ingest record %s", path)
     return path
 
@@ -143,7 +155,7 @@ def _output(dataset: str, data_dir: Path, *, reused: bool, record: dict[str, Any
         source=record["source"],
         source_dir=Path(source_dir) if source_dir else None,
         reused=reused,
-        record_path=paths.ingest_record_path(data_dir, dataset),
+        record_path=record_path(data_dir, dataset),
         header_counts=record.get("header_counts"),
     )
 
@@ -151,8 +163,6 @@ def _output(dataset: str, data_dir: Path, *, reused: bool, record: dict[str, Any
 def _ingest_idx(dataset: str, source_dir: Path, data_dir: Path) -> IngestOutput:
     from components import idx
 
-    if source_dir.exists() and not source_dir.is_dir():
-        raise DataError(f"source dir {str(source_dir)!r} is a file, not a folder; pass the folder holding the four IDX .gz files")
     fingerprint = _fingerprint(source_dir) if source_dir.is_dir() else None
     base = _tfds_base_class(dataset)
     version = str(base.VERSION)
@@ -221,7 +231,7 @@ def _ingest_download(dataset: str, data_dir: Path) -> IngestOutput:
     base = _tfds_base_class(dataset)
     version = str(base.VERSION)
     # Only ask TFDS once the dataset's folder exists (it warns about a missing one).
-    if paths.ingest_record_path(data_dir, dataset).parent.is_dir() and _prepared(dataset, data_dir).is_prepared():
+    if record_path(data_dir, dataset).parent.is_dir() and _prepared(dataset, data_dir).is_prepared():
         record = _read_record(data_dir, dataset) or {"source": "tfds"}
         log.info("reusing %s %s in %s: already prepared", dataset, version, data_dir)
         return _output(dataset, data_dir, reused=True, record=record)

@@ -15,11 +15,11 @@ The input is named `serving.signatures.KERAS_INPUT_NAME`; the output is softmax 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from serving.signatures import IMAGE_SIZE, KERAS_INPUT_NAME, NUM_CLASSES
 from pipeline.errors import ConfigError
+from serving.signatures import IMAGE_SIZE, KERAS_INPUT_NAME, NUM_CLASSES
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ Each file is drawn into a temporary file beside its target and renamed, so a plo
 from __future__ import annotations
 
 import logging
-import os
-import secrets
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
+
+from pipeline.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,8 @@ def _figure(width: float, height: float):
 
 def _save(figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     log.info("wrote plot %s", path)
     return path
 

@@ -21,16 +21,18 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from serving import model_registry
-from serving import signatures as sig
+from pipeline.atomic import atomic_write_json
 from pipeline.config import PushConfig
 from pipeline.errors import ConfigError, ModelError
+from serving import model_registry
+from serving import signatures as sig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ REQUIRED_SIGNATURES = {
     sig.PNG_SIGNATURE: sig.PREDICT_METHOD,
     sig.CLASSIFY_SIGNATURE: sig.CLASSIFY_METHOD,
 }
+RECORD_FILE = "pushed.json"  # the outcome, pushed or not, in the push stage's folder
 _TMP_PREFIX = ".tmp-push-"
 _TRASH_PREFIX = ".tmp-remove-"
 _CHECK_IMAGES = 8
@@ -89,7 +92,7 @@ def run(
         record = {
             "model_name": config.model_name,
             "version": version,
-            "pushed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "pushed_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "source": os.fspath(saved_model_dir.resolve()),
             "blessed": blessed,
             "forced": not blessed,
@@ -234,7 +237,6 @@ def _record(out: PushOutput, record_path: Path | None, source: Path) -> PushOutp
         log.info("%s", out.reason)
         return out
     record_path = Path(record_path)
-    record_path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "pushed": out.pushed,
         "reason": out.reason,
@@ -242,10 +244,8 @@ def _record(out: PushOutput, record_path: Path | None, source: Path) -> PushOutp
         "version_dir": os.fspath(out.version_dir) if out.version_dir else None,
         "removed_versions": list(out.removed_versions),
         "source": os.fspath(source),
-        "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    tmp = record_path.with_name(f".{record_path.name}.tmp-{secrets.token_hex(4)}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, record_path)
+    atomic_write_json(record_path, payload)
     log.info("%s; wrote %s", out.reason, record_path)
     return PushOutput(out.pushed, out.reason, out.version, out.version_dir, out.removed_versions, record_path)

@@ -19,11 +19,13 @@ import html
 import json
 import logging
 import os
-import secrets
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+
+from pipeline.atomic import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,7 @@ def run(inputs: ReportInputs, out_dir: str | os.PathLike) -> ReportOutput:
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = _draw(inputs, out_dir)
     page = _page(inputs, figures)
-    target = out_dir / REPORT_FILE
-    tmp = out_dir / f".{REPORT_FILE}.tmp-{secrets.token_hex(4)}"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    target = atomic_write(out_dir / REPORT_FILE, page)
     plots = tuple(p for p in figures.values() if p is not None)
     log.info("wrote report %s", target)
     return ReportOutput(target, plots)
@@ -91,9 +90,8 @@ def _draw(inputs: ReportInputs, out_dir: Path) -> dict[str, Path | None]:
             log.warning("plot %s (%s) is missing; the report goes without it", name, src)
             continue
         target = out_dir / f"{name}.png"
-        tmp = out_dir / f".{name}.png.tmp-{secrets.token_hex(4)}"
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(src, tmp)
         log.info("wrote plot %s (from %s)", target, src)
         figures[name] = target
     history = _load(inputs.history_path)
@@ -265,7 +263,7 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
     config = run.get("config")
     if config:
         parts.append("<h2>Configuration</h2><pre>" + _e(json.dumps(config, indent=2, sort_keys=True)) + "</pre>")
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     parts.append(f"<p class='muted'>Written {stamp} by mnist-pipeline.</p>")
     title = f"mnist-pipeline run {run.get('id')}"
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"

@@ -31,16 +31,17 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from serving import signatures as sig
 from pipeline.errors import ConfigError, DataError, ModelError, PipelineError
+from serving import signatures as sig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Serving check stage: serve the pushed version with the local server, query it with the gRPC client.
 
-    out = serving_check.run(base_path, "mnist", 3, data_dir, "mnist", run_dir / "serving_check",
+    out = serving_check.run(model_registry.version_at(base_path / "mnist" / "3"), data_dir, "mnist", run_dir / "serving_check",
                             expected_accuracy=0.9951, expected_examples=10000)
 
 Starts `serving.server.LocalServer` on a free loopback port over `<base_path>/<model_name>` pinned to the
@@ -16,10 +16,8 @@ the wire equals the one the evaluator (or the Beam scorer) measured on the same 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.atomic import atomic_write_json
 from pipeline.errors import PipelineError
+from serving.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,7 @@ class ServingCheckOutput:
 
 
 def run(
-    base_path: str | os.PathLike,
-    model_name: str,
-    version: int,
+    model: ModelVersion,
     data_dir: str | os.PathLike,
     dataset: str,
     out_dir: str | os.PathLike,
@@ -64,7 +62,7 @@ def run(
     tolerance: float = 1e-3,
     timeout: float = 60.0,
 ) -> ServingCheckOutput:
-    """Check version `version` of `model_name` under `base_path` over gRPC; see the module docstring.
+    """Check pushed version `model` over gRPC; see the module docstring.
 
     `expected_accuracy` applies only when the check sees `expected_examples` examples (the same set)."""
     from components import data
@@ -74,7 +72,8 @@ def run(
     from serving.model_manager import ModelManager, ModelSettings
     from serving.server import LocalServer
 
-    base_path, out_dir = Path(base_path), Path(out_dir)
+    out_dir = Path(out_dir)
+    model_name, version = model.name, model.version
     images, labels = [], []
     for batch_images, batch_labels in data.split_dataset(data_dir, dataset, "test", batch_size=1000,
                                                          max_examples=max_examples):
@@ -85,7 +84,7 @@ def run(
     x = np.concatenate(images).astype(np.float32)
     y = np.concatenate(labels).astype(np.int64)
 
-    settings = ModelSettings(base_path / model_name, policy="specific", specific_versions=(int(version),))
+    settings = ModelSettings(model.path.parent, policy="specific", specific_versions=(int(version),))
     manager = ModelManager({model_name: settings}, poll_interval=1.0)
     server = LocalServer(manager, host="127.0.0.1", port=0)
     problems: list[str] = []
@@ -123,7 +122,7 @@ def run(
         "problems": problems,
         "model_name": model_name,
         "model_version": int(version),
-        "model_base_path": os.fspath(base_path),
+        "model_base_path": os.fspath(model.path.parent.parent),
         "server": address,
         "num_examples": int(len(y)),
         "accuracy": accuracy,
@@ -131,13 +130,9 @@ def run(
         "signatures_checked": ["serving_default", "predict_png", "classify"],
         "signature_samples": int(k),
         "seconds": round(seconds, 3),
-        "checked_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checked_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULT_FILE
-    tmp = out_dir / f".{RESULT_FILE}.tmp-{secrets.token_hex(4)}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    path = atomic_write_json(out_dir / RESULT_FILE, record)
     log.info("wrote %s", path)
     log.info("serving check of %s version %d on %d examples over gRPC: accuracy %.4f, %s", model_name, version,
              len(y), accuracy, "passed" if passed else "FAILED: " + "; ".join(problems))

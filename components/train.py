@@ -24,11 +24,11 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.atomic import atomic_path, atomic_write_json
 from pipeline.config import DataConfig, TrainConfig
 from pipeline.errors import ConfigError
 
@@ -58,29 +58,9 @@ class TrainOutput:
     train_seconds: float  # wall time of this invocation's `fit`
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_model_atomically(model, path: Path) -> None:
-    # Keras insists on the .keras suffix, so the temp file keeps it.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
+    with atomic_path(path) as tmp:  # keeps the .keras suffix Keras insists on
         model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _count(ds) -> int:
@@ -142,7 +122,7 @@ def _history_callback(keras, path: Path):
                 lr = self.model.optimizer.learning_rate
                 entry["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
             self._epochs = [e for e in self._epochs if e["epoch"] != epoch + 1] + [entry]
-            _atomic_write_text(path, json.dumps(_columns(self._epochs), indent=2) + "\n")
+            atomic_write_json(path, _columns(self._epochs))
 
     return HistoryWriter()
 

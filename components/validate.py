@@ -16,16 +16,17 @@ import datetime as _dt
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from serving.signatures import IMAGE_SIZE, NUM_CLASSES
-from pipeline import paths
+from pipeline.atomic import atomic_write_json
 from pipeline.config import DataConfig
 from pipeline.errors import DataError, ValidationError
+from serving.signatures import IMAGE_SIZE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | 
     label_feature = builder.info.features["label"]
     num_classes = getattr(label_feature, "num_classes", NUM_CLASSES)
 
-    record_path = paths.ingest_record_path(data_dir, dataset)
+    from components.ingest import record_path as ingest_record_path
+
+    record_path = ingest_record_path(data_dir, dataset)
     header_counts = _header_counts(record_path)
 
     per_split: dict[str, dict[str, Any]] = {}
@@ -83,7 +86,7 @@ def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | 
         "dataset": dataset,
         "version": str(builder.info.version),
         "dataset_dir": str(registered.data_dir),
-        "computed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "computed_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "schema": {"image_shape": EXPECTED_SHAPE, "image_dtype": EXPECTED_DTYPE, "num_classes": num_classes},
         "header_counts": header_counts,
         "splits": per_split,
@@ -184,8 +187,5 @@ def _header_counts(record_path: Path) -> dict[str, int] | None:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, payload)
     log.info("wrote statistics %s", path)

@@ -11,7 +11,8 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pipeline.config import Config, load_config
 from pipeline.errors import PipelineError

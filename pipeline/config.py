@@ -22,9 +22,10 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipeline.errors import ConfigError
 
@@ -71,6 +72,8 @@ class ScoreConfig:
     min_batch_size: int = 1
     max_batch_size: int = 256
     model: str | None = None  # SavedModel dir or model base path; None: the pushed model
+    output: str | None = None  # output folder (local or a Beam file system URL); None: the run's score/ folder
+    beam_args: tuple[str, ...] = ()  # Beam pipeline options passed through (--runner=..., --direct_num_workers=...)
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,12 @@ def _sections() -> dict[str, type]:
 
 
 def _coerce(where: str, annotation: Any, value: Any) -> Any:
-    """Check `value` against a field's annotation (str, int, float, bool, or X | None)."""
-    hint = annotation
-    if isinstance(hint, str):
-        hint = eval(hint, {"float": float, "int": int, "str": str, "bool": bool, "None": None})  # noqa: S307
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    """Check `value` against a field's resolved annotation (str, int, float, bool, tuple[str, ...], or X | None)."""
+    if typing.get_origin(annotation) is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    allowed = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     if value is None:
         if type(None) in allowed:
             return None

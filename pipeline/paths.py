@@ -1,4 +1,6 @@
-"""The one module that knows where things live under the workdir. Nobody else joins path strings.
+"""Where things live under the workdir: the places the runner and the commands join. Each component names
+the files inside its own outputs (`components.train.MODEL_FILE`, `components.export.SAVED_MODEL_DIR`, ...);
+`serving.model_registry` owns the layout under the model base path.
 
     <workdir>/                              default ./artifacts
       data/                                 TFDS data_dir: data/<dataset>/<version>/ as tfds.load reads it
@@ -22,8 +24,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import secrets
 from pathlib import Path
+
+from pipeline.errors import ConfigError
 
 DEFAULT_WORKDIR = "artifacts"
 
@@ -31,11 +36,6 @@ DEFAULT_WORKDIR = "artifacts"
 def data_dir(workdir: str | os.PathLike) -> Path:
     """TFDS `data_dir`: every stage loads the dataset with `tfds.load(name, data_dir=data_dir(w))`."""
     return Path(workdir) / "data"
-
-
-def ingest_record_path(data_dir_: str | os.PathLike, dataset: str) -> Path:
-    """`<data_dir>/<dataset>/ingest.json`. Takes the TFDS data_dir (the ingest stage's input), not the workdir."""
-    return Path(data_dir_) / dataset / "ingest.json"
 
 
 def statistics_path(workdir: str | os.PathLike, dataset: str) -> Path:
@@ -48,52 +48,28 @@ def runs_dir(workdir: str | os.PathLike) -> Path:
 
 def new_run_id(now: _dt.datetime | None = None) -> str:
     """A run id that sorts by start time and does not collide: 20261123T212400Z-3f9a1c."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it is safe as one folder name under runs/ (letters, digits, '.', '_', '-'); else a ConfigError."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        shown = repr(run_id)[:80]
+        raise ConfigError(f"run id {shown} is not a valid run id: use letters, digits, '.', '_' and '-' "
+                          "(at most 128, not starting with '.' and without '..'), e.g. 20261123T212400Z-3f9a1c")
+    return run_id
+
+
 def run_dir(workdir: str | os.PathLike, run_id: str) -> Path:
-    return runs_dir(workdir) / run_id
+    return runs_dir(workdir) / check_run_id(run_id)
 
 
 def stage_dir(workdir: str | os.PathLike, run_id: str, stage: str) -> Path:
     return run_dir(workdir, run_id) / stage
-
-
-def latest_run_id(workdir: str | os.PathLike, *, having: str | None = None) -> str | None:
-    """The newest run id, or the newest whose `having` stage folder exists; None if there is none."""
-    root = runs_dir(workdir)
-    if not root.is_dir():
-        return None
-    for run in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
-        if having is None or (run / having).is_dir():
-            return run.name
-    return None
-
-
-def trained_model_path(workdir: str | os.PathLike, run_id: str) -> Path:
-    return stage_dir(workdir, run_id, "train") / "model.keras"
-
-
-def exported_model_dir(workdir: str | os.PathLike, run_id: str) -> Path:
-    return stage_dir(workdir, run_id, "export") / "saved_model"
-
-
-def metrics_path(workdir: str | os.PathLike, run_id: str) -> Path:
-    return stage_dir(workdir, run_id, "evaluate") / "metrics.json"
-
-
-def history_path(workdir: str | os.PathLike, run_id: str) -> Path:
-    """Keras's History.history of the run's training (components.train.HISTORY_FILE in the train folder)."""
-    return stage_dir(workdir, run_id, "train") / "history.json"
-
-
-def blessing_path(workdir: str | os.PathLike, run_id: str) -> Path:
-    return stage_dir(workdir, run_id, "evaluate") / "blessing.json"
-
-
-def push_record_path(workdir: str | os.PathLike, run_id: str) -> Path:
-    return stage_dir(workdir, run_id, "push") / "pushed.json"
 
 
 def model_base_path(workdir: str | os.PathLike) -> Path:

@@ -1,13 +1,17 @@
 """The runner: the stages in order, each recorded in the run store, cached like TFX's `enable_cache`.
 
-    result = run_pipeline(config)                                   # every stage
-    result = run_pipeline(config, stages=["score", "serving_check"])  # inputs from the latest earlier runs
-    result = run_pipeline(config, resume="latest")                  # continue the last failed/interrupted run
+    specs = pipeline.stages.default_stages()
+    result = run_pipeline(config, specs)                                   # every stage
+    result = run_pipeline(config, specs, stages=["score", "serving_check"])  # inputs from the latest earlier runs
+    result = run_pipeline(config, specs, resume="latest")                  # continue the last failed/interrupted run
+    result = run_pipeline(config, specs, stages=["export"], run_id=r)      # add a stage to run r (stage commands)
 
 Order: ingest, validate, train, export, evaluate, push, score, serving_check, report. Each stage is a
 `StageSpec`: its name, the config sections that change what it does, the inputs it takes (named outputs of
 earlier stages, or artifacts found in the workdir such as the currently pushed model) and a function that
-calls the component. The stage implementations live in `pipeline.stages`; tests pass their own.
+calls the component (`pipeline.stage_api`). The runner is handed its stages and knows none of them by name:
+`pipeline.stages` implements the pipeline's; tests pass their own. `mnist-pipeline run` and every stage
+command (`train`, `export`, ...) go through `run_pipeline`: one wiring, one lock, one record, one cache.
 
 Cache key of an execution = sha256(stage name, the fingerprint of its config sections, the identity of each
 input artifact (URI + content fingerprint), the code version). A succeeded execution with the same key whose
@@ -30,14 +34,23 @@ import logging
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from pipeline import paths
 from pipeline.config import Config, apply_overrides
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import WorkdirLock
+from pipeline.stage_api import (
+    SkipStage,
+    StageContext,
+    StageRecord,
+    StageSpec,
+    fingerprint_path,
+    hash_file,
+)
 from pipeline.store import Artifact, Execution, RunStore
 
 log = logging.getLogger(__name__)
@@ -55,66 +68,6 @@ class StageFailed(PipelineError):
         self.error = error
 
 
-class SkipStage(Exception):
-    """Raised by a stage that cannot do anything useful this run (e.g. nothing pushed to score); not a failure."""
-
-
-@dataclass(frozen=True)
-class StageResult:
-    """What a stage produced: named output artifacts and a few properties (accuracy, version, counts)."""
-
-    outputs: dict[str, Artifact] = field(default_factory=dict)
-    properties: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StageRecord:
-    """A stage's outcome in this run, as later stages, the report and the CLI see it."""
-
-    name: str
-    status: str  # succeeded, cached, skipped, failed, resumed (finished earlier in this same run)
-    duration: float
-    outputs: dict[str, Artifact]
-    properties: dict[str, Any]
-    reason: str | None = None
-    execution_id: int | None = None
-
-
-@dataclass(frozen=True)
-class StageContext:
-    config: Config
-    workdir: Path
-    run_id: str
-    stage: str
-    out_dir: Path  # paths.stage_dir(workdir, run_id, stage): where a per-run stage writes
-    inputs: dict[str, Artifact]
-    upstream: Mapping[str, StageRecord]  # earlier stages of this run (or the latest run that had them)
-    store: RunStore
-    code_version: str
-
-
-@dataclass(frozen=True)
-class Input:
-    """An input a stage takes: output `output` of stage `stage`, or (when `stage` is None) from `resolve`."""
-
-    name: str
-    stage: str | None = None
-    output: str | None = None
-    resolve: Callable[[Config, Path, RunStore, Mapping[str, StageRecord], dict[str, Artifact]], Artifact | None] | None = None
-    required: bool = True
-    in_cache_key: bool = True  # False: recorded for lineage only (its content is derived from other inputs)
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    execute: Callable[[StageContext], StageResult]
-    sections: tuple[str, ...] = ()  # config sections whose values change what the stage does
-    inputs: tuple[Input, ...] = ()
-    cacheable: bool = True
-    after_failure: bool = False  # also runs (best effort) when an earlier stage failed: the report
-
-
 @dataclass(frozen=True)
 class RunResult:
     run_id: str
@@ -124,40 +77,6 @@ class RunResult:
 
     def stage(self, name: str) -> StageRecord | None:
         return next((s for s in self.stages if s.name == name), None)
-
-
-# -- identities ----------------------------------------------------------------------------------------------
-
-
-def fingerprint_path(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, or of a folder's relative paths and file contents (hidden temp files ignored)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    if p.is_file():
-        _hash_file(h, p)
-    elif p.is_dir():
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            rel = f.relative_to(p).as_posix()
-            if any(part.startswith(".") for part in rel.split("/")):
-                continue
-            h.update(rel.encode() + b"\0")
-            _hash_file(h, f)
-    else:
-        raise FileNotFoundError(p)
-    return h.hexdigest()[:32]
-
-
-def _hash_file(h: Any, path: Path) -> None:
-    with path.open("rb") as fh:
-        for chunk in iter(functools.partial(fh.read, 1 << 20), b""):
-            h.update(chunk)
-
-
-def artifact(uri: str | os.PathLike, type_: str, **properties: Any) -> Artifact:
-    """An artifact for a path that exists now, with its content fingerprint."""
-    props = {k: v for k, v in properties.items() if v is not None}
-    props.setdefault("fingerprint", fingerprint_path(uri))
-    return Artifact(os.fspath(uri), type_, props)
 
 
 PACKAGES = ("pipeline", "components", "serving")
@@ -176,7 +95,7 @@ def code_version() -> str:
     for package in PACKAGES:
         for f in sorted((root / package).rglob("*.py")):
             h.update(f.relative_to(root).as_posix().encode() + b"\0")
-            _hash_file(h, f)
+            hash_file(h, f)
     source = f"src:{h.hexdigest()[:12]}"
     try:
         out = subprocess.run(
@@ -239,29 +158,38 @@ def select_stages(
 
 def run_pipeline(
     config: Config,
+    specs: Sequence[StageSpec],
     *,
     stages: Iterable[str] | None = None,
     skip: Iterable[str] | None = None,
     use_cache: bool = True,
     resume: str | None = None,
+    run_id: str | None = None,
     wait: bool = False,
-    specs: Sequence[StageSpec] | None = None,
+    owner: str = "mnist-pipeline run",
     code: str | None = None,
 ) -> RunResult:
-    """Run the selected stages under the workdir lock; `resume` is a run id or "latest" (failed/interrupted)."""
-    if specs is None:
-        from pipeline.stages import default_stages
+    """Run the selected stages of `specs` under the workdir lock.
 
-        specs = default_stages()
+    `resume`: a run id or "latest" (failed/interrupted): continue it with its recorded configuration, skipping
+    the stages it finished. `run_id`: work in that run, with this configuration: a new run of that id, or an
+    existing one whose finished stages feed the selected ones (how a stage command adds a stage to a run);
+    the selected stages run again (or are cache hits). Neither: a new run.
+    """
     selected = select_stages(specs, stages, skip)  # a bad stage name is an error before anything is recorded
+    if resume and run_id:
+        raise ConfigError("give either resume or run_id, not both")
+    if run_id is not None:
+        paths.check_run_id(run_id)
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     code = code or code_version()
-    with WorkdirLock(workdir, owner="mnist-pipeline run", wait=wait) as lock, RunStore(paths.store_path(workdir)) as store:
+    selected_names = {s.name for s in selected}
+    with WorkdirLock(workdir, owner=owner, wait=wait) as lock, RunStore(paths.store_path(workdir)) as store:
         stale = store.mark_interrupted()  # we hold the lock: anything still 'running' belongs to a dead process
-        for run_id in stale:
+        for stale_id in stale:
             log.warning("run %s was interrupted (its process stopped); resume it with `mnist-pipeline run --resume %s`",
-                        run_id, run_id)
+                        stale_id, stale_id)
         finished: dict[str, Execution] = {}
         if resume:
             run = store.latest_unfinished_run() if resume == "latest" else store.get_run(resume)
@@ -276,12 +204,27 @@ def run_pipeline(
             finished = {k: v for k, v in store.finished_stages(run_id).items() if k not in rerun}
             store.reopen_run(run_id)
             log.info("resuming run %s after %s", run_id, ", ".join(finished) or "no finished stage")
+        elif run_id is not None and store.get_run(run_id) is not None:
+            finished = {k: v for k, v in store.finished_stages(run_id).items() if k not in selected_names}
+            store.reopen_run(run_id)
+            log.info("run %s: adding %s to it", run_id, ", ".join(s.name for s in selected))
         else:
-            run_id = paths.new_run_id()
+            run_id = run_id or paths.new_run_id()
             store.start_run(run_id, config.to_dict(), code)
             log.info("run %s started in %s (code %s)", run_id, workdir, code)
-        lock.describe(f"mnist-pipeline run {run_id}")
+        lock.describe(f"{owner} {run_id}")
         return _run_stages(store, config, workdir, run_id, specs, selected, finished, use_cache, code)
+
+
+def latest_run_with(workdir: str | os.PathLike, stage: str) -> str | None:
+    """The newest run that finished stage `stage` (succeeded or cached), or None: where a stage command that
+    needs that stage's outputs adds itself by default."""
+    path = paths.store_path(workdir)
+    if not path.is_file():
+        return None
+    with RunStore(path) as store:
+        ex = store.latest_finished(stage)
+        return ex.run_id if ex is not None else None
 
 
 def _run_stages(
@@ -358,7 +301,8 @@ def _resolve_inputs(
             if found is None and inp.required:
                 raise PipelineError(
                     f"needs output {inp.output or inp.name!r} of stage {inp.stage!r}, which no run in "
-                    f"{str(workdir)!r} has produced; include stage {inp.stage!r} in this run"
+                    f"{str(workdir)!r} has produced; run `mnist-pipeline {inp.stage}` first, or include stage "
+                    f"{inp.stage!r} in this run"
                 )
         else:
             assert inp.resolve is not None
@@ -440,7 +384,7 @@ def _run_stage(
         raise StageFailed(run_id, spec.name, message) from exc
     outputs = store.finish_execution(ex_id, "succeeded", outputs=result.outputs, properties=result.properties)
     duration = time.monotonic() - t0
-    for name, art in outputs.items():
+    for art in outputs.values():
         log.info("stage %s: wrote %s %s", spec.name, art.type, art.uri)
     log.info("stage %s: succeeded in %.1fs", spec.name, duration)
     return StageRecord(spec.name, "succeeded", duration, outputs, dict(result.properties), execution_id=ex_id)

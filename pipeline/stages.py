@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from pipeline import paths
 from pipeline.config import Config, model_base_path
-from pipeline.runner import Input, SkipStage, StageContext, StageResult, StageSpec, artifact, fingerprint_path
+from pipeline.errors import PipelineError
+from pipeline.lineage import lineage_record
+from pipeline.stage_api import Input, SkipStage, StageContext, StageResult, StageSpec, artifact, fingerprint_path
 from pipeline.store import Artifact, RunStore
 from serving import model_registry
 
@@ -52,7 +55,7 @@ def _pushed_artifact(store: RunStore, version) -> Artifact:
     known = store.artifacts_by_uri(os.fspath(version.path), "PushedModel")
     if known and known[-1].fingerprint == fingerprint_path(version.path):
         return known[-1]
-    return artifact(version.path, "PushedModel", version=version.version, model_name=version.path.parent.name)
+    return artifact(version.path, "PushedModel", version=version.version, model_name=version.name)
 
 
 def _baseline(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
@@ -86,6 +89,48 @@ def _model_to_serve(config: Config, workdir: Path, store: RunStore, upstream, in
         why = f" (this run's push: {push.properties.get('reason')})" if push is not None and push.properties.get("reason") else ""
         raise SkipStage(f"no model version is pushed under {where}{why}")
     return found
+
+
+def _model_to_score(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact:
+    """`score.model` when given (a SavedModel, or `<base>/<model>` for its newest version), else what is served."""
+    if config.score.model:
+        model = Path(config.score.model)
+        if not model.exists():
+            raise SkipStage(f"score.model {config.score.model!r} does not exist; pass a SavedModel folder or "
+                            "<model base path>/<model name>")
+        return artifact(model.resolve(), "SavedModel")
+    return _model_to_serve(config, workdir, store, upstream, inputs)
+
+
+def _score_input(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
+    """Files given to score with `score.input_pattern`, fingerprinted by content when they are local, so a
+    changed file is scored again rather than served from the cache; None for a split of the dataset."""
+    pattern = config.score.input_pattern
+    if not pattern:
+        return None
+    import glob
+    import hashlib
+
+    files = sorted(glob.glob(pattern)) if "://" not in pattern else []
+    digest = hashlib.sha256(pattern.encode())
+    for f in files:
+        if os.path.isfile(f):
+            digest.update(f.encode() + b"\0" + fingerprint_path(f).encode())
+    if not files:  # remote or nothing matched (score says which): never a cache hit
+        digest.update(paths.new_run_id().encode())
+    return Artifact(pattern, "ExternalData", {"fingerprint": digest.hexdigest()[:32], "files": len(files)})
+
+
+def _test_images(ctx: StageContext, count: int):
+    """The first `count` test images of the run's dataset (float32 [n, 28, 28, 1]) for warmup requests and the
+    push check, or None (the component then uses seeded stand-ins) when the run has no dataset input."""
+    if "dataset" not in ctx.inputs:
+        return None
+    from components import data
+
+    name, data_dir = _dataset(ctx)
+    batch = next(iter(data.split_dataset(data_dir, name, "test", batch_size=count, max_examples=count)), None)
+    return batch[0].numpy() if batch is not None else None
 
 
 # -- adapters ----------------------------------------------------------------------------------------------------
@@ -123,28 +168,27 @@ def train_stage(ctx: StageContext) -> StageResult:
 
     name, data_dir = _dataset(ctx)
     # A resumed run trains into the same folder, so Keras's BackupAndRestore continues after the last epoch.
-    out = train.run(ctx.config.train, ctx.config.data, data_dir, ctx.out_dir)
+    verbose = 1 if sys.stdout.isatty() else 2  # Keras's progress bar on a terminal, one line per epoch in logs
+    out = train.run(ctx.config.train, ctx.config.data, data_dir, ctx.out_dir, verbose=verbose)
     outputs = {"model": artifact(out.model_path, "Model", architecture=out.architecture),
                "history": artifact(out.history_path, "TrainingHistory")}
     return StageResult(outputs, {"architecture": out.architecture, "epochs": out.epochs,
                                  "batch_size": out.batch_size, "learning_rate": out.learning_rate,
                                  "train_examples": out.train_examples, "validation_examples": out.validation_examples,
                                  "val_accuracy": out.val_accuracy, "val_loss": out.val_loss,
-                                 "initial_epoch": out.initial_epoch,
+                                 "initial_epoch": out.initial_epoch, "tensorboard": os.fspath(out.tensorboard_dir),
                                  # fit and the batch norm recalibration, without loading data or saving
                                  "train_seconds": round(out.train_seconds, 1)})
 
 
 def export_stage(ctx: StageContext) -> StageResult:
-    from components import data, export
+    from components import export
 
-    name, data_dir = _dataset(ctx)
-    warmup = next(iter(data.split_dataset(data_dir, name, "test", batch_size=4, max_examples=4)))[0].numpy()
-    out = export.run(Path(ctx.inputs["model"].uri), paths.exported_model_dir(ctx.workdir, ctx.run_id),
-                     warmup_images=warmup)
+    out = export.run(Path(ctx.inputs["model"].uri), ctx.out_dir / export.SAVED_MODEL_DIR,
+                     warmup_images=_test_images(ctx, 4))
     return StageResult({"saved_model": artifact(out.saved_model_dir, "SavedModel",
                                                 signatures=list(out.signature_names))},
-                       {"signatures": list(out.signature_names)})
+                       {"signatures": list(out.signature_names), "warmup": os.fspath(out.warmup_path)})
 
 
 def evaluate_stage(ctx: StageContext) -> StageResult:
@@ -152,8 +196,10 @@ def evaluate_stage(ctx: StageContext) -> StageResult:
 
     name, data_dir = _dataset(ctx)
     baseline = ctx.inputs.get("baseline")
+    history = ctx.inputs.get("history")
     out = evaluate.run(ctx.config.evaluate, Path(ctx.inputs["model"].uri), data_dir, name, ctx.out_dir,
-                       baseline_dir=Path(baseline.uri) if baseline else None)
+                       baseline_dir=Path(baseline.uri) if baseline else None,
+                       history_path=Path(history.uri) if history else None)
     plots = {p.stem: p for p in out.plot_paths}
     outputs = {"evaluation": artifact(out.metrics_path, "ModelEvaluation", accuracy=out.accuracy),
                "blessing": artifact(out.blessing_path, "ModelBlessing", blessed=out.blessed)}
@@ -161,42 +207,70 @@ def evaluate_stage(ctx: StageContext) -> StageResult:
     return StageResult(outputs, {"accuracy": out.accuracy, "loss": out.loss, "num_examples": out.num_examples,
                                  "blessed": out.blessed, "reason": out.reason,
                                  "baseline_accuracy": out.baseline_accuracy,
-                                 "baseline": baseline.uri if baseline else None})
+                                 "baseline": baseline.uri if baseline else None,
+                                 "baseline_version": baseline.properties.get("version") if baseline else None})
+
+
+def _blessing(ctx: StageContext) -> dict[str, Any] | None:
+    """The evaluator's blessing of the model being pushed; None (push only with --force) without one. A blessing
+    the evaluator gave another model (an older export, another run) is refused, never applied to this one."""
+    found = ctx.inputs.get("blessing")
+    if found is None:
+        if ctx.config.push.force:
+            return None
+        raise PipelineError(f"the model {ctx.inputs['model'].uri!r} has not been evaluated; run "
+                            "`mnist-pipeline evaluate` first, or push with --force")
+    producer = ctx.store.producer(found.id) if found.id is not None else None
+    evaluated = ctx.store.input_artifacts(producer.id).get("model") if producer is not None else None
+    if evaluated is not None and evaluated.uri != ctx.inputs["model"].uri:
+        raise PipelineError(f"the newest evaluation ({found.uri!r}) is of {evaluated.uri!r}, not of the model to push "
+                            f"({ctx.inputs['model'].uri!r}); run `mnist-pipeline evaluate` on this run first")
+    try:
+        return json.loads(Path(found.uri).read_text())
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{found.uri!r} cannot be read ({exc}); run `mnist-pipeline evaluate` again") from exc
 
 
 def push_stage(ctx: StageContext) -> StageResult:
     from components import push
 
-    blessing = json.loads(Path(ctx.inputs["blessing"].uri).read_text())
-    record_path = paths.push_record_path(ctx.workdir, ctx.run_id)
-    record_path.parent.mkdir(parents=True, exist_ok=True)
+    blessing = _blessing(ctx)
+    accuracy = blessing.get("accuracy") if blessing else None
+    dataset = ctx.inputs["dataset"].properties.get("name") if "dataset" in ctx.inputs else ctx.config.data.dataset
     out = push.run(ctx.config.push, Path(ctx.inputs["model"].uri), model_base_path(ctx.config), blessing=blessing,
-                   metadata={"run_id": ctx.run_id, "accuracy": blessing.get("accuracy")}, record_path=record_path)
+                   metadata={"run_id": ctx.run_id, "accuracy": accuracy, "dataset": dataset},
+                   record_path=ctx.out_dir / push.RECORD_FILE, check_images=_test_images(ctx, 8))
     outputs: dict[str, Artifact] = {}
     if out.record_path is not None:
         outputs["push_record"] = artifact(out.record_path, "PushResult")
     if out.pushed:
         outputs["pushed_model"] = artifact(out.version_dir, "PushedModel", version=out.version,
-                                           model_name=ctx.config.push.model_name, accuracy=blessing.get("accuracy"))
+                                           model_name=ctx.config.push.model_name, accuracy=accuracy)
     return StageResult(outputs, {"pushed": out.pushed, "version": out.version, "reason": out.reason,
-                                 "blessed": bool(blessing.get("blessed")),
+                                 "blessed": bool(blessing and blessing.get("blessed")),
                                  "removed_versions": list(out.removed_versions)})
 
 
 def score_stage(ctx: StageContext) -> StageResult:
     from components import examples, score
 
-    name, data_dir = _dataset(ctx)
     cfg = ctx.config.score
-    pattern = cfg.input_pattern or examples.split_file_pattern(data_dir, name, cfg.split)
-    model = Path(cfg.model) if cfg.model else Path(ctx.inputs["model"].uri)
-    out = score.run(cfg, model=model, input_pattern=pattern, output_dir=ctx.out_dir)
+    if cfg.input_pattern:
+        pattern = cfg.input_pattern
+    else:
+        name, data_dir = _dataset(ctx)
+        pattern = examples.split_file_pattern(data_dir, name, cfg.split)
+    out = score.run(cfg, model=ctx.inputs["model"].uri, input_pattern=pattern, output_dir=cfg.output or ctx.out_dir,
+                    beam_args=list(cfg.beam_args))
+    local = "://" not in str(out.output_dir)
+    outputs = ({"predictions": artifact(out.output_dir, "Predictions", format=cfg.output_format,
+                                        model_version=out.model.version)} if local else {})
     return StageResult(
-        {"predictions": artifact(out.output_dir, "Predictions", format=cfg.output_format,
-                                 model_version=out.model.version)},
+        outputs,
         {"num_predictions": out.num_predictions, "num_failed": out.num_failed, "accuracy": out.accuracy,
-         "model_version": out.model.version, "model": out.model.saved_model_dir, "seconds": out.seconds,
-         "summary": os.fspath(out.summary_path)},
+         "model_name": out.model.name, "model_version": out.model.version, "model": out.model.saved_model_dir,
+         "seconds": out.seconds, "output_dir": str(out.output_dir), "summary": str(out.summary_path),
+         "predictions": str(out.predictions_pattern), "failed": str(out.failed_pattern), "metrics": out.metrics},
     )
 
 
@@ -205,7 +279,8 @@ def serving_check_stage(ctx: StageContext) -> StageResult:
 
     name, data_dir = _dataset(ctx)
     served = ctx.inputs["model"]
-    version = int(served.properties.get("version") or Path(served.uri).name)
+    model = model_registry.version_at(served.uri)
+    version = model.version
     expected, expected_n = None, None
     evaluation = ctx.upstream.get("evaluate")
     saved = ctx.inputs.get("saved_model")
@@ -218,8 +293,7 @@ def serving_check_stage(ctx: StageContext) -> StageResult:
         sc = ctx.upstream["score"].properties
         if sc.get("model_version") == version:
             expected, expected_n = sc.get("accuracy"), sc.get("num_predictions")
-    out = serving_check.run(Path(served.uri).parent.parent, Path(served.uri).parent.name, version, data_dir, name,
-                            ctx.out_dir, max_examples=ctx.config.evaluate.max_test_examples,
+    out = serving_check.run(model, data_dir, name, ctx.out_dir, max_examples=ctx.config.evaluate.max_test_examples,
                             expected_accuracy=expected, expected_examples=expected_n)
     return StageResult({"result": artifact(out.result_path, "ServingCheck")},
                        {"passed": out.passed, "model_version": out.model_version, "num_examples": out.num_examples,
@@ -247,9 +321,8 @@ def report_stage(ctx: StageContext) -> StageResult:
     lineage = None
     served = ctx.inputs.get("served_model")
     if served is not None:
-        lineage = lineage_record(ctx.store, served.properties.get("version") or Path(served.uri).name,
-                                 served.properties.get("model_name") or Path(served.uri).parent.name,
-                                 Path(served.uri).parent.parent)
+        model = model_registry.version_at(served.uri)
+        lineage = lineage_record(ctx.store, model.version, model.name, model.path.parent.parent)
     score_dir = out("score", "predictions")
     inputs = report.ReportInputs(
         run={"id": ctx.run_id, "status": run.status if run else "running", "started": run.started if run else None,
@@ -283,11 +356,14 @@ def default_stages() -> list[StageSpec]:
         StageSpec("export", export_stage, inputs=(Input("model", "train"), dataset)),
         StageSpec("evaluate", evaluate_stage, sections=("evaluate",),
                   inputs=(Input("model", "export", "saved_model"), dataset,
+                          Input("history", "train", **optional),
                           Input("baseline", resolve=_baseline, **optional))),
         StageSpec("push", push_stage, sections=("push",),
-                  inputs=(Input("model", "export", "saved_model"), Input("blessing", "evaluate"))),
+                  inputs=(Input("model", "export", "saved_model"), Input("blessing", "evaluate", **optional),
+                          Input("dataset", "ingest", **optional))),
         StageSpec("score", score_stage, sections=("score",),
-                  inputs=(Input("model", resolve=_model_to_serve), dataset)),
+                  inputs=(Input("model", resolve=_model_to_score), Input("dataset", "ingest", **optional),
+                          Input("input_files", resolve=_score_input, **optional))),
         StageSpec("serving_check", serving_check_stage,
                   inputs=(Input("model", resolve=_model_to_serve), dataset,
                           Input("saved_model", "export", **optional), Input("evaluation", "evaluate", **optional),
@@ -295,64 +371,3 @@ def default_stages() -> list[StageSpec]:
         StageSpec("report", report_stage, cacheable=False, after_failure=True,
                   inputs=(Input("served_model", resolve=_served_model, **optional),)),
     ]
-
-
-# -- lineage -------------------------------------------------------------------------------------------------------
-
-
-def lineage_record(store: RunStore, version: int | str, model_name: str,
-                   base_path: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """Which data, configuration, run and code produced pushed version `version`, and its metrics; None if unknown.
-
-    With `base_path`, the version pushed there is preferred (a store may have seen several base paths).
-
-    Follows the events from the PushedModel back: push <- export (SavedModel) and evaluate (metrics, blessing)
-    <- train (model) <- validate (statistics) and ingest (dataset) <- the source data.
-    """
-    found = store.find_pushed(version, model_name)
-    if not found:
-        return None
-    here = os.fspath(model_registry.version_dir(base_path, model_name, int(version))) if base_path else None
-    pushed = next((a for a in found if a.uri == here), found[0])
-    chain = store.lineage(pushed.id)
-    by_stage = {ex.stage: (ex, ins, outs) for ex, ins, outs in chain}
-    push_ex = chain[0][0] if chain else None
-    run = store.get_run(push_ex.run_id) if push_ex else None
-    record: dict[str, Any] = {
-        "model": {"name": model_name, "version": int(version), "uri": pushed.uri,
-                  "fingerprint": pushed.fingerprint, "exists": Path(pushed.uri).is_dir()},
-        "run": None if run is None else {"id": run.id, "status": run.status, "started": run.started,
-                                         "ended": run.ended, "code_version": run.code_version},
-        "config": run.config if run else None,
-        "executions": [
-            {"stage": ex.stage, "run_id": ex.run_id, "execution": ex.id, "status": ex.status,
-             "code_version": ex.code_version, "config_fingerprint": ex.config_fingerprint,
-             "started": ex.started, "duration": ex.duration,
-             "inputs": {k: a.uri for k, a in ins.items()}, "outputs": {k: a.uri for k, a in outs.items()}}
-            for ex, ins, outs in sorted(chain, key=lambda item: item[0].id)  # in the order they ran
-        ],
-    }
-    if "ingest" in by_stage:
-        ex, ins, outs = by_stage["ingest"]
-        ds = outs.get("dataset")
-        record["data"] = {
-            "dataset": ds.properties.get("name") if ds else None,
-            "version": ds.properties.get("version") if ds else None,
-            "uri": ds.uri if ds else None,
-            "fingerprint": ds.fingerprint if ds else None,
-            "num_examples": ds.properties.get("num_examples") if ds else None,
-            "source": (ins["source"].uri if "source" in ins else "the TFDS download"),
-            "source_fingerprint": ins["source"].fingerprint if "source" in ins else None,
-        }
-    if "validate" in by_stage:
-        stats = by_stage["validate"][2].get("statistics")
-        record.setdefault("data", {})["statistics"] = stats.uri if stats else None
-    if "evaluate" in by_stage:
-        ex, _, outs = by_stage["evaluate"]
-        record["metrics"] = ex.properties
-        record["evaluation"] = {k: a.uri for k, a in outs.items()}
-    if "train" in by_stage:
-        ex, _, outs = by_stage["train"]
-        record["training"] = {"run_id": ex.run_id, "properties": ex.properties,
-                              "outputs": {k: a.uri for k, a in outs.items()}}
-    return record

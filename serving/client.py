@@ -11,9 +11,9 @@ Tensors are converted by `serving.tensors` (tf.make_tensor_proto's wire form, bu
 arrays). Every call has a deadline (`timeout`). The channel raises gRPC's message size limits to `max_message_bytes`,
 and a batch is split so that no request exceeds that limit nor `max_batch_size` images (TF Serving's batching
 refuses batches larger than its max_batch_size). UNAVAILABLE is retried by gRPC itself, through the
-channel's service config (`retryPolicy`, `max_attempts` in all; 1 turns retries off), not by a loop here. TLS is used when `root_certificates` is given,
-mutual TLS when `certificate_chain` and `private_key` are given too. Every `grpc.RpcError` becomes a
-`ServingError` that keeps the status code and says what to do.
+channel's service config (`retryPolicy`, `max_attempts` in all; 1 turns retries off), not by a loop here. TLS is
+used when `root_certificates` is given, mutual TLS when `certificate_chain` and `private_key` are given too. Every
+`grpc.RpcError` becomes a `ServingError` that keeps the status code and says what to do.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -37,8 +37,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import signatures as sig
 from serving import DEFAULT_MAX_MESSAGE_BYTES
+from serving import signatures as sig
 from serving.errors import ServingError
 from serving.tensors import fill_tensor_proto, to_ndarray
 from serving.tls import read_pem_file
@@ -152,7 +152,7 @@ class ServingClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "ServingClient":
+    def __enter__(self) -> ServingClient:
         return self
 
     def __exit__(self, *exc) -> None:

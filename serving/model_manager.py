@@ -28,9 +28,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import grpc
 from tensorflow_serving.config import model_server_config_pb2

@@ -30,6 +30,11 @@ class ModelVersion:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
+    def name(self) -> str:
+        """The model's name: the folder that holds the version folders."""
+        return self.path.parent.name
+
+    @property
     def complete(self) -> bool:
         """A SavedModel is there (a folder put in by hand may lack one)."""
         return (self.path / "saved_model.pb").is_file()
@@ -51,6 +56,15 @@ def version_dir(base_path: str | os.PathLike, model_name: str, version: int) -> 
 def push_metadata_path(version_dir_: str | os.PathLike) -> Path:
     """The pusher's record inside a pushed version (TF Serving ignores assets.extra/ but for warmup)."""
     return Path(version_dir_) / "assets.extra" / PUSH_METADATA_FILE
+
+
+def version_at(version_dir_: str | os.PathLike) -> ModelVersion:
+    """The version a `<base>/<model>/<integer>/` folder holds (with its push record); ValueError if the folder's
+    name is not a version number."""
+    path = Path(version_dir_)
+    if not path.name.isascii() or not path.name.isdigit():
+        raise ValueError(f"{os.fspath(path)!r} is not a version folder <base>/<model>/<integer>/")
+    return ModelVersion(int(path.name), path, read_metadata(path))
 
 
 def read_metadata(version_dir_: str | os.PathLike) -> dict[str, Any]:

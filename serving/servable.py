@@ -11,9 +11,10 @@ Every problem with a request raises `RequestError` with TF Serving's status code
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import grpc
 import numpy as np

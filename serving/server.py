@@ -156,7 +156,8 @@ class LocalServer:
         if self.port == 0:
             from serving.errors import ServingError
 
-            raise ServingError(f"cannot bind {address}: the port is taken or the host is not local; choose another --port or --host")
+            raise ServingError(f"cannot bind {address}: the port is taken or the host is not local; "
+                               "choose another --port or --host")
         self.host = host
         manager.on_change = self._update_health
         self._update_health()

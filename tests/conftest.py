@@ -95,4 +95,5 @@ def saved_model_dir(trained_keras_model_path: Path, tmp_path_factory: pytest.Tem
     from components import export
 
     warmup = synthetic_digits(4, seed=8)[0][..., np.newaxis].astype(np.float32) / 255.0
-    return export.run(trained_keras_model_path, tmp_path_factory.mktemp("export") / "saved_model", warmup_images=warmup).saved_model_dir
+    out = export.run(trained_keras_model_path, tmp_path_factory.mktemp("export") / "saved_model", warmup_images=warmup)
+    return out.saved_model_dir

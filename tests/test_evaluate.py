@@ -113,12 +113,6 @@ def test_worse_than_the_pushed_version_is_not_blessed(
     assert metrics["baseline"]["accuracy"] == pytest.approx(out.baseline_accuracy)
 
 
-def test_output_paths_match_the_workdir_layout(tmp_path):
-    out_dir = paths.stage_dir(tmp_path, "r1", "evaluate")
-    assert out_dir / evaluate.METRICS_FILE == paths.metrics_path(tmp_path, "r1")
-    assert out_dir / evaluate.BLESSING_FILE == paths.blessing_path(tmp_path, "r1")
-
-
 @pytest.mark.parametrize("damage", ["no_saved_model_pb", "garbage_pb", "no_variables"])
 def test_corrupt_or_partial_saved_model_is_a_model_error_naming_the_path(
     damage, saved_model_dir, prepared_data_dir, tmp_path

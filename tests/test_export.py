@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from components import export
-from serving import signatures as sig
 from components.examples import make_example
 from pipeline.errors import ModelError
+from serving import signatures as sig
 from tests.conftest import synthetic_digits
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from components import model as model_lib
-from serving.signatures import KERAS_INPUT_NAME
 from pipeline.errors import ConfigError
+from serving.signatures import KERAS_INPUT_NAME
 
 
 @pytest.mark.parametrize("architecture", ["default", "seed"])

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from components import push
-from serving import model_registry
-from serving import signatures as sig
 from pipeline import cli, paths
 from pipeline.config import PushConfig
 from pipeline.errors import ConfigError, ModelError
+from serving import model_registry
+from serving import signatures as sig
 
 BLESSED = {"blessed": True, "reason": "accuracy 0.99 >= threshold"}
 NOT_BLESSED = {"blessed": False, "reason": "accuracy 0.5 is below the threshold 0.99"}
@@ -185,11 +185,27 @@ def test_base_path_reported_not_writable_is_a_clear_error(saved_model_dir, tmp_p
     assert _entries(tmp_path / "models") == []
 
 
-def _write_run(workdir: Path, run_id: str, saved_model_dir: Path, *, blessed: bool, accuracy: float) -> None:
-    shutil.copytree(saved_model_dir, paths.exported_model_dir(workdir, run_id))
-    paths.stage_dir(workdir, run_id, "evaluate").mkdir(parents=True)
-    paths.blessing_path(workdir, run_id).write_text(json.dumps({"blessed": blessed, "reason": "test"}))
-    paths.metrics_path(workdir, run_id).write_text(json.dumps({"accuracy": accuracy, "dataset": "mnist"}))
+def _write_run(workdir: Path, run_id: str, saved_model_dir: Path, *, blessed: bool | None, accuracy: float) -> None:
+    """A run that exported `saved_model_dir` and (unless `blessed` is None) evaluated it, as the store records it."""
+    from pipeline.stage_api import artifact
+    from pipeline.store import RunStore
+
+    exported = paths.stage_dir(workdir, run_id, "export") / "saved_model"
+    shutil.copytree(saved_model_dir, exported)
+    with RunStore(paths.store_path(workdir)) as store:
+        store.start_run(run_id, {}, "test")
+        ex = store.start_execution(run_id, "export", config_fingerprint="", code_version="test", inputs={},
+                                   cache_key=None)
+        model = store.finish_execution(ex, "succeeded", outputs={"saved_model": artifact(exported, "SavedModel")})
+        if blessed is not None:
+            blessing = paths.stage_dir(workdir, run_id, "evaluate") / "blessing.json"
+            blessing.parent.mkdir(parents=True)
+            blessing.write_text(json.dumps({"blessed": blessed, "reason": "test", "accuracy": accuracy}))
+            ev = store.start_execution(run_id, "evaluate", config_fingerprint="", code_version="test",
+                                       inputs={"model": model["saved_model"]}, cache_key=None)
+            store.finish_execution(ev, "succeeded", outputs={"blessing": artifact(blessing, "ModelBlessing")},
+                                   properties={"accuracy": accuracy, "blessed": blessed})
+        store.finish_run(run_id, "succeeded")
 
 
 def test_push_versions_and_rollback_commands(saved_model_dir, tmp_path, capsys):
@@ -230,7 +246,7 @@ def test_push_versions_and_rollback_commands(saved_model_dir, tmp_path, capsys):
 
 def test_push_without_evaluation_asks_for_it(saved_model_dir, tmp_path, capsys):
     workdir = tmp_path / "w"
-    shutil.copytree(saved_model_dir, paths.exported_model_dir(workdir, "20261123T000001Z-aaaaaa"))
+    _write_run(workdir, "20261123T000001Z-aaaaaa", saved_model_dir, blessed=None, accuracy=0.0)
     assert cli.main(["push", "--workdir", os.fspath(workdir)]) == 1
     assert "mnist-pipeline evaluate" in capsys.readouterr().err
     assert not paths.model_base_path(workdir).exists()

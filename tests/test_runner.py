@@ -13,15 +13,8 @@ from pipeline import paths
 from pipeline.config import Config, apply_overrides
 from pipeline.errors import ConfigError
 from pipeline.lock import LockHeldError, WorkdirLock
-from pipeline.runner import (
-    Input,
-    SkipStage,
-    StageFailed,
-    StageResult,
-    StageSpec,
-    artifact,
-    run_pipeline,
-)
+from pipeline.runner import StageFailed, run_pipeline
+from pipeline.stage_api import Input, SkipStage, StageResult, StageSpec, artifact
 from pipeline.store import RunStore
 
 
@@ -43,7 +36,7 @@ class FakeStages:
             ctx.out_dir.mkdir(parents=True, exist_ok=True)
             out = ctx.out_dir / f"{name}.txt"
             before = Path(ctx.inputs["data"].uri).read_text() if "data" in ctx.inputs else ""
-            out.write_text(before + f"{name}:{getattr(ctx.config.train, 'epochs')}\n")
+            out.write_text(before + f"{name}:{ctx.config.train.epochs}\n")
             return StageResult({"data": artifact(out, "Text")}, {"lines": len(out.read_text().splitlines())})
 
         inputs = (Input("data", upstream, "data"),) if upstream else ()
@@ -220,10 +213,10 @@ def test_second_run_on_a_locked_workdir_refuses(tmp_path):
 
 @pytest.mark.timeout(900)
 def test_whole_pipeline_end_to_end_then_cached_then_failure_and_resume(idx_dir, tmp_path, capsys, monkeypatch):
-    from serving import model_registry
     from pipeline.cli import main
-    from pipeline.runner import fingerprint_path
-    from pipeline.stages import lineage_record
+    from pipeline.lineage import lineage_record
+    from pipeline.stage_api import fingerprint_path
+    from serving import model_registry
 
     workdir = tmp_path / "work"
     def flags(epochs: int) -> list[str]:

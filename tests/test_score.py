@@ -40,8 +40,9 @@ def _good_records(n: int, seed: int = 3) -> tuple[list[bytes], np.ndarray]:
 
 
 def _bad_records() -> list[bytes]:
-    from components.examples import make_example
     from tensorflow.core.example import example_pb2
+
+    from components.examples import make_example
 
     no_image = example_pb2.Example()
     no_image.features.feature["label"].int64_list.value.append(3)

@@ -273,8 +273,8 @@ def test_nan_values_are_answered(client, digits):
 
 @local_only
 def test_request_larger_than_the_server_limit(address, client, digits):
-    from tensorflow_serving.apis import predict_pb2
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = sig.MODEL_NAME
@@ -287,8 +287,8 @@ def test_request_larger_than_the_server_limit(address, client, digits):
 
 
 def test_client_that_disconnects_mid_call(address, client, digits):
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = sig.MODEL_NAME
@@ -427,7 +427,7 @@ def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))

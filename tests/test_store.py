@@ -95,7 +95,7 @@ def test_second_reader_sees_committed_rows_while_writer_is_open(tmp_path):
 
 
 def test_lineage_record_prefers_the_version_in_the_given_base_path(tmp_path):
-    from pipeline.stages import lineage_record
+    from pipeline.lineage import lineage_record
 
     with RunStore(tmp_path / "m.sqlite") as store:
         for run_id, base in (("r1", tmp_path / "a"), ("r2", tmp_path / "b")):

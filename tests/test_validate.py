@@ -59,7 +59,7 @@ def test_a_missing_class_stops_the_run(idx_dir: Path, tmp_path: Path) -> None:
 def test_counts_that_do_not_match_the_idx_header(idx_dir: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     config = _ingest(idx_dir, workdir)
-    record_path = paths.ingest_record_path(paths.data_dir(workdir), "mnist")
+    record_path = ingest.record_path(paths.data_dir(workdir), "mnist")
     record = json.loads(record_path.read_text())
     record["header_counts"]["train"] = 60000
     record_path.write_text(json.dumps(record))

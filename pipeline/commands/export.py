@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.commands._runs import add_run_id_argument, resolve_run_id, test_images
+from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
 NAME = "export"
@@ -24,21 +24,16 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_id_argument(parser, "train")
+    add_stage_arguments(parser, needs="train")
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import export
-    from pipeline import paths
-
-    run_id = resolve_run_id(config.workdir, args.run_id, needs="train", make_it="mnist-pipeline train")
-    out = export.run(
-        paths.trained_model_path(config.workdir, run_id),
-        paths.exported_model_dir(config.workdir, run_id),
-        warmup_images=test_images(config, 4),
-    )
-    print(f"run {run_id}: exported SavedModel {out.saved_model_dir}")
-    print(f"  signatures: {', '.join(out.signature_names)}")
-    print(f"  warmup:     {out.warmup_path}")
-    print(f"  inspect:    saved_model_cli show --all --dir {out.saved_model_dir}")
+    run_id, records = run_stages(config, args, ["export"], needs="train")
+    rec = records["export"]
+    saved = rec.outputs["saved_model"].uri
+    print(f"run {run_id}: exported SavedModel {saved}")
+    print(f"  signatures: {', '.join(rec.properties['signatures'])}")
+    if rec.properties.get("warmup"):
+        print(f"  warmup:     {rec.properties['warmup']}")
+    print(f"  inspect:    saved_model_cli show --all --dir {saved}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from pipeline.cli import config_flag
+from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
 NAME = "ingest"
@@ -29,28 +30,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help="TFDS dataset name: mnist (default) or fashion_mnist")
     config_flag(parser, "--source-dir", key="data.source_dir", metavar="DIR",
                 help="folder of the four IDX .gz files (offline); default: the TFDS download")
+    add_stage_arguments(parser, needs=None)
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import ingest, validate
-    from pipeline import paths
+    import json
 
+    from components import ingest
+
+    ingest.check_config(config.data)  # a bad dataset or source folder is refused before a run is recorded
     if args.quiet:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-    out = ingest.run(config.data, paths.data_dir(config.workdir))
-    state = "reused (already prepared from the same data)" if out.reused else "prepared"
-    source = f"IDX files in {out.source_dir}" if out.source_dir else "the TFDS download"
-    print(f"{out.dataset} {out.version}: {state} from {source}")
-    print(f"  TFDS data_dir: {out.data_dir}  (tfds.load({out.dataset!r}, data_dir={str(out.data_dir)!r}))")
-    print(f"  dataset dir:   {out.dataset_dir}")
-    print("  examples:      " + ", ".join(f"{k} {v}" for k, v in sorted(out.num_examples.items())))
-    print(f"  ingest record: {out.record_path}")
-    # Raises ValidationError (exit 1, anomalies named) after writing the statistics.
-    checked = validate.run(config.data, out.data_dir, paths.statistics_path(config.workdir, out.dataset))
-    print(f"statistics ({checked.statistics_path}): no anomalies")
-    for split, s in sorted(checked.statistics["splits"].items()):
+    # Raises StageFailed (exit 1, anomalies named) after validate wrote the statistics.
+    run_id, records = run_stages(config, args, ["ingest", "validate"], needs=None)
+    ingest, validate = records["ingest"], records["validate"]
+    ds = ingest.outputs["dataset"]
+    p = ds.properties
+    reused = ingest.status == "cached" or ingest.properties.get("reused")
+    state = "reused (already prepared from the same data)" if reused else "prepared"
+    source = f"IDX files in {p['source_dir']}" if p.get("source_dir") else "the TFDS download"
+    print(f"run {run_id}: {p['name']} {p['version']}: {state} from {source}")
+    print(f"  TFDS data_dir: {p['data_dir']}  (tfds.load({p['name']!r}, data_dir={p['data_dir']!r}))")
+    print(f"  dataset dir:   {ds.uri}")
+    print("  examples:      " + ", ".join(f"{k} {v}" for k, v in sorted(p["num_examples"].items())))
+    statistics_path = validate.outputs["statistics"].uri
+    print(f"statistics ({statistics_path}): no anomalies")
+    with open(statistics_path) as fh:
+        statistics = json.load(fh)
+    for split, s in sorted(statistics["splits"].items()):
         print(f"  {split}: {s['num_examples']} examples, image {s['image_shape']} {s['image_dtype']}, "
               f"pixels min {s['pixel_min']} max {s['pixel_max']} mean {s['pixel_mean']:.2f} std {s['pixel_std']:.2f}")
         print(f"    labels 0-9: {' '.join(str(c) for c in s['label_histogram'])}")

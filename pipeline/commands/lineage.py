@@ -21,7 +21,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     from pipeline import paths
     from pipeline.config import model_base_path
     from pipeline.errors import PipelineError
-    from pipeline.stages import lineage_record
+    from pipeline.lineage import lineage_record
     from pipeline.store import RunStore
 
     path = paths.store_path(config.workdir)
@@ -60,7 +60,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
     metrics = record.get("metrics") or {}
     if metrics:
         shown = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
-        print("  metrics:      " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(shown.items())))
+        print("  metrics:      " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in sorted(shown.items())))
     print("  executions:")
     for ex in record["executions"]:
         print(f"    {ex['stage']:<10} run {ex['run_id']}  {ex['status']:<9} code {ex['code_version']}  "

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 from pipeline.cli import config_flag
-from pipeline.commands._runs import add_run_id_argument, resolve_run_id, test_images
+from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
-from pipeline.errors import PipelineError
 
 NAME = "push"
 HELP = "push a run's blessed SavedModel as a new version under the model base path (TF Serving's layout)"
@@ -29,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_id_argument(parser, "export")
+    add_stage_arguments(parser, needs="export")
     config_flag(parser, "--force", key="push.force", action="store_const", const=True,
                 help="push even if the model is not blessed")
     config_flag(parser, "--model-base-path", key="push.model_base_path", metavar="DIR",
@@ -38,44 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help="keep the newest N versions (default 5)")
 
 
-def _read_json(path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{str(path)!r} cannot be read ({exc}); run `mnist-pipeline evaluate` again") from exc
-
-
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import push
-    from pipeline import paths
-    from pipeline.config import model_base_path
-
-    run_id = resolve_run_id(config.workdir, args.run_id, needs="export", make_it="mnist-pipeline export")
-    blessing = _read_json(paths.blessing_path(config.workdir, run_id))
-    if blessing is None and not config.push.force:
-        raise PipelineError(
-            f"run {run_id!r} has not been evaluated (no {str(paths.blessing_path(config.workdir, run_id))!r}); "
-            "run `mnist-pipeline evaluate` first, or push with --force"
-        )
-    metrics = _read_json(paths.metrics_path(config.workdir, run_id)) or {}
-    will_push = config.push.force or bool(blessing and blessing.get("blessed"))
-    out = push.run(
-        config.push,
-        paths.exported_model_dir(config.workdir, run_id),
-        model_base_path(config),
-        blessing=blessing,
-        metadata={"run_id": run_id, "accuracy": metrics.get("accuracy"), "dataset": metrics.get("dataset")},
-        record_path=paths.push_record_path(config.workdir, run_id),
-        check_images=test_images(config, 8) if will_push else None,
-    )
-    if not out.pushed:
-        print(f"run {run_id}: {out.reason}")
+    run_id, records = run_stages(config, args, ["push"], needs="export")
+    p = records["push"].properties
+    if not p["pushed"]:
+        print(f"run {run_id}: {p['reason']}")
     else:
-        print(f"run {run_id}: {out.reason} as version {out.version}: {out.version_dir}")
-        if out.removed_versions:
+        print(f"run {run_id}: {p['reason']} as version {p['version']}: {records['push'].outputs['pushed_model'].uri}")
+        if p.get("removed_versions"):
             print(f"  removed old versions (keeping {config.push.keep_versions}): "
-                  + ", ".join(map(str, out.removed_versions)))
-    print(f"  record: {out.record_path}")
+                  + ", ".join(map(str, p["removed_versions"])))
+    if "push_record" in records["push"].outputs:
+        print(f"  record: {records['push'].outputs['push_record'].uri}")
+    if p["pushed"]:
+        print(f"  lineage: mnist-pipeline lineage {p['version']} --workdir {config.workdir}")
     return 0

@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(config: Config, args: argparse.Namespace) -> int:
     from components import push
-    from serving import model_registry
     from pipeline.config import model_base_path
+    from serving import model_registry
 
     base = model_base_path(config)
     name = config.push.model_name

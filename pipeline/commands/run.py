@@ -69,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(config: Config, args: argparse.Namespace) -> int:
     from pipeline import paths
     from pipeline.runner import run_pipeline
+    from pipeline.stages import default_stages
 
-    result = run_pipeline(config, stages=args.stages, skip=args.skip, use_cache=not args.no_cache,
+    result = run_pipeline(config, default_stages(), stages=args.stages, skip=args.skip, use_cache=not args.no_cache,
                           resume=args.resume, wait=args.wait)
     print(f"run {result.run_id}: {result.status} in {result.duration:.1f}s")
     for stage in result.stages:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from pathlib import Path
 
 from pipeline.cli import config_flag
+from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
 NAME = "score"
@@ -51,43 +50,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help="smallest batch RunInference sends to the model (default 1)")
     config_flag(parser, "--max-batch-size", key="score.max_batch_size", type=int, metavar="N",
                 help="largest batch RunInference sends to the model (default 256)")
-    parser.add_argument("--run-id", metavar="ID", default=None,
-                        help="the run whose score/ folder receives the outputs (default: a new run)")
-
-
-def default_model(config: Config) -> Path:
-    from pipeline import paths
-
-    return Path(config.push.model_base_path or paths.model_base_path(config.workdir)) / config.push.model_name
+    add_stage_arguments(parser, needs=None)
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import examples, score
-    from pipeline import paths
+    import dataclasses
 
-    sc = config.score
-    if sc.input_pattern:
-        pattern = sc.input_pattern
-    else:
-        pattern = examples.split_file_pattern(paths.data_dir(config.workdir), config.data.dataset, sc.split)
-    model = sc.model or os.fspath(default_model(config))
-    output = args.output or os.fspath(
-        paths.stage_dir(config.workdir, args.run_id or paths.new_run_id(), "score")
-    )
-    out = score.run(sc, model=model, input_pattern=pattern, output_dir=output,
-                    beam_args=getattr(args, "beam_args", []))
-    version = "" if out.model.version is None else f" version {out.model.version}"
-    print(f"scored {out.num_predictions} examples with {out.model.name}{version} ({out.model.saved_model_dir}) "
-          f"in {out.seconds:.1f} s; {out.num_failed} failed")
-    if out.accuracy is not None:
-        print(f"  accuracy:    {out.accuracy:.4f}")
-    print(f"  predictions: {out.predictions_pattern}")
-    print(f"  failed:      {out.failed_pattern}")
-    print(f"  summary:     {out.summary_path}")
-    counters = {k: v for k, v in out.metrics.items() if not isinstance(v, dict)}
+    beam_args = tuple(getattr(args, "beam_args", None) or ())
+    if args.output or beam_args:
+        config = dataclasses.replace(config, score=dataclasses.replace(
+            config.score, output=args.output or config.score.output, beam_args=beam_args or config.score.beam_args))
+    run_id, records = run_stages(config, args, ["score"], needs=None)
+    p = records["score"].properties
+    version = "" if p.get("model_version") is None else f" version {p['model_version']}"
+    print(f"run {run_id}: scored {p['num_predictions']} examples with {p['model_name']}{version} ({p['model']}) "
+          f"in {p['seconds']:.1f} s; {p['num_failed']} failed")
+    if p.get("accuracy") is not None:
+        print(f"  accuracy:    {p['accuracy']:.4f}")
+    print(f"  predictions: {p['predictions']}")
+    print(f"  failed:      {p['failed']}")
+    print(f"  summary:     {p['summary']}")
+    metrics = p.get("metrics") or {}
+    counters = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     if counters:
         print("  metrics:     " + ", ".join(f"{k}={v}" for k, v in counters.items()))
-    for name, dist in out.metrics.items():
+    for name, dist in metrics.items():
         if isinstance(dist, dict):
             print(f"               {name}: mean {dist['mean']:.1f} min {dist['min']} max {dist['max']} "
                   f"(n={dist['count']})")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
-import sys
 
 from pipeline.cli import config_flag
+from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
-from pipeline.errors import ConfigError
 
 NAME = "train"
 HELP = "train a CNN (default: batch norm, augmentation, one-cycle; seed: the tutorial CNN) on the ingested dataset"
@@ -27,8 +25,6 @@ bar, anything else one line per epoch. Watch it with: tensorboard --logdir <work
 
 log = logging.getLogger(__name__)
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--architecture", key="train.architecture", metavar="NAME",
@@ -40,26 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--max-train-examples", key="train.max_train_examples", type=int, metavar="N",
                 help="use only the first N examples of the train split (smoke runs)")
     config_flag(parser, "--seed", key="train.seed", type=int, metavar="N", help="random seed (default 42)")
-    parser.add_argument("--run-id", metavar="ID", default=None,
-                        help="the run to train in; an existing one resumes where it stopped (default: a new run)")
+    add_stage_arguments(parser, needs=None)
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import model, train
-    from pipeline import paths
+    from components import model
 
-    model.recipe(config.train.architecture)  # an unknown name fails here, before a run folder appears
-    run_id = args.run_id or paths.new_run_id()
-    if not _RUN_ID.match(run_id):
-        raise ConfigError(f"--run-id {run_id!r} is not a valid run id (letters, digits, '.', '_', '-')")
-    out_dir = paths.stage_dir(config.workdir, run_id, "train")
-    print(f"run {run_id}: training {config.train.architecture!r} in {out_dir}", flush=True)
-    verbose = 1 if sys.stdout.isatty() else 2  # progress bar on a terminal, one line per epoch in logs
-    out = train.run(config.train, config.data, paths.data_dir(config.workdir), out_dir, verbose=verbose)
-    resumed = f" (resumed at epoch {out.initial_epoch})" if out.initial_epoch else ""
-    print(f"run {run_id}: trained {out.epochs} epochs{resumed} in {out.train_seconds:.0f} s, "
-          f"validation accuracy {out.val_accuracy:.4f}")
-    print(f"  model:       {out.model_path}")
-    print(f"  history:     {out.history_path}")
-    print(f"  tensorboard: {out.tensorboard_dir}")
+    model.recipe(config.train.architecture)  # an unknown name fails here, before a run is recorded
+    run_id, records = run_stages(config, args, ["train"], needs=None)
+    rec = records["train"]
+    p = rec.properties
+    resumed = f" (resumed at epoch {p['initial_epoch']})" if p.get("initial_epoch") else ""
+    print(f"run {run_id}: trained {p['architecture']!r} {p['epochs']} epochs{resumed} in {p['train_seconds']:.0f} s, "
+          f"validation accuracy {p['val_accuracy']:.4f}")
+    print(f"  model:       {rec.outputs['model'].uri}")
+    print(f"  history:     {rec.outputs['history'].uri}")
+    if p.get("tensorboard"):
+        print(f"  tensorboard: {p['tensorboard']}")
     return 0

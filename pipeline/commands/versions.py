@@ -34,8 +34,8 @@ def _note(meta: dict) -> str:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from serving import model_registry
     from pipeline.config import model_base_path
+    from serving import model_registry
 
     base = model_base_path(config)
     versions = model_registry.list_versions(base, config.push.model_name)
