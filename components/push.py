@@ -150,21 +150,13 @@ def _check_images(images: np.ndarray | None) -> np.ndarray:
 
 def check_signatures(saved_model_dir: Path) -> None:
     """Every required signature is in saved_model.pb with its method; a ModelError naming the path if not."""
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
-
     where = os.fspath(saved_model_dir)
-    pb = Path(saved_model_dir) / "saved_model.pb"
-    if not pb.is_file():
-        raise ModelError(f"{where!r} is not a SavedModel (no saved_model.pb); run `mnist-pipeline export` first")
-    proto = saved_model_pb2.SavedModel()
     try:
-        proto.ParseFromString(pb.read_bytes())
-    except (DecodeError, OSError) as exc:
-        raise ModelError(f"SavedModel {where!r} is corrupt: saved_model.pb cannot be parsed ({exc})") from exc
-    if not proto.meta_graphs:
-        raise ModelError(f"SavedModel {where!r} is corrupt: it has no MetaGraph")
-    defs = proto.meta_graphs[0].signature_def
+        defs = sig.read_signature_defs(where)
+    except FileNotFoundError as exc:
+        raise ModelError(f"{where!r} is not a SavedModel (no saved_model.pb); run `mnist-pipeline export` first") from exc
+    except ValueError as exc:
+        raise ModelError(f"SavedModel {where!r} is corrupt: {exc}") from exc
     for name, method in REQUIRED_SIGNATURES.items():
         if name not in defs:
             raise ModelError(f"SavedModel {where!r} lacks the {name!r} signature; export it with `mnist-pipeline export`")

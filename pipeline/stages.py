@@ -257,6 +257,9 @@ def score_stage(ctx: StageContext) -> StageResult:
     cfg = ctx.config.score
     if cfg.input_pattern:
         pattern = cfg.input_pattern
+    elif "dataset" not in ctx.inputs:
+        raise PipelineError(f"no dataset is ingested in {os.fspath(ctx.workdir)!r} to score its {cfg.split!r} split; "
+                            "run `mnist-pipeline ingest` first, or pass files with --input")
     else:
         name, data_dir = _dataset(ctx)
         pattern = examples.split_file_pattern(data_dir, name, cfg.split)

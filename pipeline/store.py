@@ -297,10 +297,6 @@ class RunStore:
         rows = self._conn.execute("SELECT * FROM executions WHERE run_id=? ORDER BY id", (run_id,)).fetchall()
         return [_execution(r) for r in rows]
 
-    def get_execution(self, execution_id: int) -> Execution | None:
-        row = self._conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
-        return _execution(row) if row else None
-
     def finished_stages(self, run_id: str) -> dict[str, Execution]:
         """The last succeeded or cached execution of each stage in a run (what a resumed run keeps)."""
         done: dict[str, Execution] = {}
@@ -387,15 +383,6 @@ class RunStore:
             chain.append((ex, inputs, self.output_artifacts(ex.id)))
             frontier.extend(a.id for a in inputs.values() if a.id is not None)
         return chain
-
-    def consumers(self, artifact_id: int, stage: str | None = None) -> list[Execution]:
-        rows = self._conn.execute(
-            "SELECT x.* FROM events e JOIN executions x ON x.id = e.execution WHERE e.artifact=? AND e.kind='input'"
-            + (" AND x.stage=?" if stage else "")
-            + " ORDER BY x.id",
-            (artifact_id, stage) if stage else (artifact_id,),
-        ).fetchall()
-        return [_execution(r) for r in rows]
 
 
 def _artifacts_json(artifacts: dict[str, Artifact]) -> str:

@@ -221,8 +221,7 @@ class ModelManager:
     def _poll_model(self, name: str) -> bool:
         settings = self._states[name].settings
         try:
-            # The shared registry lists `<dir>/<integer>/` as TF Serving does; `base_path` is that <dir>.
-            listed = model_registry.list_versions(settings.base_path.parent, settings.base_path.name)
+            listed = model_registry.versions_in(settings.base_path)  # `<dir>/<integer>/`, as TF Serving lists them
         except OSError as exc:
             log.warning("cannot list %s: %s", settings.base_path, exc)
             listed = []

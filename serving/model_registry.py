@@ -81,7 +81,12 @@ def read_metadata(version_dir_: str | os.PathLike) -> dict[str, Any]:
 
 def list_versions(base_path: str | os.PathLike, model_name: str) -> list[ModelVersion]:
     """Every integer version under `<base>/<model_name>/`, oldest first; [] when there is none."""
-    root = model_dir(base_path, model_name)
+    return versions_in(model_dir(base_path, model_name))
+
+
+def versions_in(model_dir_: str | os.PathLike) -> list[ModelVersion]:
+    """Every integer version in a model's folder (what --model_base_path names), oldest first."""
+    root = Path(model_dir_)
     if not root.is_dir():
         return []
     found = [

@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
 from serving import signatures as sig
@@ -45,8 +44,7 @@ class Servable:
         self.version = version
         self.path = path
         self._loaded = tf.saved_model.load(os.fspath(path))
-        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-        self.signature_defs = dict(saved.meta_graphs[0].signature_def)
+        self.signature_defs = sig.read_signature_defs(os.fspath(path))
         self.signatures: dict[str, _Signature] = {}
         for key, fn in self._loaded.signatures.items():
             _, kwargs = fn.structured_input_signature

@@ -38,3 +38,41 @@ EXAMPLE_KEY_FEATURE = "key"  # bytes, optional
 KERAS_INPUT_NAME = "image"
 
 WARMUP_FILE = "tf_serving_warmup_requests"  # under <SavedModel>/assets.extra/
+
+
+def read_signature_defs(saved_model_dir: str) -> dict:
+    """The SignatureDefs of a SavedModel's first MetaGraph, by key, read from its saved_model.pb alone (no
+    load, no TensorFlow runtime). Local paths and TensorFlow file system URLs (gs://...) both work.
+
+    Raises FileNotFoundError when there is no saved_model.pb, ValueError when it cannot be parsed or has no
+    MetaGraph; each caller turns that into its own error with its own advice."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = f"{str(saved_model_dir).rstrip('/')}/saved_model.pb"
+    if "://" in path:
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(path)
+        try:
+            with tf.io.gfile.GFile(path, "rb") as fh:
+                data = fh.read()
+        except tf.errors.OpError as exc:
+            raise ValueError(f"saved_model.pb cannot be read ({exc.message})") from exc
+    else:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise ValueError(f"saved_model.pb cannot be read ({exc})") from exc
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString(data)
+    except DecodeError as exc:
+        raise ValueError(f"saved_model.pb cannot be parsed ({exc})") from exc
+    if not proto.meta_graphs:
+        raise ValueError("saved_model.pb has no MetaGraph")
+    return dict(proto.meta_graphs[0].signature_def)

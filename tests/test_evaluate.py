@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from components import evaluate
-from pipeline import paths
 from pipeline.config import DataConfig, EvaluateConfig
 from pipeline.errors import ModelError
 from tests.conftest import write_idx_dir

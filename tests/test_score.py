@@ -120,14 +120,12 @@ def test_pipeline_keys_predictions_and_dead_letter_with_fake_model(tmp_path):
 
 @pytest.fixture(scope="module")
 def synthetic_workdir(tmp_path_factory) -> Path:
-    """A workdir whose TFDS mnist has 300 synthetic test digits."""
-    from components import ingest
-    from pipeline import paths
-    from pipeline.config import DataConfig
+    """A workdir whose TFDS mnist has 300 synthetic test digits, ingested (and recorded) by the CLI."""
+    from pipeline import cli
 
     root = tmp_path_factory.mktemp("score_wd")
     idx = write_idx_dir(root / "idx", n_train=20, n_test=300, seed=11)
-    ingest.run(DataConfig(source_dir=str(idx)), paths.data_dir(root / "w"))
+    assert cli.main(["ingest", "--source-dir", str(idx), "--workdir", str(root / "w"), "-q"]) == 0
     return root / "w"
 
 

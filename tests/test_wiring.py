@@ -1,0 +1,146 @@
+"""One stage, one wiring: the stage commands are `mnist-pipeline run` restricted to their stage.
+
+Each test here is a drift the two wirings once had (each passed on the old command path only by luck or not at
+all): the stage commands now go through the runner, so they are locked, recorded and resolve their inputs as
+`run` does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import cli, paths
+from pipeline.lock import WorkdirLock
+from pipeline.store import RunStore
+from serving import model_registry
+
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory) -> Path:
+    """A workdir where `ingest` and `train` (seed CNN, 1 epoch, tiny data) ran through the CLI."""
+    from tests.conftest import write_idx_dir
+
+    root = tmp_path_factory.mktemp("wiring")
+    workdir = root / "w"
+    source = write_idx_dir(root / "idx", n_train=200, n_test=50)
+    assert cli.main(["ingest", "--source-dir", str(source), "--workdir", str(workdir), "-q"]) == 0
+    assert cli.main(["train", "--workdir", str(workdir), "--architecture", "seed", "--epochs", "1", "-q"]) == 0
+    return workdir
+
+
+@pytest.fixture
+def workdir(trained_workdir, tmp_path) -> Path:
+    """A private copy of the trained workdir (the store's paths are absolute, so the copy keeps them valid by
+    living at the same place: tests get the shared one only after it is copied aside and restored)."""
+    import shutil
+
+    backup = tmp_path / "backup"
+    shutil.copytree(trained_workdir, backup)
+    yield trained_workdir
+    shutil.rmtree(trained_workdir)
+    shutil.copytree(backup, trained_workdir)
+
+
+def test_stage_commands_chain_into_one_recorded_run_and_lineage_answers(workdir, capsys):
+    base = ["--workdir", str(workdir)]
+    code, out, err = _main(capsys, "export", *base, "-q")
+    assert code == 0, err
+    code, out, err = _main(capsys, "evaluate", *base, "--threshold", "0", "-q")
+    assert code == 0, err
+    assert "BLESSED" in out and "training_curves.png" in out  # the curves are drawn on the stage path too
+    code, out, err = _main(capsys, "push", *base, "-q")
+    assert code == 0, err
+    assert "as version 1" in out
+
+    with RunStore(paths.store_path(workdir)) as store:
+        train_run = store.latest_finished("train").run_id
+        stages = {ex.stage: ex.status for ex in store.executions(train_run)}
+        assert {"train", "export", "evaluate", "push"} <= set(stages)  # one run, as `run` would record it
+        assert store.get_run(train_run).status == "succeeded"
+
+    code, out, err = _main(capsys, "lineage", "1", *base)
+    assert code == 0, err
+    assert f"run:          {train_run}" in out and "executions:" in out and "push" in out
+
+
+def test_evaluate_never_uses_the_candidate_itself_as_baseline(workdir, capsys):
+    base = ["--workdir", str(workdir)]
+    for command in (["export"], ["evaluate", "--threshold", "0"], ["push"]):
+        assert _main(capsys, *command, *base, "-q")[0] == 0
+    # Version 1 now holds this very model: evaluating it again compares with the previous version (none),
+    # never with itself.
+    code, out, err = _main(capsys, "evaluate", *base, "--threshold", "0", "--no-cache", "-q")
+    assert code == 0, err
+    assert "no other pushed version to compare with" in out
+    with RunStore(paths.store_path(workdir)) as store:
+        ev = store.latest_finished("evaluate")
+        blessing = json.loads(Path(store.output_artifacts(ev.id)["blessing"].uri).read_text())
+    assert blessing["baseline_dir"] is None and blessing["baseline_accuracy"] is None
+
+
+def test_a_stage_command_refuses_while_run_holds_the_workdir(workdir, capsys):
+    with WorkdirLock(workdir, owner="mnist-pipeline run 20261201T000000Z-abcdef"):
+        code, out, err = _main(capsys, "export", "--workdir", str(workdir), "-q")
+    assert code == 1
+    assert "mnist-pipeline run 20261201T000000Z-abcdef" in err and "Traceback" not in err
+    assert not list(paths.runs_dir(workdir).glob("*/export"))
+
+
+@pytest.mark.parametrize("path", ["command", "run"])
+def test_push_checks_real_test_images_on_both_paths(workdir, capsys, monkeypatch, path):
+    from components import data, push
+
+    seen = {}
+    real_run = push.run
+
+    def spy(*args, **kwargs):
+        seen["images"] = kwargs.get("check_images")
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(push, "run", spy)
+    base = ["--workdir", str(workdir)]
+    for command in (["export"], ["evaluate", "--threshold", "0"]):
+        assert _main(capsys, *command, *base, "-q")[0] == 0
+    if path == "command":
+        code, _, err = _main(capsys, "push", *base, "-q")
+    else:
+        code, _, err = _main(capsys, "run", "--stages", "push", *base, "-q")
+    assert code == 0, err
+    expected = next(iter(data.split_dataset(paths.data_dir(workdir), "mnist", "test", batch_size=8, max_examples=8)))
+    assert seen["images"] is not None
+    np.testing.assert_array_equal(seen["images"], expected[0].numpy())
+    assert [v.version for v in model_registry.list_versions(paths.model_base_path(workdir), "mnist")] == [1]
+
+
+def test_run_stages_and_the_stage_command_give_the_same_result(workdir, capsys):
+    base = ["--workdir", str(workdir)]
+    assert _main(capsys, "run", "--stages", "export", *base, "-q")[0] == 0
+    code, out, err = _main(capsys, "export", *base, "-q")
+    assert code == 0, err
+    assert "export cached" in out  # the same stage, inputs, configuration and code: a cache hit
+    with RunStore(paths.store_path(workdir)) as store:
+        runs = {ex.run_id: ex for run in store.list_runs() for ex in store.executions(run.id) if ex.stage == "export"}
+        outputs = {store.output_artifacts(ex.id)["saved_model"].uri for ex in runs.values()}
+    assert len(runs) == 2 and len(outputs) == 1
+
+
+def test_push_refuses_a_blessing_of_another_model(workdir, capsys):
+    base = ["--workdir", str(workdir)]
+    for command in (["export"], ["evaluate", "--threshold", "0"]):
+        assert _main(capsys, *command, *base, "-q")[0] == 0
+    # A new export in a new run (no cache): its model was never evaluated, the blessing above is another's.
+    assert _main(capsys, "run", "--stages", "export", "--no-cache", *base, "-q")[0] == 0
+    code, _, err = _main(capsys, "run", "--stages", "push", *base, "-q")
+    assert code == 1
+    assert "not of the model to push" in err
+    assert model_registry.list_versions(paths.model_base_path(workdir), "mnist") == []
