@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
+from serving.signatures import IMAGE_SIZE, NUM_CLASSES
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (count, rows, cols)
 LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
 
 # The four standard file names, by split.
 SPLIT_FILES = {

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_png(path: str | Path) -> bytes:
     """The bytes of a 28x28 PNG file; a DataError naming the file otherwise (checked from the PNG header)."""
     from pipeline.errors import DataError
+    from serving.signatures import IMAGE_SIZE
 
     p = Path(path)
     try:
@@ -56,8 +57,8 @@ def read_png(path: str | Path) -> bytes:
     if not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR" or len(data) < 24:
         raise DataError(f"image {str(p)!r} is not a PNG file; pass 28x28 PNG images")
     width, height = struct.unpack(">II", data[16:24])
-    if (width, height) != (28, 28):
-        raise DataError(f"image {str(p)!r} is {width}x{height} pixels; the model takes 28x28 images")
+    if (width, height) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"image {str(p)!r} is {width}x{height} pixels; the model takes {IMAGE_SIZE}x{IMAGE_SIZE} images")
     return data
 
 
