@@ -12,6 +12,18 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 
+ECHO_LIMIT = 200  # characters of a client's value that an error message repeats
+MESSAGE_LIMIT = 1024  # characters of a status message: gRPC refuses trailing metadata past a few KB
+
+
+def echo(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """`value` as an error message quotes it, cut to `limit` characters: a 100 KB model name or a
+    100,000-dimension shape must not turn the answer into RESOURCE_EXHAUSTED (metadata size limit)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
 
 class ServingError(PipelineError):
     """A failed serving call or a bad serving setup; `code` is the `grpc.StatusCode`, or None."""

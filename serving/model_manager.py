@@ -15,7 +15,8 @@ lists them (the pusher renames complete folders into place, so a folder that is 
    version switches to a model that is already warm and no request waits on a load;
 3. unloads loaded versions that are no longer aspired, after the new ones are published (TF Serving's
    availability-preserving policy). A version that fails to load is reported in GetModelStatus with its
-   error and is not retried until its folder changes; the versions already serving stay.
+   error and is not retried until one of its files changes (their names, sizes and mtimes: a copy in place into
+   `variables/` leaves the version folder's own mtime alone); the versions already serving stay.
 
 Requests read an immutable snapshot (`_ModelState`) swapped under a lock, so a request that started on a
 version finishes on it even if that version is retired meanwhile.
@@ -36,7 +37,7 @@ import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import model_registry
-from serving.errors import RequestError
+from serving.errors import RequestError, echo
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._states = {name: _ModelState(s) for name, s in models.items()}
-        self._failed: dict[tuple[str, int], float] = {}  # (model, version) -> mtime of the folder that failed
+        self._failed: dict[tuple[str, int], int] = {}  # (model, version) -> _fingerprint of the files that failed
         self._poll_interval = poll_interval
         self._models_config = Path(models_config) if models_config else None
         self._config_mtime = self._models_config.stat().st_mtime if self._models_config else None
@@ -145,13 +146,13 @@ class ModelManager:
         """The servable a request names: a version, a label, or the newest available version."""
         state = self._states.get(name)
         if state is None:
-            what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            what = f"Specific({echo(name)}, {version})" if version is not None else f"Latest({echo(name)})"
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {what}"
                                + ("" if name else " (the request names no model)"))
         if label:
             if label not in state.settings.labels:
                 # TF Serving answers an unknown label with INVALID_ARGUMENT (server_core.cc).
-                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {echo(label)}")
             version = state.settings.labels[label]
         if version is None:
             if not state.servables:
@@ -165,7 +166,7 @@ class ModelManager:
     def statuses(self, name: str, version: int | None = None) -> list[VersionStatus]:
         state = self._states.get(name)
         if state is None:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {echo(name)}")
         if version is not None:
             if version not in state.statuses:
                 raise RequestError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
@@ -226,7 +227,8 @@ class ModelManager:
             log.warning("cannot list %s: %s", settings.base_path, exc)
             listed = []
         on_disk = {v.version: v.path for v in listed if v.complete}
-        usable = [v for v, p in on_disk.items() if self._failed.get((name, v)) != _mtime(p)]
+        usable = [v for v, p in on_disk.items()
+                  if (name, v) not in self._failed or self._failed[(name, v)] != _fingerprint(p)]
         aspired = set(settings.aspired(usable))
         changed = False
         for version in sorted(aspired - set(self._states[name].servables)):
@@ -252,7 +254,7 @@ class ModelManager:
             servable = Servable(name, version, path)
             warmed = servable.warm_up()
         except Exception as exc:  # any failure of a load is reported, never fatal to the server
-            self._failed[(name, version)] = _mtime(path)
+            self._failed[(name, version)] = _fingerprint(path)
             code = exc.code if isinstance(exc, RequestError) else grpc.StatusCode.UNKNOWN
             self._status(name, VersionStatus(version, "END", code, f"loading {path} failed: {exc}"))
             log.error("model %s: version %d from %s failed to load: %s", name, version, path, exc)
@@ -285,8 +287,21 @@ class ModelManager:
             self._thread.join(timeout=30)
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
+MAX_FINGERPRINT_FILES = 10_000  # a SavedModel has a handful; the walk stops here whatever a folder holds
+
+
+def _fingerprint(path: Path) -> int:
+    """A hash of the names, sizes and mtimes of the files under a version folder (at most
+    MAX_FINGERPRINT_FILES of them): what changes when a failed version is fixed, in place or not."""
+    entries = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            if len(entries) >= MAX_FINGERPRINT_FILES:
+                return hash(tuple(entries))
+            try:
+                stat = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            entries.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
+    return hash(tuple(entries))

@@ -4,7 +4,7 @@
     served = model_registry.newest_version(base, "mnist")       # what TF Serving's default policy serves
     served.path, served.version, served.metadata.get("accuracy")
 
-Only folders whose name is an integer count, as in TF Serving (a push in flight builds in a hidden,
+Only folders whose name is an ASCII decimal integer that fits int64 count, as in TF Serving (a push in flight builds in a hidden,
 non-integer folder beside them). Each version carries the pusher's record in
 `assets.extra/mnist_pipeline_push.json` (accuracy, date, run id, source; `rolled_back_from` for a rollback).
 Imports no TensorFlow: the CLI, the Beam scorer and the local server all resolve "the served version" here.
@@ -38,6 +38,18 @@ class ModelVersion:
     def complete(self) -> bool:
         """A SavedModel is there (a folder put in by hand may lack one)."""
         return (self.path / "saved_model.pb").is_file()
+
+
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+
+
+def parse_version(name: str) -> int | None:
+    """The version a folder name stands for, or None: ASCII digits only (str.isdigit() also takes '²' and
+    '１００') and at most int64's largest, as TF Serving's file system source parses it."""
+    if not name or not name.isascii() or not name.isdigit():
+        return None
+    version = int(name)
+    return version if version <= MAX_VERSION else None
 
 
 PUSH_METADATA_FILE = "mnist_pipeline_push.json"  # under <version>/assets.extra/, beside the warmup file
@@ -89,11 +101,15 @@ def versions_in(model_dir_: str | os.PathLike) -> list[ModelVersion]:
     root = Path(model_dir_)
     if not root.is_dir():
         return []
-    found = [
-        ModelVersion(int(p.name), p, read_metadata(p))
-        for p in root.iterdir()
-        if p.is_dir() and p.name.isdigit()
-    ]
+    found = []
+    for p in root.iterdir():
+        version = parse_version(p.name)
+        if version is None:
+            if not p.name.startswith("."):  # a push in flight is hidden; anything else is worth a word
+                log.debug("%s is not a version folder (not an int64 decimal name); ignored", p)
+            continue
+        if p.is_dir():
+            found.append(ModelVersion(version, p, read_metadata(p)))
     return sorted(found, key=lambda v: v.version)
 
 

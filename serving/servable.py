@@ -22,8 +22,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
 from serving import signatures as sig
-from serving.errors import RequestError
-from serving.tensors import to_ndarray
+from serving.errors import RequestError, echo
+from serving.tensors import check_fills_shape, to_ndarray
 
 _TF_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
 MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many
@@ -58,35 +58,44 @@ class Servable:
         if found is None:
             # TF Serving's code and message for an unknown signature key (predict_util.cc).
             raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f'Serving signature key "{name or sig.SERVING_DEFAULT}" not found.')
+                               f'Serving signature key "{echo(name or sig.SERVING_DEFAULT)}" not found.')
         return found
 
-    def predict(self, request: predict_pb2.PredictRequest) -> dict[str, np.ndarray]:
+    def predict(self, request: predict_pb2.PredictRequest, *, max_batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """The signature's outputs; `max_batch_size` caps the first dimension of every input (the server's)."""
         signature = self.signature(request.model_spec.signature_name)
         wanted, given = set(signature.inputs), set(request.inputs)
         if wanted != given:
             raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"input keys {sorted(given)} do not match the signature's inputs {sorted(wanted)}; "
+                f"input keys {echo(sorted(given))} do not match the signature's inputs {sorted(wanted)}; "
                 f"send exactly {sorted(wanted)}",
             )
-        tensors = {key: _to_tensor(key, request.inputs[key], spec) for key, spec in signature.inputs.items()}
+        tensors = {key: _to_tensor(key, request.inputs[key], spec, max_batch_size)
+                   for key, spec in signature.inputs.items()}
         outputs = _call(signature.fn, tensors)
         if request.output_filter:
             unknown = set(request.output_filter) - set(outputs)
             if unknown:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"output_filter names {sorted(unknown)}, not outputs of the signature {sorted(outputs)}")
+                                   f"output_filter names {echo(sorted(unknown))}, not outputs of the signature {sorted(outputs)}")
             outputs = {k: outputs[k] for k in request.output_filter}
         return outputs
 
-    def classify(self, request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResult:
+    def classify(self, request: classification_pb2.ClassificationRequest, *,
+                 max_batch_size: int | None = None) -> classification_pb2.ClassificationResult:
         signature = self.signature(request.model_spec.signature_name)
         if signature.method_name != sig.CLASSIFY_METHOD:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Expected classification signature method_name to be {sig.CLASSIFY_METHOD}. "
                                f"Was: {signature.method_name}")
         kind = request.input.WhichOneof("kind")
+        count = (len(request.input.example_list.examples) if kind == "example_list" else
+                 len(request.input.example_list_with_context.examples) if kind == "example_list_with_context" else 0)
+        if max_batch_size is not None and count > max_batch_size:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{count} examples are more than this server's limit of {max_batch_size} per request; "
+                               "send smaller batches")
         if kind == "example_list":
             serialized = [e.SerializeToString() for e in request.input.example_list.examples]
         elif kind == "example_list_with_context":
@@ -136,8 +145,9 @@ class Servable:
         return count
 
 
-def _to_tensor(key: str, proto, spec: tf.TensorSpec) -> tf.Tensor:
-    """Check a TensorProto against the signature's TensorSpec BEFORE the model sees it."""
+def _to_tensor(key: str, proto, spec: tf.TensorSpec, max_batch_size: int | None = None) -> tf.Tensor:
+    """Check a TensorProto against the signature's TensorSpec BEFORE the model sees it, and before anything is
+    allocated for it: the values must fill the declared shape exactly and the batch must not exceed the cap."""
     try:
         dtype = tf.as_dtype(proto.dtype)
     except TypeError:
@@ -145,21 +155,26 @@ def _to_tensor(key: str, proto, spec: tf.TensorSpec) -> tf.Tensor:
     if dtype != spec.dtype:
         got = dtype.name if dtype is not None else f"enum {proto.dtype}"
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r} has dtype {got}, the signature expects {spec.dtype.name}")
+                           f"input {echo(key)!r} has dtype {got}, the signature expects {spec.dtype.name}")
     if proto.tensor_shape.unknown_rank:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {key!r} has an unknown rank; send a full shape")
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {echo(key)!r} has an unknown rank; send a full shape")
     shape = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in shape) or not spec.shape.is_compatible_with(shape):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r} has shape {shape}, the signature expects {spec.shape}")
+                           f"input {echo(key)!r} has shape {echo(shape)}, the signature expects {spec.shape}")
+    if max_batch_size is not None and shape and shape[0] > max_batch_size:
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {echo(key)!r} has a batch of {shape[0]}, more than this server's limit of "
+                           f"{max_batch_size}; send smaller batches")
     try:
+        check_fills_shape(proto)
         array = to_ndarray(proto)
     except (ValueError, TypeError) as exc:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: its values do not fill shape {shape}: {exc}") from exc
+                           f"input {echo(key)!r}: its values do not fill shape {echo(shape)}: {echo(exc)}") from exc
     if list(array.shape) != shape:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input {key!r}: {array.size} values do not fill shape {shape}")
+                           f"input {echo(key)!r}: {array.size} values do not fill shape {echo(shape)}")
     return tf.constant(array, dtype=spec.dtype)
 
 

@@ -28,8 +28,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import DEFAULT_MAX_MESSAGE_BYTES
-from serving.errors import RequestError
+from serving import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES
+from serving.errors import MESSAGE_LIMIT, RequestError, ServingError, echo
 from serving.model_manager import ModelManager
 from serving.servable import Servable
 from serving.tensors import fill_tensor_proto
@@ -61,20 +61,23 @@ def _errors_as_status(context):
     try:
         yield
     except RequestError as exc:
-        context.abort(exc.code, exc.message)
+        # The client's mistake, answered: no traceback, and not at ERROR (a client could fill the log).
+        log.debug("request refused with %s: %s", exc.code.name, echo(exc.message, MESSAGE_LIMIT))
+        context.abort(exc.code, echo(exc.message, MESSAGE_LIMIT))
     except Exception as exc:
         log.exception("request failed")
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        context.abort(grpc.StatusCode.INTERNAL, echo(f"{type(exc).__name__}: {exc}", MESSAGE_LIMIT))
 
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
         self._manager = manager
+        self._max_batch_size = max_batch_size
 
     def Predict(self, request, context):
         with _errors_as_status(context):
             servable = _resolve(self._manager, request.model_spec)
-            outputs = servable.predict(request)
+            outputs = servable.predict(request, max_batch_size=self._max_batch_size)
         response = predict_pb2.PredictResponse()
         _answer_spec(response.model_spec, request.model_spec, servable,
                      request.model_spec.signature_name or "serving_default")
@@ -85,7 +88,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Classify(self, request, context):
         with _errors_as_status(context):
             servable = _resolve(self._manager, request.model_spec)
-            result = servable.classify(request)
+            result = servable.classify(request, max_batch_size=self._max_batch_size)
         response = classification_pb2.ClassificationResponse()
         _answer_spec(response.model_spec, request.model_spec, servable,
                      request.model_spec.signature_name or "serving_default")
@@ -96,7 +99,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         with _errors_as_status(context):
             if list(request.metadata_field) != ["signature_def"]:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"Metadata field(s) {list(request.metadata_field)} not supported; ask for ['signature_def']")
+                                   f"Metadata field(s) {echo(list(request.metadata_field))} not supported; ask for ['signature_def']")
             servable = _resolve(self._manager, request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
@@ -132,7 +135,15 @@ class LocalServer:
 
     def __init__(self, manager: ModelManager, *, host: str = "127.0.0.1", port: int = 8500,
                  tls_cert: bytes | None = None, tls_key: bytes | None = None, client_ca: bytes | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_workers: int = 16):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_workers: int = 16,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+        from serving.tls import check_server_credentials
+
+        if max_message_bytes < 1 or max_batch_size < 1:
+            raise ServingError(f"max_message_bytes and max_batch_size must be positive, got {max_message_bytes} "
+                               f"and {max_batch_size}")
+        if tls_cert is not None:
+            check_server_credentials(tls_cert, tls_key, client_ca)  # before binding: gRPC says only "Failed to bind"
         self.manager = manager
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serving"),
@@ -142,22 +153,25 @@ class LocalServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(manager), self._server)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            _PredictionService(manager, max_batch_size), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(manager), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{host}:{port}"
-        if tls_cert is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(tls_key, tls_cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
-            self.port = self._server.add_secure_port(address, credentials)
-        else:
-            self.port = self._server.add_insecure_port(address)
+        try:
+            if tls_cert is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls_key, tls_cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+                self.port = self._server.add_secure_port(address, credentials)
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.50 raises "Failed to bind"; older versions returned port 0
+            self.port = 0
         if self.port == 0:
-            from serving.errors import ServingError
-
-            raise ServingError(f"cannot bind {address}: the port is taken or the host is not local; "
-                               "choose another --port or --host")
+            self._server.stop(None)
+            raise ServingError(f"cannot listen on {address}: port {port} is in use or {host!r} is not an address "
+                               "of this machine; choose another --port (0: any free port) or --host")
         self.host = host
         manager.on_change = self._update_health
         self._update_health()

@@ -23,6 +23,47 @@ _NUMERIC = {
 }
 _ENUM = {np.dtype(v): k for k, v in _NUMERIC.items()}
 
+# The repeated field that carries each dtype's values when `tensor_content` is empty, and how many entries
+# one element takes (a complex number is two).
+_VALUE_FIELDS = {
+    types_pb2.DT_FLOAT: ("float_val", 1), types_pb2.DT_DOUBLE: ("double_val", 1),
+    types_pb2.DT_HALF: ("half_val", 1), types_pb2.DT_BFLOAT16: ("half_val", 1),
+    types_pb2.DT_INT8: ("int_val", 1), types_pb2.DT_INT16: ("int_val", 1), types_pb2.DT_INT32: ("int_val", 1),
+    types_pb2.DT_UINT8: ("int_val", 1), types_pb2.DT_UINT16: ("int_val", 1),
+    types_pb2.DT_INT64: ("int64_val", 1), types_pb2.DT_UINT32: ("uint32_val", 1),
+    types_pb2.DT_UINT64: ("uint64_val", 1), types_pb2.DT_BOOL: ("bool_val", 1),
+    types_pb2.DT_STRING: ("string_val", 1),
+    types_pb2.DT_COMPLEX64: ("scomplex_val", 2), types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
+}
+
+
+def check_fills_shape(proto: tensor_pb2.TensorProto) -> list[int]:
+    """The proto's shape, once its values are known to fill it exactly; ValueError otherwise.
+
+    Runs on the message as received, before anything is allocated: TensorFlow's own conversion pads values that
+    fall short of the shape (with zeros or the last value), so a few bytes declaring a huge shape would cost
+    gigabytes. Counts come from the repeated field's length or `tensor_content`'s byte length.
+    """
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if any(size < 0 for size in shape):
+        raise ValueError(f"shape {shape} has a negative dimension")
+    declared = math.prod(shape)  # a Python int: no overflow, however large the claim
+    if proto.tensor_content:
+        itemsize = tf.as_dtype(proto.dtype).size if proto.dtype in _VALUE_FIELDS else 0
+        if proto.dtype == types_pb2.DT_STRING or not itemsize:
+            raise ValueError("tensor_content is only for fixed-size numeric dtypes")
+        if len(proto.tensor_content) != declared * itemsize:
+            raise ValueError(f"{len(proto.tensor_content)} bytes of tensor_content do not fill "
+                             f"{declared} elements of {itemsize} bytes")
+        return shape
+    field = _VALUE_FIELDS.get(proto.dtype)
+    if field is None:
+        raise ValueError(f"dtype enum {proto.dtype} is not supported")
+    count = len(getattr(proto, field[0]))
+    if count != declared * field[1]:
+        raise ValueError(f"{count // field[1]} values do not fill {declared} elements")
+    return shape
+
 
 def fill_tensor_proto(proto: tensor_pb2.TensorProto, array) -> tensor_pb2.TensorProto:
     """Write `array` into `proto` (a field of a request or response) as tf.make_tensor_proto would."""

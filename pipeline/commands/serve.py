@@ -42,8 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", metavar="PEM", help="server certificate (chain); serve TLS with --tls-key")
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     parser.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
-    parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
-                        help="largest request or response accepted (default 64 MiB)")
+    config_flag(parser, "--max-message-bytes", key="serve.max_message_bytes", type=int, metavar="N",
+                help="largest request or response accepted (default 64 MiB)")
+    config_flag(parser, "--max-batch-size", key="serve.max_batch_size", type=int, metavar="N",
+                help="most examples one request may carry (default 1024; TF Serving's batching file says 256)")
     parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
                         help="on SIGTERM, how long running calls may take to finish (default 5)")
 
@@ -59,8 +61,6 @@ def run(config: Config, args: argparse.Namespace) -> int:
         raise ServingError("TLS needs both --tls-cert and --tls-key; pass both or neither")
     if args.tls_client_ca and not args.tls_cert:
         raise ServingError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
-    if config.serve.poll_interval <= 0:
-        raise ServingError(f"--poll-interval must be positive, got {config.serve.poll_interval}")
     base = model_base_path(config)
     if config.serve.models_config:
         models = read_models_config(config.serve.models_config, base)
@@ -75,7 +75,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
     server = LocalServer(
         manager, host=config.serve.host, port=config.serve.port,
         tls_cert=read_pem_file(args.tls_cert, "--tls-cert"), tls_key=read_pem_file(args.tls_key, "--tls-key"),
-        client_ca=read_pem_file(args.tls_client_ca, "--tls-client-ca"), max_message_bytes=args.max_message_bytes,
+        client_ca=read_pem_file(args.tls_client_ca, "--tls-client-ca"),
+        max_message_bytes=config.serve.max_message_bytes, max_batch_size=config.serve.max_batch_size,
     )
     stop = threading.Event()
 
