@@ -11,6 +11,7 @@ counts do not match the data length, labels outside 0-9, image and label counts 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -41,18 +42,36 @@ class IdxSplit:
     header_count: int
 
 
-def _read_gzip(path: Path) -> bytes:
+_CHUNK = 1 << 20
+
+
+def _read_gzip(path: Path, magic: int, ndim: int) -> bytes:
+    """The file's inflated bytes, but never more than its IDX header declares plus one: a small gzip bomb must
+    not inflate gigabytes before `_header` finds that the lengths disagree. A header with the wrong magic
+    number is returned alone, for `_header` to refuse."""
     if not path.exists():
         raise DataError(f"IDX file {str(path)!r} is missing; the source dir must hold the four standard .gz files")
     if not path.is_file():
         raise DataError(f"IDX file {str(path)!r} is not a regular file")
     try:
         with path.open("rb") as fh:
-            magic = fh.read(2)
-        if magic != b"\x1f\x8b":
+            gzip_magic = fh.read(2)
+        if gzip_magic != b"\x1f\x8b":
             raise DataError(f"IDX file {str(path)!r} is not a gzip file; expected the original .gz download")
         with gzip.open(path, "rb") as fh:
-            return fh.read()
+            size = 4 + 4 * ndim
+            head = fh.read(size)
+            if len(head) < size or struct.unpack(">I", head[:4])[0] != magic:
+                return head
+            declared = math.prod(struct.unpack(f">{ndim}I", head[4:]))
+            chunks, left = [head], declared + 1  # one byte more shows that the data runs on
+            while left > 0:
+                chunk = fh.read(min(left, _CHUNK))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
     except EOFError as exc:
         raise DataError(f"IDX file {str(path)!r} is truncated (the gzip stream ends early); download it again") from exc
     except (zlib.error, OSError) as exc:
@@ -75,7 +94,8 @@ def _header(path: Path, data: bytes, magic: int, ndim: int) -> tuple[int, ...]:
         shape = " x ".join(str(d) for d in dims)
         raise DataError(
             f"IDX file {str(path)!r}: its header says {shape} ({expected - size} data bytes) "
-            f"but the file holds {len(data) - size} data bytes; the file is truncated or its header is wrong"
+            f"but the file holds {len(data) - size}{' or more' if len(data) > expected else ''} data bytes; "
+            "the file is truncated or its header is wrong"
         )
     return tuple(dims)
 
@@ -83,7 +103,7 @@ def _header(path: Path, data: bytes, magic: int, ndim: int) -> tuple[int, ...]:
 def read_images(path: str | os.PathLike) -> np.ndarray:
     """uint8 [n, 28, 28] from an IDX3 images file (magic 2051)."""
     path = Path(path)
-    data = _read_gzip(path)
+    data = _read_gzip(path, IMAGES_MAGIC, 3)
     n, rows, cols = _header(path, data, IMAGES_MAGIC, 3)
     if (rows, cols) != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(f"IDX file {str(path)!r} holds {rows}x{cols} images; MNIST-style datasets need 28x28")
@@ -93,7 +113,7 @@ def read_images(path: str | os.PathLike) -> np.ndarray:
 def read_labels(path: str | os.PathLike) -> np.ndarray:
     """uint8 [n] from an IDX1 labels file (magic 2049); every label in 0-9."""
     path = Path(path)
-    data = _read_gzip(path)
+    data = _read_gzip(path, LABELS_MAGIC, 1)
     (n,) = _header(path, data, LABELS_MAGIC, 1)
     labels = np.frombuffer(data, dtype=np.uint8, offset=8)
     bad = np.flatnonzero(labels >= NUM_CLASSES)

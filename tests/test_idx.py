@@ -119,3 +119,24 @@ def test_images_that_are_not_28x28(tmp_path: Path) -> None:
     path = tmp_path / "images.gz"
     write_idx_images(path, np.zeros((2, 32, 32), np.uint8))
     assert "32x32" in _error(idx.read_images, path)
+
+
+def test_a_gzip_bomb_is_refused_after_the_declared_bytes(tmp_path: Path) -> None:
+    """Issue 17 (8): a file that inflates far past what its header declares is read only that far."""
+    import tracemalloc
+
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(struct.pack(">II", idx.LABELS_MAGIC, 10))
+        chunk = bytes(1 << 20)
+        for _ in range(64):  # 64 MB of zeros: about 64 KB on disk
+            fh.write(chunk)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        message = _error(idx.read_labels, path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "truncated or its header is wrong" in message or "more data" in message
+    assert peak < 8 << 20, f"reading the bomb took {peak} bytes"
