@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_path, atomic_write_json
 from pipeline.config import DataConfig, TrainConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ def run(
         log.warning("%s exists from an earlier run; training again from scratch and replacing it", model_path)
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
     callbacks = [
+        # A NaN or infinite loss stops training at once (checked after fit: an error, never a NaN model).
+        keras.callbacks.TerminateOnNaN(),
         # Order matters at the end of an epoch: history and checkpoint are written before the backup, so a
         # backup of epoch k always has a history of at least k epochs to resume with.
         _history_callback(keras, history_path),
@@ -210,6 +212,13 @@ def run(
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False
     )
+    losses = history.history.get("loss", [])
+    if model.stop_training or not all(math.isfinite(x) for x in losses):  # only TerminateOnNaN stops it
+        # The backup holds the diverged weights: a rerun must start afresh, not resume them.
+        shutil.rmtree(backup_dir, ignore_errors=True)
+        raise ModelError(f"training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch "
+                         f"{len(losses)} with learning "
+                         f"rate {learning_rate:g}; lower the learning rate (--learning-rate) and train again")
     if r.recalibrate_bn_examples:
         recalibrating = time.perf_counter()
         used = model_lib.recalibrate_batch_norm(model, train_ds, max_examples=r.recalibrate_bn_examples)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -200,8 +201,27 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
     return config
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(what: str, value: str) -> str:
+    """A name that becomes one path component (model name, dataset, run id): letters, digits, '.', '_', '-',
+    not starting with '.', at most 128 characters, so that it can never climb out of its folder."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ConfigError(f"{what} {value!r} is not a usable name: use letters, digits, '.', '_' or '-' "
+                          "(not first), at most 128 characters, no '/' or '..'")
+    return value
+
+
 def validate(config: Config) -> None:
-    """Value checks that do not need TensorFlow; stages check what only they can."""
+    """Value checks that do not need TensorFlow; stages check what only they can. Flags and the TOML file both
+    come through here (apply_overrides), so a value is checked the same way wherever it was given."""
+    for section in _sections():
+        for name, value in dataclasses.asdict(getattr(config, section)).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{name} must be a finite number, got {value}")
+    check_name("data.dataset", config.data.dataset)
+    check_name("push.model_name", config.push.model_name)
     t = config.train
     for name in ("epochs", "batch_size", "max_train_examples"):
         value = getattr(t, name)
@@ -209,6 +229,11 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{name} must be a positive integer, got {value}")
     if t.learning_rate is not None and t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be positive, got {t.learning_rate}")
+    e = config.evaluate
+    if e.max_test_examples is not None and e.max_test_examples <= 0:
+        raise ConfigError(f"evaluate.max_test_examples must be a positive integer, got {e.max_test_examples}")
+    if not 0.0 <= e.tolerance <= 1.0:
+        raise ConfigError(f"evaluate.tolerance must be in [0, 1], got {e.tolerance}")
     if not 0.0 < config.data.validation_fraction < 1.0:
         raise ConfigError(f"data.validation_fraction must be between 0 and 1, got {config.data.validation_fraction}")
     if config.push.keep_versions < 1:
