@@ -179,6 +179,12 @@ def _ingest_idx(dataset: str, source_dir: Path, data_dir: Path) -> IngestOutput:
 
     splits = idx.read_source_dir(source_dir)  # every bad-input check happens here, before anything is written
     header_counts = {name: s.header_count for name, s in splits.items()}
+    if header_counts["train"] < header_counts["test"]:
+        # MNIST-style datasets declare a train split larger than test (60,000 / 10,000); the reverse is a swap.
+        raise DataError(
+            f"source dir {str(source_dir)!r}: the train files hold {header_counts['train']} examples, fewer than "
+            f"the test (t10k) files' {header_counts['test']}; the train-* and t10k-* files look swapped: "
+            "check the file names")
     log.info("read IDX files from %s: %s", source_dir, header_counts)
 
     builder_cls = _idx_builder_class(base, dataset)
@@ -266,10 +272,35 @@ def _check_reachable(dataset: str, url: str) -> None:
         ) from exc
 
 
+_TEMP_PREFIX = ".ingest-"  # .ingest-<dataset>-<pid>-<random>: the pid tells a live ingest from a killed one
+
+
+def _remove_stale_temp_dirs(data_dir: Path) -> None:
+    """Remove the temporary data_dirs of ingests whose process is gone (killed before its clean-up ran)."""
+    for folder in data_dir.glob(f"{_TEMP_PREFIX}*"):
+        pid = next((int(part) for part in folder.name[len(_TEMP_PREFIX):].split("-") if part.isascii()
+                    and part.isdigit()), None)
+        if pid is not None and (pid == os.getpid() or _alive(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("removed %s, left by an ingest that did not finish", folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def _prepare_atomically(dataset: str, version: str, data_dir: Path, prepare) -> Path:
     """Run `prepare(tmp_data_dir)` in a temporary data_dir beside the final one, then rename the result in."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".ingest-{dataset}-", dir=data_dir))
+    _remove_stale_temp_dirs(data_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{dataset}-{os.getpid()}-", dir=data_dir))
     final = data_dir / dataset / version
     try:
         built = prepare(tmp)

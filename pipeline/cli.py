@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.config import Config, load_config
 from pipeline.errors import PipelineError
+from pipeline.workdir import check_workdir
 
 # The order is the order of `--help`. Each module has NAME, HELP, add_arguments(parser), run(config, args).
 COMMAND_MODULES = (
@@ -87,6 +88,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _print_error(command: str, message: str) -> None:
+    """One line, whatever the message holds (a wrapped TensorFlow or gRPC error may carry newlines)."""
+    print(f"mnist-pipeline {command}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, modules = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -97,9 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     try:
         config: Config = load_config(args.config, _overrides(args))
+        check_workdir(config.workdir)
         return int(modules[args.command].run(config, args) or 0)
     except PipelineError as exc:
-        print(f"mnist-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        _print_error(args.command, str(exc))
+        return 1
+    except PermissionError as exc:  # a read-only workdir or base path: the user's to fix, not a bug
+        where = exc.filename if exc.filename is not None else "a file"
+        _print_error(args.command, f"{str(where)!r} cannot be written ({exc.strerror}); fix its permissions or "
+                                   "pass a writable --workdir")
         return 1
     except KeyboardInterrupt:
         print(f"mnist-pipeline {args.command}: interrupted", file=sys.stderr)

@@ -38,6 +38,33 @@ def read_holder(workdir: str | os.PathLike) -> dict[str, Any]:
         return {}
 
 
+def holder_alive(workdir: str | os.PathLike) -> bool:
+    """Whether the process the lock file names is still alive (False when none is named: released, or never
+    taken). A run killed with SIGKILL leaves its pid in the file but no process, and its run 'running'."""
+    pid = read_holder(workdir).get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
+
+
+def close_interrupted_runs(workdir: str | os.PathLike, store) -> list[str]:
+    """Mark the runs a dead process left 'running' as interrupted (`store.mark_interrupted`), once nobody holds
+    the lock; taken without waiting, and only when the named holder is gone, so a live run is never touched."""
+    if holder_alive(workdir):
+        return []
+    try:
+        with WorkdirLock(workdir, owner="mnist-pipeline: closing interrupted runs"):
+            return store.mark_interrupted()
+    except PipelineError:  # taken meanwhile (a run starting) or not writable: leave the records as they are
+        return []
+
+
 class WorkdirLock:
     def __init__(self, workdir: str | os.PathLike, *, owner: str, wait: bool = False, timeout: float | None = None):
         self.workdir = Path(workdir)
@@ -48,8 +75,12 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def acquire(self) -> WorkdirLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PipelineError(f"workdir {str(self.workdir)!r} cannot be written ({exc.strerror}: "
+                                f"{exc.filename}); pass a writable folder to --workdir") from exc
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         try:
             while True:

@@ -253,7 +253,9 @@ def push_stage(ctx: StageContext) -> StageResult:
 
 def score_stage(ctx: StageContext) -> StageResult:
     from components import examples, score
+    from pipeline.workdir import remove_stale_temp_dirs
 
+    remove_stale_temp_dirs(ctx.workdir)  # Beam temp folders a killed score left (we hold the workdir lock)
     cfg = ctx.config.score
     if cfg.input_pattern:
         pattern = cfg.input_pattern

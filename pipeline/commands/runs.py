@@ -26,12 +26,14 @@ def _duration(started: str, ended: str | None) -> str:
 def run(config: Config, args: argparse.Namespace) -> int:
     from pipeline import paths
     from pipeline.errors import PipelineError
+    from pipeline.lock import close_interrupted_runs
     from pipeline.store import RunStore
 
     path = paths.store_path(config.workdir)
     if not path.is_file():
         raise PipelineError(f"no run store at {str(path)!r}; start a run with `mnist-pipeline run` (or pass --workdir)")
     with RunStore(path) as store:
+        close_interrupted_runs(config.workdir, store)  # a SIGKILLed run would show 'running' forever
         if args.run_id:
             run_ = store.get_run(args.run_id)
             if run_ is None:
