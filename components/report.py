@@ -152,8 +152,17 @@ def _status(status: str) -> str:
     return f'<span class="{cls}">{_e(status)}</span>'
 
 
+def final_status(run: Mapping[str, Any], stages: Sequence[Mapping[str, Any]]) -> str:
+    """The run's status as the page should show it. The report is the run's last stage, written while the run
+    store still says 'running': the outcome then is its stages' (failed if one failed, else succeeded)."""
+    status = run.get("status") or "running"
+    if status != "running":
+        return status
+    return "failed" if any(s.get("status") == "failed" for s in stages) else "succeeded"
+
+
 def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
-    run = inputs.run
+    run = {**inputs.run, "status": final_status(inputs.run, inputs.stages)}
     parts: list[str] = []
     parts.append(f"<h1>mnist-pipeline run {_e(run.get('id'))}</h1>")
     parts.append(_kv_table({k: run.get(k) for k in ("status", "started", "code_version", "workdir") if run.get(k)}))

@@ -113,7 +113,9 @@ def versions_in(model_dir_: str | os.PathLike) -> list[ModelVersion]:
     return sorted(found, key=lambda v: v.version)
 
 
-def newest_version(base_path: str | os.PathLike, model_name: str) -> ModelVersion | None:
-    """The version TF Serving serves under its default policy (latest), or None."""
-    versions = list_versions(base_path, model_name)
+def newest_version(base_path: str | os.PathLike, model_name: str, *, complete: bool = True) -> ModelVersion | None:
+    """The version TF Serving serves under its default policy (latest), or None. Only a complete version counts
+    (TF Serving serves only one it can load): an incomplete newest folder is skipped, by `versions`, `score`,
+    `evaluate` and the local server alike. `complete=False`: the newest folder whatever it holds."""
+    versions = [v for v in list_versions(base_path, model_name) if v.complete or not complete]
     return versions[-1] if versions else None

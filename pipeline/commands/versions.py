@@ -39,11 +39,12 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
     base = model_base_path(config)
     versions = model_registry.list_versions(base, config.push.model_name)
+    served_version = model_registry.newest_version(base, config.push.model_name)  # the newest complete one
     if args.json:
         rows = [
-            {"version": v.version, "path": os.fspath(v.path), "served": i == len(versions) - 1,
+            {"version": v.version, "path": os.fspath(v.path), "served": v == served_version,
              "complete": v.complete, **{"metadata": v.metadata}}
-            for i, v in enumerate(versions)
+            for v in versions
         ]
         print(json.dumps(rows, indent=2))
         return 0
@@ -53,10 +54,10 @@ def run(config: Config, args: argparse.Namespace) -> int:
         return 0
     print(f"{where}:")
     print(f"  {'version':>7}  {'':6}  {'accuracy':>8}  {'pushed at (UTC)':25}  {'run':24}  note")
-    for i, v in enumerate(versions):
+    for v in versions:
         meta = v.metadata
         accuracy = meta.get("accuracy")
-        served = "served" if i == len(versions) - 1 else ""
+        served = "served" if v == served_version else ""
         note = _note(meta) if v.complete else "INCOMPLETE: no saved_model.pb"
         print(f"  {v.version:>7}  {served:6}  {'-' if accuracy is None else format(accuracy, '.4f'):>8}  "
               f"{meta.get('pushed_at') or '-':25}  {meta.get('run_id') or '-':24}  {note}")
