@@ -4,7 +4,6 @@ and the report's final status."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import subprocess

@@ -381,3 +381,45 @@ def test_serve_numbers_are_checked_in_the_config_file_too(tmp_path):
         toml.write_text(f"[serve]\n{line}\n")
         with pytest.raises(ConfigError):
             load_config(toml)
+
+
+def test_the_servers_memory_stays_flat_under_amplification_requests(saved_model_dir, tmp_path):
+    """End to end: tiny requests declaring big shapes are refused with INVALID_ARGUMENT, allocating nothing."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tests.test_serving_conformance import push_version, start_local_server
+
+    push_version(saved_model_dir, tmp_path / "models", 1)
+    server = start_local_server(tmp_path / "models")
+    requests = []
+    for shape in ([6000, 28, 28, 1], [1 << 40, 28, 28, 1]):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = sig.MODEL_NAME
+        request.inputs[sig.IMAGE_INPUT].CopyFrom(_float_proto(shape))
+        requests.append(request)
+    png = predict_pb2.PredictRequest()
+    png.model_spec.name = sig.MODEL_NAME
+    png.model_spec.signature_name = sig.PNG_SIGNATURE
+    proto = png.inputs[sig.PNG_INPUT]
+    proto.dtype = types_pb2.DT_STRING
+    proto.string_val.append(b"\x89PNG")
+    proto.tensor_shape.dim.add(size=5000)
+    requests.append(png)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            stub.GetModelMetadata  # noqa: B018 - the channel is up before measuring
+            tracemalloc.start()
+            try:
+                for request in requests:
+                    assert request.ByteSize() < 100
+                    with pytest.raises(grpc.RpcError) as exc:
+                        stub.Predict(request, timeout=60)
+                    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.value.details()
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        assert peak < 4 << 20, f"refusing three tiny requests allocated {peak} bytes"
+    finally:
+        server.stop(0)
