@@ -32,6 +32,24 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
+# The split sizes each dataset's TFDS builder declares (its DatasetInfo): the files must not disagree in the one
+# way a mix-up of names produces, train and test swapped. Smaller files (tests, subsets) are accepted.
+DECLARED_SPLIT_SIZES = {
+    "mnist": {"train": 60000, "test": 10000},
+    "fashion_mnist": {"train": 60000, "test": 10000},
+}
+
+
+def check_split_sizes(dataset: str, counts: dict[str, int], source: str) -> None:
+    """A DataError when the files' counts are the dataset's declared split sizes, swapped."""
+    declared = DECLARED_SPLIT_SIZES.get(dataset)
+    if declared and declared["train"] != declared["test"] and \
+            (counts.get("train"), counts.get("test")) == (declared["test"], declared["train"]):
+        raise DataError(
+            f"source dir {source!r}: the train files hold {counts['train']} examples and the test (t10k) files "
+            f"{counts['test']}, but {dataset} declares train {declared['train']} / test {declared['test']}: the "
+            "train-* and t10k-* files look swapped; check the file names")
+
 
 @dataclass(frozen=True)
 class IdxSplit:

@@ -179,12 +179,7 @@ def _ingest_idx(dataset: str, source_dir: Path, data_dir: Path) -> IngestOutput:
 
     splits = idx.read_source_dir(source_dir)  # every bad-input check happens here, before anything is written
     header_counts = {name: s.header_count for name, s in splits.items()}
-    if header_counts["train"] < header_counts["test"]:
-        # MNIST-style datasets declare a train split larger than test (60,000 / 10,000); the reverse is a swap.
-        raise DataError(
-            f"source dir {str(source_dir)!r}: the train files hold {header_counts['train']} examples, fewer than "
-            f"the test (t10k) files' {header_counts['test']}; the train-* and t10k-* files look swapped: "
-            "check the file names")
+    idx.check_split_sizes(dataset, header_counts, str(source_dir))
     log.info("read IDX files from %s: %s", source_dir, header_counts)
 
     builder_cls = _idx_builder_class(base, dataset)

@@ -219,13 +219,16 @@ def test_an_incomplete_newest_version_is_not_the_served_one(tmp_path, capsys):
     assert "served" in lines["1"] and "served" not in lines["2"]
 
 
-def test_swapped_train_and_test_files_are_refused(tmp_path):
-    from components import ingest
+def test_swapped_train_and_test_files_are_refused(tmp_path, monkeypatch):
+    from components import idx, ingest
     from pipeline import paths
     from pipeline.config import DataConfig
     from pipeline.errors import DataError
 
+    # MNIST declares 60,000 / 10,000; the synthetic files are 200 / 50, so declare that (the check is the same).
+    monkeypatch.setitem(idx.DECLARED_SPLIT_SIZES, "mnist", {"train": 200, "test": 50})
     source = write_idx_dir(tmp_path / "idx")
+    ingest.run(DataConfig(source_dir=str(source)), paths.data_dir(tmp_path / "ok"))  # the right way round
     for a, b in (("train_images", "test_images"), ("train_labels", "test_labels")):
         tmp = source / "swap.gz"
         os.rename(source / IDX_FILES[a], tmp)

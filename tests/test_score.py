@@ -255,9 +255,8 @@ def test_model_base_path_means_its_newest_version(saved_model_dir, tmp_path):
     base = tmp_path / "mnist"
     for v in (2, 10):
         shutil.copytree(saved_model_dir, base / str(v))
-    (base / "11").mkdir()  # a version without a SavedModel does not count as the newest complete one
-    with pytest.raises(Exception, match="newest"):
-        score.resolve_model(base)
+    (base / "11").mkdir()  # a version without a SavedModel is skipped: the newest complete one is served (issue 17)
+    assert score.resolve_model(base) == score.ModelRef(str(base / "10"), "mnist", 10)
     (base / "11").rmdir()
     assert score.resolve_model(base) == score.ModelRef(str(base / "10"), "mnist", 10)
     assert score.resolve_model(base / "2").version == 2
