@@ -74,9 +74,10 @@ def version_at(version_dir_: str | os.PathLike) -> ModelVersion:
     """The version a `<base>/<model>/<integer>/` folder holds (with its push record); ValueError if the folder's
     name is not a version number."""
     path = Path(version_dir_)
-    if not path.name.isascii() or not path.name.isdigit():
+    version = parse_version(path.name)
+    if version is None:
         raise ValueError(f"{os.fspath(path)!r} is not a version folder <base>/<model>/<integer>/")
-    return ModelVersion(int(path.name), path, read_metadata(path))
+    return ModelVersion(version, path, read_metadata(path))
 
 
 def read_metadata(version_dir_: str | os.PathLike) -> dict[str, Any]:
