@@ -58,10 +58,13 @@ def close_interrupted_runs(workdir: str | os.PathLike, store) -> list[str]:
     the lock; taken without waiting, and only when the named holder is gone, so a live run is never touched."""
     if holder_alive(workdir):
         return []
+    import sqlite3
+
     try:
         with WorkdirLock(workdir, owner="mnist-pipeline: closing interrupted runs"):
             return store.mark_interrupted()
-    except PipelineError:  # taken meanwhile (a run starting) or not writable: leave the records as they are
+    except (PipelineError, sqlite3.Error) as exc:  # taken meanwhile (a run starting) or read-only: leave them
+        log.debug("runs left 'running' in %s not closed: %s", workdir, exc)
         return []
 
 
