@@ -99,7 +99,8 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         with _errors_as_status(context):
             if list(request.metadata_field) != ["signature_def"]:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"Metadata field(s) {echo(list(request.metadata_field))} not supported; ask for ['signature_def']")
+                                   f"Metadata field(s) {echo(list(request.metadata_field))} not supported; "
+                                   "ask for ['signature_def']")
             servable = _resolve(self._manager, request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
