@@ -7,7 +7,8 @@ What it writes under `out_dir` (see `pipeline.paths`):
 
     model.keras               the trained model (temp file, then rename: never half-written)
     history.json              Keras's History.history: {"epoch": [1, 2, ...], "loss": [...], "accuracy",
-                              "val_loss", "val_accuracy", "learning_rate"}, rewritten atomically every epoch
+                              "val_loss", "val_accuracy", "learning_rate", "seconds"}, rewritten atomically
+                              every epoch ("seconds": wall time since fit began at the end of that epoch)
     checkpoints/best.keras    the epoch with the best validation accuracy so far (ModelCheckpoint)
     backup/                   BackupAndRestore's state while training runs; removed once model.keras is written
     tensorboard/              TensorBoard event files
@@ -105,6 +106,11 @@ def _history_callback(keras, path: Path):
         def __init__(self):
             super().__init__()
             self._epochs: list[dict] | None = None
+            self._started = time.perf_counter()
+            self._offset = 0.0  # seconds of the epochs a resumed run kept from before
+
+        def on_train_begin(self, logs=None):
+            self._started = time.perf_counter()
 
         def on_epoch_begin(self, epoch, logs=None):
             if self._epochs is None:
@@ -115,9 +121,13 @@ def _history_callback(keras, path: Path):
                     except (ValueError, TypeError, AttributeError):
                         log.warning("ignoring unreadable %s", path)
                 self._epochs = [e for e in previous if e["epoch"] <= epoch]
+                self._offset = float(self._epochs[-1].get("seconds", 0.0)) if self._epochs else 0.0
 
         def on_epoch_end(self, epoch, logs=None):
             entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+            # Training seconds since fit began (validation included), so a reader can tell when the model
+            # first reached an accuracy; a resumed run continues from the epochs it kept.
+            entry["seconds"] = self._offset + time.perf_counter() - self._started
             if "learning_rate" not in entry:
                 lr = self.model.optimizer.learning_rate
                 entry["learning_rate"] = float(keras.ops.convert_to_numpy(lr))

@@ -49,8 +49,9 @@ def test_training_writes_model_history_checkpoint_and_tensorboard(workdir, tmp_p
     assert [t.name for t in model.inputs] == ["image"]
     history = json.loads(out.history_path.read_text())
     assert history["epoch"] == [1, 2]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"):
         assert len(history[key]) == 2, key
+    assert 0 < history["seconds"][0] < history["seconds"][1], "wall time since fit began, per epoch"
     assert out.val_accuracy == history["val_accuracy"][-1]
     assert out.checkpoint_path.is_file()
     assert list(out.tensorboard_dir.glob("train/events.out.tfevents.*"))
@@ -117,6 +118,7 @@ def test_sigkilled_training_resumes_from_its_last_epoch(workdir):
     assert resumed_at >= max(1, backed_up - 1)
     history = json.loads((train_dir / "history.json").read_text())
     assert history["epoch"] == list(range(1, 9)), "every epoch once, none repeated from scratch"
+    assert history["seconds"] == sorted(history["seconds"]), "the resumed run continues the elapsed time"
     assert (train_dir / "model.keras").is_file()
     assert not (train_dir / "backup").exists()
 
