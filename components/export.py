@@ -91,6 +91,8 @@ def load_keras_model(model_path: Path):
     """The trained Keras model; a ModelError naming the path when it is missing or unreadable."""
     import keras
 
+    import components.augment  # noqa: F401  (registers the augmentation layer the default model has)
+
     if not model_path.is_file():
         raise ModelError(f"trained model {os.fspath(model_path)!r} does not exist; run `mnist-pipeline train` first")
     try:

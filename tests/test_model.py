@@ -63,6 +63,33 @@ def test_default_augments_only_in_training():
     np.testing.assert_array_equal(np.asarray(inference), x)
 
 
+def test_default_is_small_and_reloads_with_its_augmentation_layer(tmp_path):
+    import keras
+
+    model = model_lib.build_model("default", seed=0)
+    # No dense layer on a large map: the previous default spent 803k of its 898k parameters in one.
+    assert model.count_params() < 350_000
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), np.asarray(model(x, training=False)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_random_affine_moves_each_image_differently_and_keeps_shape():
+    from components.augment import RandomAffine
+
+    x = np.zeros((8, 28, 28, 1), np.float32)
+    x[:, 10:18, 10:18] = 1.0
+    layer = RandomAffine(translate=0.1, rotate=0.03, zoom=0.1, seed=3)
+    y = np.asarray(layer(x, training=True))
+    assert y.shape == x.shape and 0.0 <= y.min() and y.max() <= 1.0 + 1e-6
+    assert len({y[i].tobytes() for i in range(8)}) == 8, "one draw per image"
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    with pytest.raises(ValueError, match="1.5"):
+        RandomAffine(translate=1.5)
+
+
 def test_one_cycle_schedule_warms_up_then_decays():
     r = model_lib.recipe("default")
     schedule = model_lib.learning_rate_schedule(r, total_steps=1000)
