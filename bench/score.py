@@ -101,7 +101,7 @@ class RawLoop:
         import tensorflow as tf
 
         from components import data
-        from components import signatures as sig
+        from serving import signatures as sig
 
         self._tf, self._sig = tf, sig
         self.batches = [(x.numpy(), y.numpy()) for x, y in data.split_dataset(data_dir, "mnist", "test", batch_size=batch)]
