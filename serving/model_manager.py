@@ -19,7 +19,8 @@ lists them (the pusher renames complete folders into place, so a folder that is 
    `variables/` leaves the version folder's own mtime alone); the versions already serving stay.
 
 Requests read an immutable snapshot (`_ModelState`) swapped under a lock, so a request that started on a
-version finishes on it even if that version is retired meanwhile.
+version finishes on it even if that version is retired meanwhile. With a `batcher` (serving.batching), each
+published version hands its requests to the shared batching queues; `on_load` hears of every load (metrics).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ class ModelManager:
     """The models a local server serves; `poll()` brings each to its aspired versions."""
 
     def __init__(self, models: Mapping[str, ModelSettings], *, poll_interval: float = 1.0,
-                 models_config: str | os.PathLike | None = None, model_base_path: str | os.PathLike | None = None):
+                 models_config: str | os.PathLike | None = None, model_base_path: str | os.PathLike | None = None,
+                 config_poll_interval: float | None = None, batcher=None, on_load=None):
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._states = {name: _ModelState(s) for name, s in models.items()}
@@ -134,6 +136,12 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_change = None  # called after each change of the available versions (health status)
+        # TF Serving's --model_config_file_poll_wait_seconds: None re-reads the file (if changed) at every poll,
+        # 0 never re-reads it.
+        self._config_poll_interval = config_poll_interval
+        self._config_checked = time.monotonic()
+        self._batcher = batcher  # serving.batching.BatchScheduler, or None: each request runs alone
+        self._on_load = on_load  # on_load(model_path, ok, load_seconds, warmup_seconds | None), for metrics
 
     @property
     def model_names(self) -> list[str]:
@@ -187,8 +195,12 @@ class ModelManager:
             self._states[name] = dataclasses.replace(state, statuses={**state.statuses, status.version: status})
 
     def _reload_config(self) -> None:
-        if self._models_config is None:
+        if self._models_config is None or self._config_poll_interval == 0:
             return
+        if self._config_poll_interval is not None:
+            if time.monotonic() - self._config_checked < self._config_poll_interval:
+                return
+            self._config_checked = time.monotonic()
         try:
             mtime = self._models_config.stat().st_mtime
         except OSError:
@@ -250,15 +262,22 @@ class ModelManager:
     def _load(self, name: str, version: int, path: Path) -> bool:
         self._status(name, VersionStatus(version, "LOADING"))
         started = time.perf_counter()
+        warmup_started = None
         try:
             servable = Servable(name, version, path)
+            warmup_started = time.perf_counter()
             warmed = servable.warm_up()
         except Exception as exc:  # any failure of a load is reported, never fatal to the server
+            if self._on_load is not None:
+                self._on_load(str(path), False, time.perf_counter() - started, None)
             self._failed[(name, version)] = _fingerprint(path)
             code = exc.code if isinstance(exc, RequestError) else grpc.StatusCode.UNKNOWN
             self._status(name, VersionStatus(version, "END", code, f"loading {path} failed: {exc}"))
             log.error("model %s: version %d from %s failed to load: %s", name, version, path, exc)
             return False
+        if self._on_load is not None:
+            self._on_load(str(path), True, warmup_started - started, time.perf_counter() - warmup_started)
+        servable.batcher = self._batcher  # warmup ran alone; requests from now on share the batching queues
         with self._lock:
             state = self._states[name]
             self._states[name] = dataclasses.replace(
@@ -271,6 +290,8 @@ class ModelManager:
     # -- the polling thread -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._poll_interval == 0:  # TF Serving's --file_system_poll_wait_seconds=0: the base path is read once
+            return
         self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)
         self._thread.start()
 

@@ -137,7 +137,7 @@ class LocalServer:
     def __init__(self, manager: ModelManager, *, host: str = "127.0.0.1", port: int = 8500,
                  tls_cert: bytes | None = None, tls_key: bytes | None = None, client_ca: bytes | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_workers: int = 16,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, metrics=None):
         from serving.tls import check_server_credentials
 
         if max_message_bytes < 1 or max_batch_size < 1:
@@ -146,6 +146,11 @@ class LocalServer:
         if tls_cert is not None:
             check_server_credentials(tls_cert, tls_key, client_ca)  # before binding: gRPC says only "Failed to bind"
         self.manager = manager
+        interceptors = []
+        if metrics is not None:  # serving.metrics.ServingMetrics: TF Serving's request count and latency
+            from serving.metrics import MetricsInterceptor
+
+            interceptors.append(MetricsInterceptor(metrics))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serving"),
             options=[
@@ -153,6 +158,7 @@ class LocalServer:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
+            interceptors=interceptors,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             _PredictionService(manager, max_batch_size), self._server)
