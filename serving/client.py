@@ -1,6 +1,7 @@
 """A gRPC client for TF Serving's API (the real model server or `mnist-pipeline serve`): numpy in, numpy out.
 
-Typical usage: `ServingClient("localhost:8500").predict(images)["classes"]` with images float32 [b, 28, 28, 1].
+Typical usage: `ServingClient("localhost:8500").predict(images)["classes"]` with images float32 [b, 28, 28, 1];
+`connect("http://localhost:8501")` gives the REST client (`serving.rest_client.RestClient`) with the same calls.
 
     with ServingClient("localhost:8500", timeout=5.0) as client:
         client.wait_until_available(timeout=60)
@@ -307,6 +308,16 @@ class ServingClient:
         raise ServingError(
             f"model {self.model_name!r} at {self.address} has no available version after {timeout:g} s{why}; "
             "check the server is running and its model base path holds a version", grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def connect(address: str, **kwargs):
+    """A client for `address`: `RestClient` for an http:// or https:// URL, else the gRPC `ServingClient`;
+    both take the same keyword arguments and answer the same calls."""
+    if address.startswith(("http://", "https://")):
+        from serving.rest_client import RestClient
+
+        return RestClient(address, **kwargs)
+    return ServingClient(address, **kwargs)
 
 
 def _nbytes(array: np.ndarray) -> int:

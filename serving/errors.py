@@ -26,11 +26,13 @@ def echo(value: Any, limit: int = ECHO_LIMIT) -> str:
 
 
 class ServingError(PipelineError):
-    """A failed serving call or a bad serving setup; `code` is the `grpc.StatusCode`, or None."""
+    """A failed serving call or a bad serving setup; `code` is the `grpc.StatusCode`, or None; `http_status` is
+    the HTTP status of a failed REST call (None for gRPC)."""
 
-    def __init__(self, message: str, code: Any = None):
+    def __init__(self, message: str, code: Any = None, http_status: int | None = None):
         super().__init__(message)
         self.code = code
+        self.http_status = http_status
 
 
 class RequestError(Exception):
