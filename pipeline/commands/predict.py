@@ -1,4 +1,4 @@
-"""`mnist-pipeline predict`: ask a TF Serving (or `mnist-pipeline serve`) server for digits over gRPC."""
+"""`mnist-pipeline predict`: ask a TF Serving (or `mnist-pipeline serve`) server for digits over gRPC or REST."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 from pipeline.config import Config
 
 NAME = "predict"
-HELP = "classify PNG files, or measure accuracy and latency on the test set, through a gRPC server"
+HELP = "classify PNG files, or measure accuracy and latency on the test set, through a gRPC or REST server"
 DESCRIPTION = """\
 Send PNG images (28x28, grayscale or not) to the server's predict_png signature and print the digit of each:
 
   mnist-pipeline predict --server localhost:8500 a.png b.png
+  mnist-pipeline predict --rest http://localhost:8501 a.png b.png     # TF Serving's REST API
 
 Or send N test images (from the workdir's TFDS data) from K concurrent clients, and report the accuracy
 (of the answers received) and the RPC error rate separately, with latency p50/p95/p99 and throughput:
@@ -29,6 +30,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="*", metavar="PNG", help="PNG files of 28x28 digits")
     parser.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address (default localhost:8500)")
+    parser.add_argument("--rest", metavar="URL", help="use TF Serving's REST API at this URL (http://localhost:8501; "
+                        "https:// with --tls-ca) instead of gRPC at --server")
     parser.add_argument("--model-name", default=None, metavar="NAME", help="model name (default: push.model_name, mnist)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, metavar="N", help="ask this model version (default: the newest)")
@@ -65,6 +68,14 @@ def read_png(path: str | Path) -> bytes:
 def _client(config: Config, args: argparse.Namespace):
     from serving.client import ServingClient
 
+    if args.rest:
+        from serving.rest_client import RestClient
+
+        return RestClient(
+            args.rest, model_name=args.model_name or config.push.model_name, timeout=args.timeout,
+            root_certificates=args.tls_ca, certificate_chain=args.tls_cert, private_key=args.tls_key,
+            tls_server_name=args.tls_server_name,
+        )
     return ServingClient(
         args.server, model_name=args.model_name or config.push.model_name, timeout=args.timeout,
         root_certificates=args.tls_ca, certificate_chain=args.tls_cert, private_key=args.tls_key,
@@ -88,7 +99,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
         out = client.predict_png(pngs, version=args.version, version_label=args.label)
     for path, digit, probs in zip(args.images, out["classes"], out["probabilities"]):
         print(f"{path}: {int(digit)} (p={float(probs[int(digit)]):.3f})")
-    print(f"model {client.model_name} version {out.model_version} at {args.server}")
+    answered = f"version {out.model_version}" if out.model_version is not None else "(REST answers name no version)"
+    print(f"model {client.model_name} {answered} at {client.address}")
     return 0
 
 
@@ -96,7 +108,7 @@ def _print_status(config: Config, args: argparse.Namespace) -> int:
     with _client(config, args) as client:
         statuses = client.get_model_status()
         meta = client.get_model_metadata(version=args.version, version_label=args.label)
-    print(f"model {client.model_name} at {args.server}:")
+    print(f"model {client.model_name} at {client.address}:")
     for s in statuses:
         error = f" ({s.error_message})" if s.error_code else ""
         print(f"  version {s.version}: {s.state}{error}")
@@ -174,7 +186,7 @@ def _run_test_set(config: Config, args: argparse.Namespace) -> int:
 
     lat_ms = np.array(latencies) * 1000
     requests = len(latencies)
-    print(f"server {args.server}, model {client.model_name}: {len(images)} test images in {requests} requests "
+    print(f"server {client.address}, model {client.model_name}: {len(images)} test images in {requests} requests "
           f"of {args.batch_size}, {args.concurrency} concurrent")
     accuracy = f"{correct / answered:.4f} ({correct}/{answered} answered images)" if answered else "n/a (no answers)"
     print(f"  accuracy:       {accuracy}")
