@@ -1,20 +1,29 @@
-"""Serving benchmark: the local server (`mnist-pipeline serve`, a subprocess on loopback) vs the SavedModel in process.
+"""Serving benchmark: the local server (`mnist-pipeline serve`, subprocesses on loopback), gRPC and REST,
+batching off and on.
 
     .venv/bin/python bench/serving.py [--saved-model DIR] [--workdir artifacts] [--seconds 20]
 
-Prints, from one run:
-1. Predict latency at batch 1, p50 and p99 (target: p50 <= 2 ms);
-2. throughput at batch 256 through the server vs the same signature called in this process (target >= 0.8);
-3. 8 concurrent clients for `--seconds` while a new version is pushed: requests, failures (target: 0),
-   and the versions that answered.
+Prints, from one run, each figure against its target:
+1. gRPC Predict latency at batch 1 through `ServingClient`, p50 and p99 (target: p50 <= 1.0 ms), and the split:
+   the same signature called in this process as the server calls it (the model) vs what serving adds;
+2. REST Predict latency at batch 1 (a kept-alive connection, prepared bodies): float `instances` and a
+   b64 PNG to `predict_png` (target: p50 <= 2 ms each);
+3. 32 concurrent batch-1 gRPC clients for `--seconds`, against a server with batching off and one started
+   with docker-compose.yml's flags (batching on, serving/deploy/batching_parameters.txt): throughput ratio
+   (target >= 3x), p99 with batching (target <= 25 ms), failed requests (target 0);
+4. 8 concurrent clients (batch 8) on the batching server for `--seconds` while version 2 is pushed:
+   requests, failures (target: 0), and the versions that answered.
 The model is `--saved-model`, else the newest pushed version under the workdir's model base path, else the
-default architecture exported untrained (speed does not depend on the weights). Timings on a shared CPU are
-noisy: compare the figures within one run.
+default architecture exported untrained (speed does not depend on the weights). Only loopback addresses;
+every loop is bounded. Timings on a shared CPU are noisy: compare the figures within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
+import json
 import os
 import shutil
 import socket
@@ -30,6 +39,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DEPLOY = REPO / "serving" / "deploy"
 
 
 def find_saved_model(args, scratch: Path) -> tuple[Path, str]:
@@ -63,97 +74,198 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def in_process_signature(saved_model: Path):
-    """The same signature, called in this process as the server calls it (numpy in, numpy out)."""
-    import tensorflow as tf
+def start_server(base: Path, scratch: Path, extra: list[str]) -> tuple[subprocess.Popen, int, int]:
+    grpc_port, rest_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--model-base-path", str(base), "--port", str(grpc_port),
+         "--rest_api_port", str(rest_port), "--poll-interval", "1.0", "--workdir", str(scratch / "work"), "-q", *extra],
+        cwd=REPO, stdout=subprocess.DEVNULL,
+    )
+    return proc, grpc_port, rest_port
 
-    fn = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
-    return lambda images: {k: v.numpy() for k, v in fn(image=tf.constant(images)).items()}
+
+def stop_server(proc: subprocess.Popen | None) -> None:
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = np.array(seconds) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def timed(fn, n: int, warmup: int = 50) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def rest_poster(port: int, path: str, body: bytes):
+    """POST a prepared body on one kept-alive connection, as a REST client that reuses its connection does."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+
+    def post():
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        return data
+
+    return post, connection
+
+
+def load(address: str, clients: int, seconds: float, request_bytes: bytes) -> dict:
+    """`clients` threads, each with its own channel, sending prepared batch-1 Predict requests for `seconds`."""
+    import grpc
+
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")  # bytes in, bytes out
+            for _ in range(10_000_000):  # bounded; the event ends it
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                try:
+                    predict(request_bytes, timeout=30)
+                    latencies[i].append(time.perf_counter() - t0)
+                except grpc.RpcError as exc:  # counted, not raised: the figure is the count
+                    with lock:
+                        failures.append(f"{exc.code().name}: {exc.details()}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    elapsed = time.perf_counter() - started
+    flat = [x for per in latencies for x in per]
+    p50, p99 = percentiles(flat) if flat else (float("nan"), float("nan"))
+    return {"requests": len(flat) + len(failures), "ok": len(flat), "failed": failures, "rate": len(flat) / elapsed,
+            "p50": p50, "p99": p99}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saved-model", help="a SavedModel dir with the project's signatures")
     parser.add_argument("--workdir", default="artifacts")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of the concurrent roll-out phase")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the load and roll-out phases")
     parser.add_argument("--latency-requests", type=int, default=500)
-    parser.add_argument("--throughput-requests", type=int, default=60)
+    parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
 
+    from serving import signatures as sig
     from serving.client import ServingClient
+    from serving.rest_client import RestClient
+    from serving.tensors import fill_tensor_proto
+    from tensorflow_serving.apis import predict_pb2
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    server = None
+    plain = batched = None
     try:
         saved_model, origin = find_saved_model(args, scratch)
         base = scratch / "models"
         (base / "mnist").mkdir(parents=True)
         push(saved_model, base, 1)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "serve", "--model-base-path", str(base), "--port", str(port),
-             "--poll-interval", "1.0", "--workdir", str(scratch / "work"), "-q"],
-            cwd=REPO, stdout=subprocess.DEVNULL,
-        )
-        address = f"127.0.0.1:{port}"
+        plain, grpc_port, rest_port = start_server(base, scratch, [])
+        compose_flags = [f for f in _compose_command() if not f.startswith(("--port=", "--rest_api_port="))]
+        batched, b_grpc_port, b_rest_port = start_server(base, scratch, compose_flags)
+        address = f"127.0.0.1:{grpc_port}"
         rng = np.random.default_rng(0)
         one = rng.random((1, 28, 28, 1), dtype=np.float32)
-        batch = rng.random((256, 28, 28, 1), dtype=np.float32)
-        print(f"model: {saved_model} ({origin}); server: `mnist-pipeline serve` subprocess on {address}")
-        print(f"CPU: {os.cpu_count()} cores, shared with other work while this ran (timings are inflated by load)")
+        print(f"model: {saved_model} ({origin})")
+        print(f"servers: `mnist-pipeline serve` subprocesses; batching off on {address} (REST :{rest_port}); "
+              f"docker-compose.yml's flags (batching on) on 127.0.0.1:{b_grpc_port} (REST :{b_rest_port})")
+        print(f"CPU: {os.cpu_count()} cores, shared with other work while this ran (timings are inflated by load); "
+              f"load average at start {os.getloadavg()[0]:.1f}")
 
+        # 1. gRPC batch-1 latency, and the split: the model call in this process vs what serving adds.
         with ServingClient(address, timeout=30.0) as client:
             client.wait_until_available(timeout=180)
-            for _ in range(50):
-                client.predict(one)
-            latencies = []
-            for _ in range(args.latency_requests):
-                t0 = time.perf_counter()
-                client.predict(one)
-                latencies.append(time.perf_counter() - t0)
-            ms = np.array(latencies) * 1000
-            p50, p99 = np.percentile(ms, 50), np.percentile(ms, 99)
-            print(f"1. Predict latency, batch 1, {args.latency_requests} sequential requests: "
-                  f"p50 {p50:.2f} ms, p99 {p99:.2f} ms  (target p50 <= 2 ms: {'met' if p50 <= 2 else 'MISSED'})")
-            local_call = in_process_signature(saved_model)
-            for _ in range(50):
-                local_call(one)
-            local_ms = []
-            for _ in range(args.latency_requests):
-                t0 = time.perf_counter()
-                local_call(one)
-                local_ms.append((time.perf_counter() - t0) * 1000)
-            print(f"   the same signature in process, batch 1: p50 {np.percentile(local_ms, 50):.2f} ms, "
-                  f"p99 {np.percentile(local_ms, 99):.2f} ms (what serving adds: p50 "
-                  f"{p50 - np.percentile(local_ms, 50):.2f} ms)")
+            grpc_s = timed(lambda: client.predict(one), args.latency_requests)
+        from serving.servable import Servable
 
-            # Requests alternate between the server and the in-process call, and the medians are compared, so
-            # load from other work on the (shared) machine falls on both sides alike and bursts do not count.
-            for _ in range(3):
-                client.predict(batch)
-                local_call(batch)
-            served_t, local_t = [], []
-            for _ in range(args.throughput_requests):
-                t0 = time.perf_counter()
-                client.predict(batch)
-                t1 = time.perf_counter()
-                local_call(batch)
-                served_t.append(t1 - t0)
-                local_t.append(time.perf_counter() - t1)
-        served, local = len(batch) / np.median(served_t), len(batch) / np.median(local_t)
-        ratio = served / local
-        print(f"2. Throughput, batch 256, {args.throughput_requests} alternating request pairs (medians): "
-              f"server {served:.0f} img/s, in process {local:.0f} img/s, ratio {ratio:.2f}  "
-              f"(target >= 0.8: {'met' if ratio >= 0.8 else 'MISSED'})")
+        local = Servable("mnist", 1, base / "mnist" / "1").signatures[sig.SERVING_DEFAULT]
+        model_s = timed(lambda: local.call({sig.IMAGE_INPUT: one}), args.latency_requests)
+        p50, p99 = percentiles(grpc_s)
+        m50, m99 = percentiles(model_s)
+        print(f"1. gRPC Predict, batch 1, {args.latency_requests} sequential requests (ServingClient): p50 {p50:.2f} ms, "
+              f"p99 {p99:.2f} ms  (target p50 <= 1.0 ms: {verdict(p50 <= 1.0)})")
+        print(f"   split: the model call alone (same signature, same call, in this process) p50 {m50:.2f} ms, "
+              f"p99 {m99:.2f} ms; serving adds p50 {p50 - m50:.2f} ms (client, gRPC, checks, conversion)")
 
+        # 2. REST batch-1 latency: float instances, and a b64 PNG.
+        import tensorflow as tf
+
+        png = tf.io.encode_png((one[0] * 255).astype(np.uint8)).numpy()
+        with RestClient(f"http://127.0.0.1:{rest_port}", timeout=30.0) as rest_client:
+            rest_client.wait_until_available(timeout=60)
+        floats_body = json.dumps({"instances": one.tolist()}).encode()
+        png_body = json.dumps({"signature_name": sig.PNG_SIGNATURE,
+                               "instances": [{"b64": base64.b64encode(png).decode()}]}).encode()
+        for name, body in [("float instances", floats_body), ("b64 PNG (predict_png)", png_body)]:
+            post, connection = rest_poster(rest_port, "/v1/models/mnist:predict", body)
+            r50, r99 = percentiles(timed(post, args.latency_requests))
+            connection.close()
+            print(f"2. REST predict, batch 1, {name} ({len(body)} bytes), kept-alive connection: p50 {r50:.2f} ms, "
+                  f"p99 {r99:.2f} ms  (target p50 <= 2 ms: {verdict(r50 <= 2.0)})")
+
+        # 3. Concurrent batch-1 clients, batching off vs on.
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "mnist"
+        fill_tensor_proto(request.inputs[sig.IMAGE_INPUT], one)
+        request_bytes = request.SerializeToString()
+        with ServingClient(f"127.0.0.1:{b_grpc_port}", timeout=30.0) as c:
+            c.wait_until_available(timeout=180)
+            for _ in range(20):
+                c.predict(one)
+        off = load(address, args.clients, args.seconds, request_bytes)
+        on = load(f"127.0.0.1:{b_grpc_port}", args.clients, args.seconds, request_bytes)
+        for name, r in [("off", off), ("on ", on)]:
+            print(f"3. {args.clients} concurrent batch-1 gRPC clients for {args.seconds:g} s, batching {name}: "
+                  f"{r['rate']:.0f} requests/s, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, {r['requests']} requests, "
+                  f"{len(r['failed'])} failed")
+        ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
+        failed = len(off["failed"]) + len(on["failed"])
+        print(f"   batching on/off throughput {ratio:.2f}x (target >= 3x: {verdict(ratio >= 3)}); p99 with batching "
+              f"{on['p99']:.2f} ms (target <= 25 ms: {verdict(on['p99'] <= 25)}); failed {failed} "
+              f"(target 0: {verdict(failed == 0)})")
+        for line in (off["failed"] + on["failed"])[:5]:
+            print(f"   failure: {line}")
+
+        # 4. Roll-out under load, on the batching server.
         failures: list[str] = []
         versions: dict[int, int] = {}
         counts = [0] * 8
         lock = threading.Lock()
         stop = threading.Event()
+        b_address = f"127.0.0.1:{b_grpc_port}"
 
         def client_loop(i: int) -> None:
-            with ServingClient(address, timeout=30.0) as c:
+            with ServingClient(b_address, timeout=30.0) as c:
                 x = rng.random((8, 28, 28, 1), dtype=np.float32)
                 for _ in range(1_000_000):  # bounded; the event ends it
                     if stop.is_set():
@@ -177,21 +289,25 @@ def main() -> int:
         for t in threads:
             t.join(60)
         total = sum(counts) + len(failures)
-        print(f"3. 8 concurrent clients (batch 8) for {args.seconds:g} s, version 2 pushed at {args.seconds / 4:g} s: "
-              f"{total} requests, {len(failures)} failed, answered by versions {dict(sorted(versions.items()))}  "
-              f"(target 0 failed: {'met' if not failures else 'MISSED'}; "
+        print(f"4. roll-out under load (batching on): 8 concurrent clients (batch 8) for {args.seconds:g} s, version 2 "
+              f"pushed at {args.seconds / 4:g} s: {total} requests, {len(failures)} failed, answered by versions "
+              f"{dict(sorted(versions.items()))}  (target 0 failed: {verdict(not failures)}; "
               f"new version default: {'yes' if 2 in versions else 'NO'})")
         for line in failures[:5]:
             print(f"   failure: {line}")
-        return 0 if not failures else 1
+        return 0 if not failures and not failed else 1
     finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_server(plain)
+        stop_server(batched)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _compose_command() -> list[str]:
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    (service,) = compose["services"].values()
+    return list(service["command"])
 
 
 if __name__ == "__main__":

@@ -178,12 +178,15 @@ class BatchScheduler:
                                    "The batch scheduling queue to which this task was submitted is full")
             queue.tasks.append(_Task(arrays, size, future, time.monotonic()))
             queue.rows += size
-            self._cond.notify()
+            # Wake a batch thread only when it has something new to act on: a first task (a new deadline) or a
+            # full batch; waking one per request costs more than the model call it would save.
+            if len(queue.tasks) == 1 or queue.rows >= limit:
+                self._cond.notify()
         return future
 
     # -- the batch threads ----------------------------------------------------------------------------------
 
-    def _take(self) -> tuple[_Queue, list[_Task]] | None:
+    def _take(self) -> tuple[tuple[_Queue, list[_Task]] | None, float | None]:
         """Under the lock: the oldest ready batch (full, or its first task waited the timeout), or None and
         how long to wait for the next one to become ready."""
         timeout = self.params.batch_timeout_micros / 1e6
@@ -207,7 +210,9 @@ class BatchScheduler:
             tasks.append(task)
             rows += task.size
         best.rows -= rows
-        if not best.tasks:
+        if best.tasks:
+            self._cond.notify()  # the rest of the queue is another thread's to time and take
+        else:
             del self._queues[best.key]
         return (best, tasks), None
 
