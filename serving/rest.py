@@ -38,7 +38,6 @@ import grpc
 import numpy as np
 
 from serving import DEFAULT_MAX_MESSAGE_BYTES
-from serving import signatures as sig
 from serving.errors import RequestError, ServingError
 from serving.http_status import HTTP_STATUS
 from serving.model_manager import ModelManager
@@ -399,7 +398,8 @@ class _Handler(BaseHTTPRequestHandler):
             return predict_response(servable.predict_arrays(signature_name, arrays), row_format)
         from tensorflow_serving.apis import model_pb2
 
-        spec = model_pb2.ModelSpec(name=model, signature_name=signature_name or sig.CLASSIFY_SIGNATURE)
+        # As TF Serving: no signature_name means serving_default, which must then be a classify signature.
+        spec = model_pb2.ModelSpec(name=model, signature_name=signature_name)
         return classify_response(servable.classify(parse_classify(body, spec)))
 
     def _get(self, model: str, version: str | None, label: str | None, sub: str | None) -> dict:

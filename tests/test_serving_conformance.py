@@ -537,7 +537,7 @@ def test_sigterm_stops_the_serve_command_gracefully(saved_model_dir, tmp_path, d
     log = (tmp_path / "serve.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "serve", "--model-base-path", str(base), "--port", str(port),
-         "--poll-interval", "0.5", "--workdir", str(tmp_path / "work")],
+         "--rest_api_port", str(free_port()), "--poll-interval", "0.5", "--workdir", str(tmp_path / "work")],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
     )
     try:

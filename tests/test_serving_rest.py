@@ -96,13 +96,15 @@ def test_b64_png_and_classify(rest):
     status, floats = call(rest, "POST", "/v1/models/mnist:predict", {"instances": images(2).tolist()})
     assert [p[sig.CLASSES_OUTPUT] for p in png["predictions"]] == [p[sig.CLASSES_OUTPUT] for p in floats["predictions"]]
     status, classified = call(rest, "POST", "/v1/models/mnist:classify",
-                              {"examples": [{sig.EXAMPLE_IMAGE_FEATURE: b} for b in b64]})
+                              {"signature_name": sig.CLASSIFY_SIGNATURE,
+                               "examples": [{sig.EXAMPLE_IMAGE_FEATURE: b} for b in b64]})
     assert status == 200, classified
     assert len(classified["result"]) == 2 and len(classified["result"][0]) == sig.NUM_CLASSES
     label, score = classified["result"][0][0]
     assert isinstance(label, str) and isinstance(score, float)
     status, with_context = call(rest, "POST", "/v1/models/mnist:classify",
-                                {"context": {sig.EXAMPLE_LABEL_FEATURE: 3}, "examples": [{sig.EXAMPLE_IMAGE_FEATURE: b64[0]}]})
+                                {"signature_name": sig.CLASSIFY_SIGNATURE, "context": {sig.EXAMPLE_LABEL_FEATURE: 3},
+                                 "examples": [{sig.EXAMPLE_IMAGE_FEATURE: b64[0]}]})
     assert status == 200
     assert [c[0] for c in with_context["result"][0]] == [c[0] for c in classified["result"][0]]
     np.testing.assert_allclose([c[1] for c in with_context["result"][0]], [c[1] for c in classified["result"][0]],
@@ -146,7 +148,8 @@ PNG_B64 = {"signature_name": sig.PNG_SIGNATURE}
     ("/v1/models/mnist:predict", {**PNG_B64, "instances": [{"b64": 12}]}, None, 400),
     ("/v1/models/mnist:predict", {**PNG_B64, "instances": [3.5]}, None, 400),
     ("/v1/models/mnist:predict", {"signature_name": "nope", "instances": [[0.0]]}, None, 400),
-    ("/v1/models/mnist:classify", {"examples": [{"image": [1, "a"]}]}, None, 400),
+    ("/v1/models/mnist:classify", {"signature_name": "classify", "examples": [{"image": [1, "a"]}]}, None, 400),
+    ("/v1/models/mnist:classify", {"examples": [{"image": "x"}]}, None, 400),  # serving_default is no classifier
     ("/v1/models/mnist:classify", {"examples": "x"}, None, 400),
     ("/v1/models/mnist:regress", {"examples": []}, None, 501),
     ("/v1/models/mnist/versions/9:predict", {"instances": [[0.0]]}, None, 404),
