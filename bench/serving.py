@@ -177,11 +177,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
 
+    from tensorflow_serving.apis import predict_pb2
+
     from serving import signatures as sig
     from serving.client import ServingClient
     from serving.rest_client import RestClient
     from serving.tensors import fill_tensor_proto
-    from tensorflow_serving.apis import predict_pb2
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     plain = batched = None

@@ -30,9 +30,9 @@ import ssl
 import tempfile
 import threading
 import time
-from http import HTTPStatus
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from typing import Any
 
 import grpc
 import numpy as np
@@ -262,7 +262,7 @@ def classify_response(result) -> dict[str, Any]:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
     server_version = "mnist-pipeline-serving"
-    server: "_HTTPServer"
+    server: _HTTPServer
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
         log.debug("%s %s", self.address_string(), format % args)

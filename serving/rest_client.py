@@ -26,7 +26,8 @@ import ssl
 import threading
 import time
 import urllib.parse
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -34,7 +35,8 @@ from tensorflow.core.example import example_pb2
 
 from serving import DEFAULT_MAX_MESSAGE_BYTES
 from serving import signatures as sig
-from serving.client import ModelMetadata, Prediction, VersionStatus, _HINTS
+from serving.answers import HINTS as _HINTS
+from serving.answers import ModelMetadata, Prediction, VersionStatus
 from serving.errors import ServingError
 from serving.http_status import GRPC_CODE
 
@@ -98,7 +100,7 @@ class RestClient:
                 connection.close()
             self._connections.clear()
 
-    def __enter__(self) -> "RestClient":
+    def __enter__(self) -> RestClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -66,7 +66,7 @@ def test_concurrent_requests_are_merged_and_answered_to_their_callers():
     finally:
         s.stop()
     assert len(answers) == 16
-    for i, (x, out) in answers.items():
+    for x, out in answers.values():
         np.testing.assert_array_equal(out["y"], x * 10.0)  # its own rows, in its own order
     assert len(fake.calls) < 16 and max(fake.calls) > 3  # requests were merged
 
@@ -219,6 +219,6 @@ def test_batched_server_answers_each_caller_with_its_own_images(saved_model_dir,
         batcher.stop()
     assert failures == []
     assert len(answers) == 12
-    for i, (rows, probabilities) in answers.items():
+    for rows, probabilities in answers.values():
         np.testing.assert_allclose(probabilities, expected[sig.PROBABILITIES_OUTPUT][rows], atol=1e-5)
     assert max(merged) > 2, f"no two requests were merged: batches of {merged}"

@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -216,8 +215,8 @@ def test_metrics_have_tf_servings_names(rest):
     assert re.search(r'^:tensorflow:serving:request_count\{model_name="nosuchmodel",status="NOT_FOUND"\} [1-9]', text, re.M)
     assert "# TYPE :tensorflow:serving:request_count counter" in text and "request_count_total" not in text
     for entrypoint in ("REST", "GRPC"):
-        assert re.search(r':tensorflow:serving:request_latency_count\{API="predict",entrypoint="%s",model_name="mnist"\}'
-                         % entrypoint, text)
+        pattern = ':tensorflow:serving:request_latency_count{API="predict",entrypoint="' + entrypoint + '",model_name="mnist"}'
+        assert pattern in text
     assert re.search(r':tensorflow:cc:saved_model:load_attempt_count\{model_path="[^"]+/1",status="success"\} 1', text)
     assert "_created" not in text
 
