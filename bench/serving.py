@@ -168,6 +168,23 @@ def load(address: str, clients: int, seconds: float, request_bytes: bytes) -> di
             "p50": p50, "p99": p99}
 
 
+# A gRPC server that answers Predict with fixed bytes and no model: the ceiling this machine's Python gRPC
+# sets on any Python server's request rate, whatever batching saves on the model (bounded: it exits after 10 min).
+_TRIVIAL_SERVER = """
+import sys, time
+from concurrent import futures
+import grpc
+answer = b"\\x00" * 64
+server = grpc.server(futures.ThreadPoolExecutor(64))
+handler = grpc.unary_unary_rpc_method_handler(lambda request, context: answer)
+server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService",
+                                                                     {"Predict": handler})])
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+time.sleep(600)
+"""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--saved-model", help="a SavedModel dir with the project's signatures")
@@ -252,6 +269,13 @@ def main() -> int:
                 c.predict(one)
         off = load(address, args.clients, args.seconds, request_bytes)
         on = load(f"127.0.0.1:{b_grpc_port}", args.clients, args.seconds, request_bytes)
+        trivial_port = free_port()
+        trivial = subprocess.Popen([sys.executable, "-c", _TRIVIAL_SERVER, str(trivial_port)])
+        try:
+            time.sleep(2)
+            ceiling = load(f"127.0.0.1:{trivial_port}", args.clients, min(args.seconds, 5.0), request_bytes)
+        finally:
+            stop_server(trivial)
         for name, r in [("off", off), ("on ", on)]:
             print(f"3. {args.clients} concurrent batch-1 gRPC clients for {args.seconds:g} s, batching {name}: "
                   f"{r['rate']:.0f} requests/s, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, {r['requests']} requests, "
@@ -261,6 +285,8 @@ def main() -> int:
         print(f"   batching on/off throughput {ratio:.2f}x (target >= 3x: {verdict(ratio >= 3)}); p99 with batching "
               f"{on['p99']:.2f} ms (target <= 25 ms: {verdict(on['p99'] <= 25)}); failed {failed} "
               f"(target 0: {verdict(failed == 0)})")
+        print(f"   the ceiling: the same clients against a Python gRPC server that answers without a model: "
+              f"{ceiling['rate']:.0f} requests/s ({ceiling['rate'] / off['rate']:.2f}x batching off's rate)")
         for line in (off["failed"] + on["failed"])[:5]:
             print(f"   failure: {line}")
 

@@ -440,7 +440,7 @@ class _HttpError(Exception):
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
-    allow_reuse_address = False  # as gRPC's so_reuseport=0: a port in use is an error, not shared
+    allow_reuse_address = True  # SO_REUSEADDR: a restart binds past TIME_WAIT; a port with a listener is still refused
 
     manager: ModelManager
     max_body_bytes: int
