@@ -121,13 +121,13 @@ class _Queue:
 class BatchScheduler:
     """The batching queues of one server, shared by every servable and both protocols."""
 
-    def __init__(self, params: BatchingParameters, *, on_batch: Callable[[int, int, float], None] | None = None):
+    def __init__(self, params: BatchingParameters, *, on_batch: Callable[[str, int, int, float], None] | None = None):
         self.params = params
         self._cond = threading.Condition()
         self._queues: dict[Any, _Queue] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = False
-        self._on_batch = on_batch  # (rows, padded rows, seconds the oldest request waited), for metrics
+        self._on_batch = on_batch  # (model name, rows, padded rows, seconds the oldest request waited), for metrics
 
     def start(self) -> None:
         for i in range(self.params.num_batch_threads):
@@ -256,7 +256,7 @@ class BatchScheduler:
                 task.future.set_exception(exc)
             return
         if self._on_batch is not None:
-            self._on_batch(rows, padded, waited)
+            self._on_batch(queue.key[1], rows, padded, waited)
         start = 0
         for task in tasks:
             task.future.set_result({k: v[start:start + task.size] for k, v in outputs.items()})

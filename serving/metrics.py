@@ -13,6 +13,12 @@ with '/' turned into ':' as its Prometheus exporter does), in a registry of thei
     :tensorflow:serving:batching_session:queuing_latency{thread_pool_name}     histogram, microseconds
     :tensorflow:serving:batching_session:padding_size{model_name, execution_batch_size}   histogram
 
+and, where TF Serving's label sets stop short of what a canary roll-out needs, the same requests by version
+and signature, under this project's prefix:
+
+    :mnist_pipeline:serving:request_count{model_name, version, signature_name, entrypoint, status}
+    :mnist_pipeline:serving:request_latency{model_name, version, signature_name, entrypoint}   microseconds
+
 TF Serving writes counters without prometheus_client's `_total` suffix and without `_created` series;
 `exposition()` writes them the same way, so dashboards and alerts made for the container work unchanged.
 """
@@ -96,13 +102,25 @@ class ServingMetrics:
             ":tensorflow:serving:batching_session:padding_size",
             "Tracks the padding size distribution on batches.", ["model_name", "execution_batch_size"],
             buckets=_BATCH_BUCKETS, registry=r)
-        self._counters = [m._name for m in (self.request_count, self.load_attempt_count, self.load_latency)]
+        self.version_request_count = Counter(
+            ":mnist_pipeline:serving:request_count", "Requests by model version, signature, entrypoint and status.",
+            ["model_name", "version", "signature_name", "entrypoint", "status"], registry=r)
+        self.version_request_latency = Histogram(
+            ":mnist_pipeline:serving:request_latency",
+            "Wall time (in microseconds) of requests, by model version, signature and entrypoint.",
+            ["model_name", "version", "signature_name", "entrypoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self._counters = [m._name for m in (self.request_count, self.load_attempt_count, self.load_latency,
+                                            self.version_request_count)]
 
     def observe_request(self, model_name: str, api: str, entrypoint: str, code: grpc.StatusCode | None,
-                        seconds: float) -> None:
+                        seconds: float, version: int | str = "", signature_name: str = "") -> None:
         status = code.name if code is not None else "INVALID_ARGUMENT"
+        micros = seconds * 1e6
         self.request_count.labels(model_name, status).inc()
-        self.request_latency.labels(model_name, api, entrypoint).observe(seconds * 1e6)
+        self.request_latency.labels(model_name, api, entrypoint).observe(micros)
+        if signature_name:
+            self.version_request_count.labels(model_name, str(version), signature_name, entrypoint, status).inc()
+            self.version_request_latency.labels(model_name, str(version), signature_name, entrypoint).observe(micros)
 
     def observe_load(self, model_path: str, ok: bool, load_seconds: float, warmup_seconds: float | None) -> None:
         self.load_attempt_count.labels(model_path, "success" if ok else "fail").inc()
@@ -152,14 +170,19 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         def timed(request, context):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            response = None
             try:
-                return behavior(request, context)
+                response = behavior(request, context)
+                return response
             except BaseException:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                name = request.model_spec.name if hasattr(request, "model_spec") else ""
-                metrics.observe_request(name, api, "GRPC", code, time.perf_counter() - started)
+                spec = request.model_spec
+                answered = response.model_spec if response is not None and hasattr(response, "model_spec") else spec
+                version = answered.version.value if answered.HasField("version") else ""
+                signature = (spec.signature_name or "serving_default") if api != "GetModelMetadata" else ""
+                metrics.observe_request(spec.name, api, "GRPC", code, time.perf_counter() - started, version, signature)
 
         return grpc.unary_unary_rpc_method_handler(
             timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)

@@ -333,6 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         started = time.perf_counter()
         model, api = "", ""
+        self._answered = ("", "")  # (version, signature) of a predict or classify, for the metrics
         code = grpc.StatusCode.OK
         try:
             if server.stopping:
@@ -371,7 +372,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(500, f"{type(exc).__name__}: {exc}")
         finally:
             if server.metrics is not None and model and api and api != "status":  # as gRPC: ModelService uncounted
-                server.metrics.observe_request(model, api, "REST", code, time.perf_counter() - started)
+                version, signature = getattr(self, "_answered", ("", ""))
+                server.metrics.observe_request(model, api, "REST", code, time.perf_counter() - started, version, signature)
 
     def _body_json(self) -> dict:
         raw = self._read_body()
@@ -391,7 +393,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(signature_name, str):
             raise _invalid("'signature_name' must be a string")
         manager = self.server.manager
+        self._answered = (version or "", signature_name or "serving_default")
         servable = manager.resolve(model, version=int(version) if version else None, label=label)
+        self._answered = (servable.version, signature_name or "serving_default")
         if api == "predict":
             signature = servable.signature(signature_name)
             arrays, row_format = parse_predict(body, signature)

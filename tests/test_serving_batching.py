@@ -186,7 +186,7 @@ def test_batched_server_answers_each_caller_with_its_own_images(saved_model_dir,
     merged: list[int] = []
     batcher = BatchScheduler(BatchingParameters(max_batch_size=32, batch_timeout_micros=100_000, num_batch_threads=2,
                                                 allowed_batch_sizes=(8, 16, 32)),
-                             on_batch=lambda rows, padded, waited: merged.append(rows))
+                             on_batch=lambda model, rows, padded, waited: merged.append(rows))
     batcher.start()
     manager = ModelManager({sig.MODEL_NAME: ModelSettings(base / sig.MODEL_NAME)}, poll_interval=0.5, batcher=batcher)
     server = LocalServer(manager, port=0)

@@ -219,6 +219,9 @@ def test_metrics_have_tf_servings_names(rest):
         assert pattern in text
     assert re.search(r':tensorflow:cc:saved_model:load_attempt_count\{model_path="[^"]+/1",status="success"\} 1', text)
     assert "_created" not in text
+    for entrypoint in ("REST", "GRPC"):  # by version and signature too
+        labels = f'entrypoint="{entrypoint}",model_name="mnist",signature_name="serving_default",status="OK",version="1"'
+        assert f":mnist_pipeline:serving:request_count{{{labels}}}" in text
 
 
 def test_rest_over_tls_and_mutual_tls(saved_model_dir, tmp_path):
