@@ -204,6 +204,14 @@ def run(config: Config, args: argparse.Namespace) -> int:
         tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
         tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
 
+    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
+        raise ServingError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
+    if args.tensorflow_intra_op_parallelism or args.tensorflow_inter_op_parallelism:
+        import tensorflow as tf  # set before the first model loads: TensorFlow fixes its thread pools then
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+
     metrics = monitoring = None
     if args.monitoring_config_file:
         from serving.metrics import ServingMetrics, read_monitoring_config
