@@ -1,4 +1,4 @@
-"""TF Serving deployment files, the gRPC client and the local development server."""
+"""TF Serving deployment files, the gRPC and REST clients and the local development server (gRPC, REST, batching, metrics)."""
 
 # The largest gRPC message the client sends or receives and the local server accepts (both directions):
 # gRPC's own default of 4 MiB holds only about 1,300 float32 28x28 images in one Predict request.
