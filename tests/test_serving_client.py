@@ -142,3 +142,35 @@ def test_tensor_protos_match_tensorflows(array):
     typed.ClearField("tensor_content")
     typed.float_val.extend([1.5, 2.5])
     np.testing.assert_array_equal(to_ndarray(typed), np.array([1.5, 2.5], np.float32))
+
+
+def test_rest_client_against_nothing_fails_within_the_deadline():
+    from serving.client import ServingClient, connect
+    from serving.errors import ServingError
+    from serving.rest_client import RestClient
+
+    url = f"http://{closed_port_address()}"
+    with connect(url, timeout=2.0) as client:
+        assert isinstance(client, RestClient)
+        started = time.monotonic()
+        with pytest.raises(ServingError) as exc:
+            client.predict(np.zeros((1, 28, 28, 1), np.float32))
+        assert time.monotonic() - started < 5.0
+    assert exc.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert exc.value.http_status is None and url in str(exc.value) and "mnist-pipeline serve" in str(exc.value)
+    with connect(closed_port_address()) as grpc_client:
+        assert isinstance(grpc_client, ServingClient)
+
+
+def test_rest_client_refuses_bad_arguments(tmp_path):
+    from serving.errors import ServingError
+    from serving.rest_client import RestClient
+
+    with pytest.raises(ServingError, match="http:// or https://"):
+        RestClient("ftp://localhost:8501")
+    with pytest.raises(ServingError, match="both"):
+        RestClient("http://localhost:8501", certificate_chain=tmp_path / "c.pem")
+    with pytest.raises(ServingError, match="TLS files"):
+        RestClient("https://localhost:8501", root_certificates=tmp_path / "missing.pem")
+    with RestClient("http://localhost:8501") as client, pytest.raises(ServingError, match="not both"):
+        client.predict(np.zeros((1, 28, 28, 1), np.float32), version=1, version_label="stable")
