@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -262,6 +263,7 @@ def classify_response(result) -> dict[str, Any]:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
     server_version = "mnist-pipeline-serving"
+    sys_version = ""  # the Server header names no Python version
     server: _HTTPServer
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
@@ -282,9 +284,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         if self.close_connection:
             self.send_header("Connection", "close")
+        if not hasattr(self, "_headers_buffer"):
+            self._headers_buffer = []
         self._headers_buffer.append(b"\r\n")  # end_headers, with the body in the same buffer
         self._headers_buffer.append(payload)
         self.flush_headers()
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (a bad request line, a URI or headers too long, an unknown method such as
+        HEAD or TRACE) answer TF Serving's error JSON too, and end the connection."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
+        text = message or HTTPStatus(code).phrase
+        try:
+            self._send(code, json.dumps({"error": f"{text}{': ' + explain if explain else ''}"}).encode())
+        except OSError:
+            pass
 
     def _send_json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj, separators=(",", ":")).encode())

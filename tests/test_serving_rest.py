@@ -187,6 +187,22 @@ def test_unknown_routes_and_methods(rest, method, path, status):
     assert_still_serves(rest)
 
 
+def test_http_level_refusals_are_json_too(rest):
+    import socket
+
+    for raw in (b"HEAD /v1/models/mnist HTTP/1.1\r\nHost: x\r\n\r\n", b"GARBAGE\r\n\r\n",
+                b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", rest.port), timeout=30) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split()[1] in (b"400", b"414", b"501"), head
+        assert set(json.loads(body)) == {"error"}
+    assert_still_serves(rest)
+
+
 def test_a_body_over_the_limit_is_refused_unread(rest):
     connection = http.client.HTTPConnection("127.0.0.1", rest.port, timeout=30)
     try:
