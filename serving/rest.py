@@ -38,8 +38,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from serving import DEFAULT_MAX_MESSAGE_BYTES
-from serving.errors import RequestError, ServingError
+from serving import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES
+from serving.errors import MESSAGE_LIMIT, RequestError, ServingError, echo
 from serving.http_status import HTTP_STATUS
 from serving.model_manager import ModelManager
 
@@ -379,13 +379,14 @@ class _Handler(BaseHTTPRequestHandler):
         except _HttpError as exc:
             code = None
             self._error(exc.status, exc.message)
-        except RequestError as exc:
+        except RequestError as exc:  # messages cut as on the gRPC port (serving.errors.MESSAGE_LIMIT)
             code = exc.code
-            self._error(HTTP_STATUS.get(exc.code, 500), exc.message)
+            log.debug("REST request refused with %s: %s", exc.code.name, echo(exc.message, MESSAGE_LIMIT))
+            self._error(HTTP_STATUS.get(exc.code, 500), echo(exc.message, MESSAGE_LIMIT))
         except Exception as exc:  # a bug or an unforeseen input: INTERNAL, logged, and the server keeps serving
-            log.exception("REST %s %s failed", method, path)
+            log.exception("REST %s %s failed", echo(method), echo(path))
             code = grpc.StatusCode.INTERNAL
-            self._error(500, f"{type(exc).__name__}: {exc}")
+            self._error(500, echo(f"{type(exc).__name__}: {exc}", MESSAGE_LIMIT))
         finally:
             if server.metrics is not None and model and api and api != "status":  # as gRPC: ModelService uncounted
                 version, signature = getattr(self, "_answered", ("", ""))
@@ -415,12 +416,13 @@ class _Handler(BaseHTTPRequestHandler):
         if api == "predict":
             signature = servable.signature(signature_name)
             arrays, row_format = parse_predict(body, signature)
-            return predict_response(servable.predict_arrays(signature_name, arrays), row_format)
+            outputs = servable.predict_arrays(signature_name, arrays, max_batch_size=self.server.max_batch_size)
+            return predict_response(outputs, row_format)
         from tensorflow_serving.apis import model_pb2
 
         # As TF Serving: no signature_name means serving_default, which must then be a classify signature.
         spec = model_pb2.ModelSpec(name=model, signature_name=signature_name)
-        return classify_response(servable.classify(parse_classify(body, spec)))
+        return classify_response(servable.classify(parse_classify(body, spec), max_batch_size=self.server.max_batch_size))
 
     def _get(self, model: str, version: str | None, label: str | None, sub: str | None) -> dict:
         from google.protobuf import json_format
@@ -464,6 +466,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     manager: ModelManager
     max_body_bytes: int
+    max_batch_size: int
     metrics: Any
     metrics_path: str | None
     stopping: bool
@@ -507,7 +510,8 @@ class RestServer:
 
     def __init__(self, manager: ModelManager, *, host: str = "127.0.0.1", port: int = 8501,
                  tls_cert: bytes | None = None, tls_key: bytes | None = None, client_ca: bytes | None = None,
-                 max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, metrics=None, metrics_path: str | None = None):
+                 max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 metrics=None, metrics_path: str | None = None):
         from serving.server import _ModelService, _PredictionService
 
         try:
@@ -517,6 +521,7 @@ class RestServer:
                                f"(0 turns REST off) or --host") from exc
         self._http.manager = manager
         self._http.max_body_bytes = max_body_bytes
+        self._http.max_batch_size = max_batch_size  # examples one request may carry, as on the gRPC port
         self._http.metrics = metrics
         self._http.metrics_path = metrics_path if metrics is not None else None
         self._http.stopping = False

@@ -37,29 +37,38 @@ except (ImportError, AttributeError):  # another TensorFlow: every call takes th
     _FLAT_CALL = None
 
 
+def _checks_of(inputs: Mapping[str, tf.TensorSpec]) -> dict[str, tuple[Any, tuple[int | None, ...] | None]]:
+    return {k: (None if s is None or s.dtype == tf.string else np.dtype(s.dtype.as_numpy_dtype),
+                None if s is None or s.shape.rank is None else tuple(s.shape.as_list())) for k, s in inputs.items()}
+
+
 @dataclass(frozen=True)
 class _Signature:
-    name: str
     fn: Any  # the concrete function; called directly with keyword tensors
     inputs: Mapping[str, tf.TensorSpec]
     method_name: str
+    name: str = sig.SERVING_DEFAULT
     # Per input: the numpy dtype (None for strings) and the dims (None where any size goes), for checks that cost
     # a few microseconds instead of TensorShape's tens.
     checks: Mapping[str, tuple[Any, tuple[int | None, ...] | None]] = None
-    captured: tuple = ()  # the function's captured variable handles, resolved once
+    captured: tuple | None = None  # a concrete function's captured variable handles, resolved once
+
+    def __post_init__(self):
+        if self.checks is None:
+            object.__setattr__(self, "checks", _checks_of(self.inputs))
+        if self.captured is None and _FLAT_CALL is not None and isinstance(self.fn, _ConcreteFunction):
+            object.__setattr__(self, "captured", tuple(self.fn.captured_inputs))
 
     @classmethod
     def of(cls, name: str, fn, inputs: Mapping[str, tf.TensorSpec], method_name: str) -> _Signature:
-        checks = {k: (None if s.dtype == tf.string else np.dtype(s.dtype.as_numpy_dtype),
-                      None if s.shape.rank is None else tuple(s.shape.as_list())) for k, s in inputs.items()}
-        return cls(name, fn, dict(inputs), method_name, checks, tuple(fn.captured_inputs))
+        return cls(fn, dict(inputs), method_name, name)
 
     def call(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the signature on checked numpy inputs. A one-input signature skips the structured-signature
         binding of `fn(**kwargs)` and tf.saved_model's wrapper, which re-resolves every captured variable on each
         call (together about 0.1-0.2 ms of a batch-1 call), and feeds the flat call its resolved handles."""
         try:
-            if len(self.inputs) == 1 and _FLAT_CALL is not None:
+            if len(self.inputs) == 1 and self.captured is not None:
                 ((key, spec),) = self.inputs.items()
                 outputs = _FLAT_CALL(self.fn, [tf.constant(arrays[key], spec.dtype)], list(self.captured))
             else:
@@ -72,6 +81,8 @@ class _Signature:
 class Servable:
     """One loaded version: its signature functions and its SignatureDefs, as GetModelMetadata returns them."""
 
+    batcher = None  # a serving.batching.BatchScheduler once the version is published with batching on
+
     def __init__(self, name: str, version: int, path: Path):
         self.name = name
         self.version = version
@@ -83,7 +94,6 @@ class Servable:
             _, kwargs = fn.structured_input_signature
             method = self.signature_defs[key].method_name if key in self.signature_defs else sig.PREDICT_METHOD
             self.signatures[key] = _Signature.of(key, fn, kwargs, method)
-        self.batcher = None  # a serving.batching.BatchScheduler once the version is published with batching on
 
     # -- request handling -------------------------------------------------------------------------------
 
@@ -228,6 +238,12 @@ def _to_array(key: str, proto, spec: tf.TensorSpec, check, max_batch_size: int |
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {echo(key)!r}: {array.size} values do not fill shape {echo(shape)}")
     return array
+
+
+def _to_tensor(key: str, proto, spec: tf.TensorSpec, max_batch_size: int | None = None) -> tf.Tensor:
+    """`_to_array`'s checks, then the tensor (for callers that want one; requests keep the numpy array)."""
+    array = _to_array(key, proto, spec, _checks_of({key: spec})[key], max_batch_size)
+    return tf.constant(array, dtype=spec.dtype)
 
 
 def _check_batch(key: str, shape, max_batch_size: int | None) -> None:

@@ -354,3 +354,20 @@ def test_serve_runs_the_docker_compose_command_line(saved_model_dir, tmp_path):
         output = log.read()
         log.close()
     assert "batching: up to 256 images" in output, output
+
+
+def test_the_per_request_batch_cap_holds_over_rest(rest):
+    from serving.rest import RestServer
+
+    capped = RestServer(rest._http.manager, port=0, max_batch_size=2)
+    capped.start()
+    try:
+        status, answer = call(capped, "POST", "/v1/models/mnist:predict", {"instances": images(3).tolist()})
+        assert status == 400 and "limit of 2" in answer["error"]
+        examples = [{sig.EXAMPLE_IMAGE_FEATURE: {"b64": ""}}] * 3
+        status, answer = call(capped, "POST", "/v1/models/mnist:classify",
+                              {"signature_name": sig.CLASSIFY_SIGNATURE, "examples": examples})
+        assert status == 400 and "limit of 2" in answer["error"]
+        assert call(capped, "POST", "/v1/models/mnist:predict", {"instances": images(2).tolist()})[0] == 200
+    finally:
+        capped.stop()

@@ -241,7 +241,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
         from serving.rest import RestServer
 
         rest = RestServer(manager, host=config.serve.host, port=args.rest_api_port,
-                          max_body_bytes=config.serve.max_message_bytes, metrics=metrics, metrics_path=monitoring.path if metrics else None, **tls)
+                          max_body_bytes=config.serve.max_message_bytes, max_batch_size=config.serve.max_batch_size,
+                          metrics=metrics, metrics_path=monitoring.path if metrics else None, **tls)
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
