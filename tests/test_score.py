@@ -260,3 +260,68 @@ def test_model_base_path_means_its_newest_version(saved_model_dir, tmp_path):
     (base / "11").rmdir()
     assert score.resolve_model(base) == score.ModelRef(str(base / "10"), "mnist", 10)
     assert score.resolve_model(base / "2").version == 2
+
+
+def test_a_record_whose_tensorflow_error_is_not_utf8_goes_to_failed(tmp_path):
+    """Issue 17, defect 2: TF's message for this record holds raw bytes; decoding it must not kill the job."""
+    import hashlib
+
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from components import score
+
+    garbage = b"\xff\xfe\x80garbage\xc3"
+    good, labels = _good_records(4)
+    pattern = _write_records(tmp_path / "mixed.tfrecord", good[:2] + [garbage] + good[2:])
+    with TestPipeline(runner=FnApiRunner()) as p:
+        out = score.build_pipeline(p, input_pattern=pattern, output_dir=str(tmp_path / "out"),
+                                   model=score.ModelRef("unused", "mnist", 7), min_batch_size=8, max_batch_size=8,
+                                   model_handler=_fake_handler())
+        keys = out["failed"] | beam.Map(lambda row: (row["key"], row["reason"].split(":")[0]))
+        assert_that(keys, equal_to([(hashlib.sha1(garbage).hexdigest()[:16], "not a tf.Example")]))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["predictions"] == 4 and summary["failed"] == 1
+
+
+def _truncated_model(saved_model_dir: Path, path: Path) -> Path:
+    shutil.copytree(saved_model_dir, path)
+    data = next(path.glob("variables/variables.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    return path
+
+
+def test_file_level_problems_fail_before_the_job_naming_the_file(saved_model_dir, tmp_path, capsys):
+    """Issue 17, defect 7: a bad input file or a truncated model is reported before the job, naming it."""
+    import gzip
+
+    from pipeline import cli
+
+    records = _good_records(20)[0]
+    good = _write_records(tmp_path / "good.tfrecord", records)
+    raw = Path(good).read_bytes()
+    truncated = tmp_path / "truncated.tfrecord"
+    truncated.write_bytes(raw[: len(raw) - 7])
+    bad_crc = tmp_path / "badcrc.tfrecord"
+    bad_crc.write_bytes(raw[:30] + bytes([raw[30] ^ 0xFF]) + raw[31:])
+    bad_length = tmp_path / "badlength.tfrecord"
+    bad_length.write_bytes(b"\xff" * 8 + raw[8:])
+    png = tmp_path / "digit.tfrecord"
+    png.write_bytes(_png(np.zeros((28, 28), np.uint8)))
+    gz = tmp_path / "compressed.tfrecord"
+    gz.write_bytes(gzip.compress(raw))
+    folder = tmp_path / "folder.tfrecord"
+    folder.mkdir()
+    model = _truncated_model(saved_model_dir, tmp_path / "truncated_model")
+    cases = [(str(p), ["--input", str(p)]) for p in (truncated, bad_crc, bad_length, png, gz, folder)]
+    cases.append((str(model), ["--input", good, "--model", str(model)]))
+    for bad, flags in cases:
+        out_dir = tmp_path / "never"
+        argv = ["score", "--workdir", str(tmp_path / "w"), "--model", str(saved_model_dir), "--output",
+                str(out_dir), *flags, "-q"]
+        assert cli.main(argv) == 1, bad
+        err = capsys.readouterr().err
+        assert bad in err and "error" in err and "Traceback" not in err, (bad, err)
+        assert not out_dir.exists() or not any(out_dir.iterdir()), bad
