@@ -1,7 +1,12 @@
-"""A Beam RunInference `ModelHandler` for the exported SavedModel (Keras 3 inside, TF2 SavedModel outside).
+"""Beam RunInference `ModelHandler`s for the exported model: a local SavedModel, or the same model served by
+TF Serving (or `mnist-pipeline serve`) over its gRPC API.
 
     handler = KeyedModelHandler(SavedModelHandler(saved_model_dir, min_batch_size=64, max_batch_size=256))
+    handler = KeyedModelHandler(ServingModelHandler(ServerRef("localhost:8500"), max_batch_size=256))
     keyed_predictions = keyed_images | RunInference(handler)
+
+Both take uint8 images [28, 28, 1], scale them with the project's one function, and give
+PredictionResult(image, (probabilities float32 [10], class int, model version or None), model_id).
 
 Beam's stock TF handlers import tensorflow_hub and load with Keras, which cannot read a Keras 3 SavedModel;
 this one loads it with `tf.saved_model.load` (once per worker process: RunInference keeps the model in a
@@ -18,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RemoteModelHandler
 
 from serving import signatures as sig
 
@@ -26,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
-    """uint8 [28, 28, 1] images -> PredictionResult(image, (probabilities float32 [10], class int), model_id)."""
+    """uint8 [28, 28, 1] images -> PredictionResult(image, (probabilities float32 [10], class int), model_id)
+    (no version in the tuple: the job knows the SavedModel's)."""
 
     def __init__(
         self,
@@ -72,3 +78,60 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
 
     def get_metrics_namespace(self) -> str:
         return "RunInference"
+
+
+def _retry_unavailable(exc: Exception) -> bool:
+    """Beam retries (with exponential backoff) a batch the server could not take: UNAVAILABLE only; any other
+    status (a bad request, a missing version, a deadline exceeded) fails the batch at once."""
+    code = getattr(exc, "code", None)
+    return getattr(code, "name", None) == "UNAVAILABLE"
+
+
+class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any]):
+    """uint8 [28, 28, 1] images -> the served model's Predict (serving_default) through `serving.client`.
+
+    Beam's RemoteModelHandler wraps each batch's request: client-side throttling (ReactiveThrottler), and
+    `server.retries` retries with exponential backoff (5 s, 10 s, ... with jitter) when the answer is
+    UNAVAILABLE; gRPC's own retries are off so that the count is Beam's. Every request has the deadline
+    `server.timeout`; the model name, version or version label and TLS files come from `server`. Each row
+    carries the version that answered; a batch that still fails raises a ServingError with its status code,
+    which the job's `with_exception_handling` turns into failed rows."""
+
+    def __init__(self, server, *, min_batch_size: int = 1, max_batch_size: int = 256):
+        super().__init__(namespace="ServingModelHandler", num_retries=server.retries,
+                         retry_filter=_retry_unavailable)
+        self._server = server
+        self._min_batch_size = int(min_batch_size)
+        self._max_batch_size = int(max_batch_size)
+
+    def create_client(self) -> Any:
+        from serving.client import ServingClient
+
+        s = self._server
+        log.info("scoring through %s (model %s)", s.address, s.model_name)
+        return ServingClient(
+            s.address, model_name=s.model_name, timeout=s.timeout, root_certificates=s.root_certificates,
+            certificate_chain=s.certificate_chain, private_key=s.private_key,
+            max_batch_size=max(self._max_batch_size, 1), max_attempts=1,
+        )
+
+    def request(
+        self, batch: Sequence[np.ndarray], model: Any, inference_args: Optional[dict[str, Any]] = None
+    ) -> Iterable[PredictionResult]:
+        from components.preprocessing import scale_images
+
+        s = self._server
+        answer = model.predict(scale_images(np.stack(batch)).numpy(), version=s.version,
+                               version_label=s.version_label)
+        probabilities = answer[sig.PROBABILITIES_OUTPUT]
+        classes = answer[sig.CLASSES_OUTPUT].astype(np.int64).tolist()
+        version = answer.model_version
+        model_id = f"{s.model_name}/{version}"
+        return [PredictionResult(image, (p, c, version), model_id)
+                for image, p, c in zip(batch, probabilities, classes)]
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(int(x.nbytes) for x in batch)
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": self._min_batch_size, "max_batch_size": self._max_batch_size}

@@ -1,0 +1,105 @@
+"""The scoring job's graph: read -> RunInference -> write, with stable step labels.
+
+    build_pipeline(p, inputs=check_inputs(pattern), output_dir=out, model=ref, output_format="jsonl")
+
+Steps: ListFiles -> the format's reader (ReadExamples | ReadParquet | ReadCsv | BatchFiles) -> Decode / ReadCsv
+(`read.py`) -> RunInference (KeyedModelHandler over the SavedModel's handler, or TF Serving's for a served
+model; the key is (key, label, input); a batch the model fails on goes to `failed` via
+`with_exception_handling`, with its gRPC status code for a served model) -> FormatPredictions ->
+WritePredictions; WriteFailed; Summarize (summary.json, `write.py`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from components.score.inputs import Inputs, check_inputs
+from components.score.model import ModelRef, ServerRef
+from components.score.read import read_inputs
+from components.score.write import (
+    CSV_COLUMNS, FAILED_PREFIX, PREDICTIONS_PREFIX, STATS_TAG, SUMMARY_FILE, FormatPredictions, Summarize,
+    parquet_schema,
+)
+
+
+def inference_failure(exc: BaseException) -> str:
+    """The reason of a batch the model failed on: with the gRPC status code for a served model."""
+    code = getattr(exc, "code", None)
+    code = getattr(code, "name", None) if code is not None and not callable(code) else None
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return f"inference failed ({code}): {text}" if code else f"inference failed: {type(exc).__name__}: {text}"
+
+
+def _failed_rows(batch_exc):
+    batch, exc = batch_exc
+    reason = inference_failure(exc)
+    return [{"key": meta[0], "reason": reason, "input": meta[2]} for meta, _ in batch]
+
+
+def model_handler_for(model: ModelRef, server: ServerRef | None, *, min_batch_size: int, max_batch_size: int):
+    from components.beam_model import SavedModelHandler, ServingModelHandler
+
+    if server is not None:
+        return ServingModelHandler(server, min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+    return SavedModelHandler(
+        model.saved_model_dir, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+        model_id=f"{model.name}/{model.version}" if model.version is not None else model.saved_model_dir,
+    )
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    *,
+    output_dir: str,
+    model: ModelRef,
+    input_pattern: str | None = None,
+    inputs: Inputs | None = None,
+    output_format: str = "jsonl",
+    min_batch_size: int = 1,
+    max_batch_size: int = 256,
+    model_handler=None,
+    server: ServerRef | None = None,
+) -> dict[str, beam.PCollection]:
+    """Compose the scoring job on `p` over `inputs` (or `input_pattern`, checked here). `model_handler`
+    (unkeyed, uint8 images in) replaces the model's handler in tests. Returns the PCollections: predictions
+    (keyed results), rows (chunks of formatted rows), failed, read, summary."""
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+    inputs = inputs or check_inputs(input_pattern)
+    handler = model_handler or model_handler_for(model, server, min_batch_size=min_batch_size,
+                                                 max_batch_size=max_batch_size)
+    images, decode_failed, read = read_inputs(p, inputs, min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+    predictions, errors = images | "RunInference" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
+    inference_failed = errors.failed_inferences | "InferenceFailures" >> beam.FlatMap(_failed_rows)
+    failed = (decode_failed, inference_failed) | "AllFailed" >> beam.Flatten()
+    formatted = predictions | "FormatPredictions" >> beam.ParDo(
+        FormatPredictions(output_format, model.name, model.version)
+    ).with_outputs(STATS_TAG, main="rows")
+    prefix = FileSystems.join(output_dir, PREDICTIONS_PREFIX)
+    if output_format == "parquet":
+        formatted.rows | "WritePredictions" >> beam.io.WriteToParquetBatched(
+            prefix, parquet_schema(), file_name_suffix=".parquet")
+    else:
+        header = ",".join(CSV_COLUMNS) if output_format == "csv" else None
+        formatted.rows | "WritePredictions" >> beam.io.WriteToText(
+            prefix, file_name_suffix=f".{output_format}", header=header)
+    (
+        failed
+        | "FormatFailed" >> beam.Map(json.dumps)
+        | "WriteFailed" >> beam.io.WriteToText(FileSystems.join(output_dir, FAILED_PREFIX), file_name_suffix=".jsonl")
+    )
+    header = {
+        "model": {"saved_model_dir": model.saved_model_dir, "name": model.name, "version": model.version,
+                  "server": server.address if server else None},
+        "input_pattern": inputs.pattern,
+        "input_format": inputs.format,
+        "format": output_format,
+        "predictions_pattern": f"{prefix}-*.{output_format}",
+        "failed_pattern": FileSystems.join(output_dir, f"{FAILED_PREFIX}-*.jsonl"),
+    }
+    summary = (formatted[STATS_TAG], failed, read) | "Summarize" >> Summarize(
+        FileSystems.join(output_dir, SUMMARY_FILE), header)
+    return {"predictions": predictions, "rows": formatted.rows, "failed": failed, "read": read, "summary": summary}
