@@ -1,7 +1,9 @@
-"""Files of tf.Example: the interchange format of batch scoring (and of the serving client's samples).
+"""Files of examples to score: tf.Example (the interchange format of batch scoring and of the serving client's
+samples), and the same rows as Parquet, CSV or image files (`components.score.inputs` documents the layouts).
 
     pattern = split_file_pattern(data_dir, "mnist", "test")       # the TFDS split's own TFRecord files
     out = write_examples(data_dir, "mnist", "test", "out/test")   # out/test-00000-of-00004.tfrecord ...
+    out = write_sample(data_dir, "mnist", "test", "out/test", output_format="csv", limit=1000)
 
 Features, as TFDS's MNIST names them (`serving.signatures`): `image` PNG bytes, `label` int64 (optional),
 `key` bytes (optional). A prepared TFDS split is already such a file set (TFDS writes tf.Example records
@@ -66,7 +68,8 @@ def split_file_pattern(data_dir: str | os.PathLike, dataset: str, split: str) ->
 
 
 def write_examples(
-    data_dir: str | os.PathLike, dataset: str, split: str, output_prefix: str | os.PathLike, *, num_shards: int = 4
+    data_dir: str | os.PathLike, dataset: str, split: str, output_prefix: str | os.PathLike, *, num_shards: int = 4,
+    limit: int | None = None,
 ) -> ExamplesOutput:
     """Write a split as `num_shards` TFRecord files `<prefix>-NNNNN-of-MMMMM.tfrecord` of tf.Example with
     `image`, `label` and `key` (`<split>-<index in the split>`). Each file is written beside its final name
@@ -87,7 +90,8 @@ def write_examples(
     writers = [tf.io.TFRecordWriter(os.fspath(t)) for t in temps]
     count = 0
     try:
-        for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
+        records = tf.data.TFRecordDataset(files)
+        for record in (records.take(limit) if limit is not None else records).as_numpy_iterator():
             example = example_pb2.Example.FromString(record)
             example.features.feature[sig.EXAMPLE_KEY_FEATURE].bytes_list.value[:] = [f"{split}-{count:05d}".encode()]
             writers[count % num_shards].write(example.SerializeToString())
@@ -106,3 +110,111 @@ def write_examples(
         log.info("wrote %s", f)
     pattern = os.fspath(prefix.parent / f"{prefix.name}-?????-of-{num_shards:05d}.tfrecord")
     return ExamplesOutput(tuple(finals), count, pattern)
+
+
+SAMPLE_FORMATS = ("tfrecord", "parquet", "csv", "images")
+
+
+def _rows(files: list[str], split: str, limit: int | None):
+    """(key, label, PNG bytes, uint8 [28, 28]) per record of the split, in order."""
+    import tensorflow as tf
+
+    spec = {sig.EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string),
+            sig.EXAMPLE_LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64)}
+
+    def parse(record):
+        f = tf.io.parse_single_example(record, spec)
+        png = f[sig.EXAMPLE_IMAGE_FEATURE]
+        return png, f[sig.EXAMPLE_LABEL_FEATURE], tf.io.decode_png(png, channels=1)[..., 0]
+
+    records = tf.data.TFRecordDataset(files)
+    records = records.take(limit) if limit is not None else records
+    for i, (png, label, pixels) in enumerate(records.map(parse).as_numpy_iterator()):
+        yield f"{split}-{i:05d}", int(label), png, pixels
+
+
+def write_sample(
+    data_dir: str | os.PathLike, dataset: str, split: str, output_prefix: str | os.PathLike, *,
+    output_format: str = "tfrecord", num_shards: int = 4, limit: int | None = None,
+) -> ExamplesOutput:
+    """Write a split (its first `limit` rows) for `mnist-pipeline score --input`, keys `<split>-<index>`:
+    tfrecord  <prefix>-NNNNN-of-MMMMM.tfrecord   tf.Example image (PNG), label, key
+    parquet   <prefix>-NNNNN-of-MMMMM.parquet    columns key, label, image (PNG bytes)
+    csv       <prefix>-NNNNN-of-MMMMM.csv        Kaggle's train layout plus a key column: key,label,pixel0..783
+    images    <prefix>/<key>.png                 one grey 28x28 PNG per row (keys: file names; no labels)
+    Files are written beside their final names (a folder for images) and renamed into place."""
+    if output_format not in SAMPLE_FORMATS:
+        raise DataError(f"unknown sample format {output_format!r}; choose one of {', '.join(SAMPLE_FORMATS)}")
+    if output_format == "tfrecord":
+        return write_examples(data_dir, dataset, split, output_prefix, num_shards=num_shards, limit=limit)
+    if num_shards < 1:
+        raise DataError(f"num_shards must be at least 1, got {num_shards}")
+    files = split_files(data_dir, dataset, split)
+    prefix = Path(output_prefix)
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output folder {os.fspath(prefix.parent)!r}: {exc}") from exc
+    rows = list(_rows(files, split, limit))
+    if output_format == "images":
+        return _write_images(prefix, rows)
+    suffix = {"parquet": "parquet", "csv": "csv"}[output_format]
+    finals = [prefix.parent / f"{prefix.name}-{i:05d}-of-{num_shards:05d}.{suffix}" for i in range(num_shards)]
+    temps = [f.with_name(f".{f.name}.tmp-{secrets.token_hex(4)}") for f in finals]
+    try:
+        for shard, temp in enumerate(temps):
+            part = rows[shard::num_shards]
+            if output_format == "parquet":
+                _write_parquet(temp, part)
+            else:
+                _write_csv(temp, part)
+        for t, f in zip(temps, finals):
+            os.replace(t, f)
+    finally:
+        for t in temps:
+            if t.exists():
+                t.unlink()
+    for f in finals:
+        log.info("wrote %s", f)
+    pattern = os.fspath(prefix.parent / f"{prefix.name}-?????-of-{num_shards:05d}.{suffix}")
+    return ExamplesOutput(tuple(finals), len(rows), pattern)
+
+
+def _write_parquet(path: Path, rows: list) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        sig.EXAMPLE_KEY_FEATURE: pa.array([r[0] for r in rows], pa.string()),
+        sig.EXAMPLE_LABEL_FEATURE: pa.array([r[1] for r in rows], pa.int64()),
+        sig.EXAMPLE_IMAGE_FEATURE: pa.array([r[2] for r in rows], pa.binary()),
+    })
+    pq.write_table(table, path)
+
+
+def _write_csv(path: Path, rows: list) -> None:
+    import numpy as np
+
+    size = sig.IMAGE_SIZE * sig.IMAGE_SIZE
+    header = ",".join([sig.EXAMPLE_KEY_FEATURE, sig.EXAMPLE_LABEL_FEATURE, *(f"pixel{i}" for i in range(size))])
+    with open(path, "w", newline="") as fh:
+        fh.write(header + "\n")
+        for key, label, _, pixels in rows:
+            fh.write(f"{key},{label}," + ",".join(map(str, np.asarray(pixels).reshape(-1).tolist())) + "\n")
+
+
+def _write_images(folder: Path, rows: list) -> ExamplesOutput:
+    import shutil
+
+    temp = folder.with_name(f".{folder.name}.tmp-{secrets.token_hex(4)}")
+    temp.mkdir()
+    try:
+        for key, _, png, _ in rows:
+            (temp / f"{key}.png").write_bytes(png)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(temp, folder)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    log.info("wrote %d PNG files to %s", len(rows), folder)
+    return ExamplesOutput(tuple(sorted(folder.glob("*.png"))), len(rows), os.fspath(folder))

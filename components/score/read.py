@@ -244,7 +244,8 @@ def _pixel_rows(pixels: np.ndarray, keys: list) -> tuple[list, list]:
             results.append(images[i])
         else:
             j = int(np.argmin(ok[i]))
-            value = pixels[i, j]
+            value = pixels[i, j].item()
+            value = int(value) if finite[i, j] and float(value).is_integer() else value
             results.append(f"bad pixel: {PIXEL_COLUMNS[j]} is {'missing' if not finite[i, j] else value}, "
                            f"expected an integer 0-255")
         out_keys.append(str(key) if key is not None else default_key(images[i].tobytes() if good[i] else

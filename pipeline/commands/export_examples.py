@@ -9,13 +9,18 @@ from pipeline.cli import config_flag
 from pipeline.config import Config
 
 NAME = "export-examples"
-HELP = "write a split of the workdir's dataset as TFRecord files of tf.Example (image PNG, label, key)"
+HELP = "write a split of the workdir's dataset as files to score: TFRecord, Parquet, CSV or PNG images"
 DESCRIPTION = """\
-Write <prefix>-NNNNN-of-MMMMM.tfrecord: tf.Example records with `image` (PNG bytes), `label` (int64) and
-`key` (<split>-<index>), the format `mnist-pipeline score --input` and Dataflow jobs read.
+Write the split's rows (keys <split>-<index>) in a format `mnist-pipeline score --input` reads:
+  tfrecord  <prefix>-NNNNN-of-MMMMM.tfrecord  tf.Example: image (PNG bytes), label (int64), key
+  parquet   <prefix>-NNNNN-of-MMMMM.parquet   columns key, label, image (PNG bytes)
+  csv       <prefix>-NNNNN-of-MMMMM.csv       Kaggle's digit-recognizer layout plus a key column
+  images    <prefix>/<key>.png                one grey 28x28 PNG per row
 
   mnist-pipeline export-examples --split test --output samples/test
-  mnist-pipeline score --input 'samples/test-*.tfrecord'"""
+  mnist-pipeline score --input 'samples/test-*.tfrecord'
+  mnist-pipeline export-examples --format csv --limit 1000 --output samples/test
+  mnist-pipeline score --input 'samples/test-*.csv'"""
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--split", key="score.split", metavar="NAME", help="the split to write (default: test)")
     parser.add_argument("--output", metavar="PREFIX", required=True, help="path prefix of the files to write")
     parser.add_argument("--num-shards", type=int, default=4, metavar="N", help="number of files (default 4)")
+    parser.add_argument("--format", dest="sample_format", default="tfrecord",
+                        choices=("tfrecord", "parquet", "csv", "images"), help="file format (default tfrecord)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows of the split")
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
     from components import examples
     from pipeline import paths
 
-    out = examples.write_examples(paths.data_dir(config.workdir), config.data.dataset, config.score.split,
-                                  args.output, num_shards=args.num_shards)
-    print(f"wrote {out.num_examples} examples of split {config.score.split!r} to {len(out.paths)} files")
+    out = examples.write_sample(paths.data_dir(config.workdir), config.data.dataset, config.score.split,
+                                args.output, output_format=args.sample_format, num_shards=args.num_shards,
+                                limit=args.limit)
+    print(f"wrote {out.num_examples} examples of split {config.score.split!r} to {len(out.paths)} "
+          f"{args.sample_format} files")
     print(f"  pattern: {out.file_pattern}")
     return 0
