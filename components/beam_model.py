@@ -80,11 +80,27 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         return "RunInference"
 
 
+class RemoteInferenceError(Exception):
+    """A batch the served model did not answer; `code` is the gRPC status code's name (e.g. "UNAVAILABLE").
+
+    Its own class because Beam pickles failed batches with their exception between steps, and
+    `ServingError` does not keep its code through pickling (only `args` survive)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message, code)
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def __repr__(self) -> str:  # what Beam's exception handling keeps of it: "<CODE>: <message>"
+        return f"{self.code}: {self.args[0]}"
+
+
 def _retry_unavailable(exc: Exception) -> bool:
     """Beam retries (with exponential backoff) a batch the server could not take: UNAVAILABLE only; any other
     status (a bad request, a missing version, a deadline exceeded) fails the batch at once."""
-    code = getattr(exc, "code", None)
-    return getattr(code, "name", None) == "UNAVAILABLE"
+    return getattr(exc, "code", None) == "UNAVAILABLE"
 
 
 class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any]):
@@ -99,7 +115,7 @@ class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any])
 
     def __init__(self, server, *, min_batch_size: int = 1, max_batch_size: int = 256):
         super().__init__(namespace="ServingModelHandler", num_retries=server.retries,
-                         retry_filter=_retry_unavailable)
+                         retry_filter=_retry_unavailable, throttle_delay_secs=server.throttle_delay_s)
         self._server = server
         self._min_batch_size = int(min_batch_size)
         self._max_batch_size = int(max_batch_size)
@@ -119,10 +135,15 @@ class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any])
         self, batch: Sequence[np.ndarray], model: Any, inference_args: Optional[dict[str, Any]] = None
     ) -> Iterable[PredictionResult]:
         from components.preprocessing import scale_images
+        from serving.errors import ServingError
 
         s = self._server
-        answer = model.predict(scale_images(np.stack(batch)).numpy(), version=s.version,
-                               version_label=s.version_label)
+        try:
+            answer = model.predict(scale_images(np.stack(batch)).numpy(), version=s.version,
+                                   version_label=s.version_label)
+        except ServingError as exc:
+            code = getattr(exc.code, "name", None)
+            raise RemoteInferenceError(str(exc), code) from None
         probabilities = answer[sig.PROBABILITIES_OUTPUT]
         classes = answer[sig.CLASSES_OUTPUT].astype(np.int64).tolist()
         version = answer.model_version

@@ -25,12 +25,20 @@ from components.score.write import (
 )
 
 
-def inference_failure(exc: BaseException) -> str:
-    """The reason of a batch the model failed on: with the gRPC status code for a served model."""
-    code = getattr(exc, "code", None)
-    code = getattr(code, "name", None) if code is not None and not callable(code) else None
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return f"inference failed ({code}): {text}" if code else f"inference failed: {type(exc).__name__}: {text}"
+def inference_failure(exc) -> str:
+    """The reason of a batch the model failed on, with the gRPC status code for a served model. `exc` is what
+    Beam's exception handling emits, (exception type, repr of the exception, traceback), or an exception."""
+    from components.beam_model import RemoteInferenceError
+
+    if isinstance(exc, tuple):
+        kind, text = exc[0], str(exc[1])
+    else:
+        kind, text = type(exc), repr(exc)
+    first = (text.strip().splitlines() or [""])[0][:300]
+    if isinstance(kind, type) and issubclass(kind, RemoteInferenceError):
+        code, _, message = first.partition(": ")
+        return f"inference failed ({code}): {message}"
+    return f"inference failed: {getattr(kind, '__name__', kind)}: {first}"
 
 
 def _failed_rows(batch_exc):

@@ -33,6 +33,7 @@ class ServerRef:
     version_label: str | None = None
     timeout: float = 30.0  # deadline of one batch's request, seconds
     retries: int = 3  # Beam's retries, with exponential backoff, of a batch answered UNAVAILABLE
+    throttle_delay_s: float = 1.0  # Beam's client-side throttling: the wait when recent requests failed
     root_certificates: str | None = None  # PEM file: TLS
     certificate_chain: str | None = None  # PEM files: mutual TLS
     private_key: str | None = None
@@ -65,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="deadline of one batch's request (default %(default)s)")
     s.add_argument("--server-retries", type=int, default=ServerRef.retries, metavar="N",
                    help="retries with backoff of a batch answered UNAVAILABLE (default %(default)s)")
+    s.add_argument("--server-throttle-delay", type=float, default=ServerRef.throttle_delay_s, metavar="S",
+                   help="client-side throttling: wait S seconds before a request while recent ones failed "
+                        "(default %(default)s)")
     s.add_argument("--server-root-certs", default=None, metavar="PEM", help="TLS: the CA certificates")
     s.add_argument("--server-cert", default=None, metavar="PEM", help="mutual TLS: client certificate chain")
     s.add_argument("--server-key", default=None, metavar="PEM", help="mutual TLS: client private key")
@@ -77,7 +81,8 @@ def from_args(args: argparse.Namespace) -> JobOptions:
     if args.server:
         server = ServerRef(args.server, model_name=args.server_model, version=args.server_version,
                            version_label=args.server_version_label, timeout=args.server_timeout,
-                           retries=args.server_retries, root_certificates=args.server_root_certs,
+                           retries=args.server_retries, throttle_delay_s=args.server_throttle_delay,
+                           root_certificates=args.server_root_certs,
                            certificate_chain=args.server_cert, private_key=args.server_key)
     return JobOptions(input_format=args.input_format,
                       columns=Columns(args.image_column, args.label_column, args.key_column),
