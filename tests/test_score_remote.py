@@ -78,8 +78,8 @@ def test_served_model_scores_like_the_local_one(served, tmp_path, capsys):
     _compare_remote_with_local(served, tmp_path, capsys, images, labels)
 
 
-@pytest.mark.slow
 def test_served_model_scores_the_10000_test_images_like_the_local_one(served, real_mnist_dir, tmp_path, capsys):
+    """About 30 s on 2 shared cores (not marked slow: under a minute)."""
     from components import idx
 
     images = idx.read_images(real_mnist_dir / IDX_FILES["test_images"])
