@@ -4,6 +4,7 @@ TF Serving (or `mnist-pipeline serve`) over its gRPC API.
     handler = KeyedModelHandler(SavedModelHandler(saved_model_dir, min_batch_size=64, max_batch_size=256))
     handler = KeyedModelHandler(ServingModelHandler(ServerRef("localhost:8500"), max_batch_size=256))
     keyed_predictions = keyed_images | RunInference(handler)
+    batch_predictions = batches | RunInference(BatchHandler(SavedModelHandler(saved_model_dir)))
 
 Both take uint8 images [28, 28, 1], scale them with the project's one function, and give
 PredictionResult(image, (probabilities float32 [10], class int, model version or None), model_id).
@@ -156,3 +157,48 @@ class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any])
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return {"min_batch_size": self._min_batch_size, "max_batch_size": self._max_batch_size}
+
+
+class BatchHandler(ModelHandler[Any, PredictionResult, Any]):
+    """Pre-batched elements (metas, uint8 images [n, 28, 28, 1]) -> PredictionResult((metas, images),
+    (probabilities float32 [n, 10], classes int64 [n], model version or None), model_id), over any
+    per-image handler (`inner`: its model loading, sharing, retries and throttling all apply).
+
+    The scoring job batches rows where it reads them; RunInference then sees one element per batch
+    (its BatchElements is set to batches of one element), so Beam's per-element cost is paid per batch.
+    RunInference's `num_inferences` counts batches here; the job's own metrics count rows."""
+
+    def __init__(self, inner: ModelHandler):
+        super().__init__()
+        self._inner = inner
+
+    def load_model(self) -> Any:
+        return self._inner.load_model()
+
+    def run_inference(self, batch: Sequence[Any], model: Any, inference_args: Optional[dict[str, Any]] = None
+                      ) -> Iterable[PredictionResult]:
+        out = []
+        for metas, images in batch:
+            results = list(self._inner.run_inference(images, model, inference_args))
+            probabilities = np.stack([r.inference[0] for r in results])
+            classes = np.array([r.inference[1] for r in results], np.int64)
+            first = results[0].inference if results else ()
+            version = first[2] if len(first) > 2 else None
+            out.append(PredictionResult((metas, images), (probabilities, classes, version),
+                                        results[0].model_id if results else None))
+        return out
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(int(images.nbytes) for _, images in batch)
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def get_metrics_namespace(self) -> str:
+        return self._inner.get_metrics_namespace()
+
+    def share_model_across_processes(self) -> bool:
+        return self._inner.share_model_across_processes()
+
+    def model_copies(self) -> int:
+        return self._inner.model_copies()

@@ -162,7 +162,7 @@ def test_predictions_equal_the_evaluators(synthetic_workdir, saved_model_dir, tm
     summary = json.loads(Path(out.summary_path).read_text())
     assert summary["confusion_matrix"] == expected["confusion_matrix"]
     assert summary["model"]["saved_model_dir"] == str(saved_model_dir)
-    assert summary["metrics"]["RunInference/num_inferences"] == 300
+    assert summary["metrics"]["mnist_score/predictions"] == 300
     assert summary["metrics"]["mnist_score/examples_read"] == 300
 
 
@@ -325,3 +325,31 @@ def test_file_level_problems_fail_before_the_job_naming_the_file(saved_model_dir
         err = capsys.readouterr().err
         assert bad in err and "error" in err and "Traceback" not in err, (bad, err)
         assert not out_dir.exists() or not any(out_dir.iterdir()), bad
+
+
+def test_a_batch_the_model_fails_on_goes_to_failed_with_every_key(tmp_path):
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import ModelHandler
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from components import score
+
+    class Broken(ModelHandler):
+        def load_model(self):
+            return None
+
+        def run_inference(self, batch, model, inference_args=None):
+            raise RuntimeError("out of memory")
+
+    good, _ = _good_records(5)
+    pattern = _write_records(tmp_path / "in.tfrecord", good)
+    with TestPipeline(runner=FnApiRunner()) as p:
+        out = score.build_pipeline(p, input_pattern=pattern, output_dir=str(tmp_path / "out"),
+                                   model=score.ModelRef("unused", "mnist", 1), model_handler=Broken())
+        assert_that(out["failed"] | beam.Map(lambda r: (r["key"], r["reason"])),
+                    equal_to([(f"good-{i}", "inference failed: RuntimeError: RuntimeError('out of memory')")
+                              for i in range(5)]))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["read"] == 5 and summary["failed"] == 5 and summary["accounted"]

@@ -3,8 +3,8 @@
     build_pipeline(p, inputs=check_inputs(pattern), output_dir=out, model=ref, output_format="jsonl")
 
 Steps: ListFiles -> the format's reader (ReadExamples | ReadParquet | ReadCsv | BatchFiles) -> Decode / ReadCsv
-(`read.py`) -> RunInference (KeyedModelHandler over the SavedModel's handler, or TF Serving's for a served
-model; the key is (key, label, input); a batch the model fails on goes to `failed` via
+(`read.py`: batches of ([(key, label, input)], images)) -> RunInference (`beam_model.BatchHandler` over the
+SavedModel's handler, or TF Serving's for a served model; every prediction stays beside its batch's keys); a batch the model fails on goes to `failed` via
 `with_exception_handling`, with its gRPC status code for a served model) -> FormatPredictions ->
 WritePredictions; WriteFailed; Summarize (summary.json, `write.py`).
 """
@@ -42,9 +42,10 @@ def inference_failure(exc) -> str:
 
 
 def _failed_rows(batch_exc):
+    """(RunInference's batch: a list of ([(key, label, input)], images), exception) -> one failed row per key."""
     batch, exc = batch_exc
     reason = inference_failure(exc)
-    return [{"key": meta[0], "reason": reason, "input": meta[2]} for meta, _ in batch]
+    return [{"key": meta[0], "reason": reason, "input": meta[2]} for metas, _ in batch for meta in metas]
 
 
 def model_handler_for(model: ModelRef, server: ServerRef | None, *, min_batch_size: int, max_batch_size: int):
@@ -72,15 +73,17 @@ def build_pipeline(
     server: ServerRef | None = None,
 ) -> dict[str, beam.PCollection]:
     """Compose the scoring job on `p` over `inputs` (or `input_pattern`, checked here). `model_handler`
-    (unkeyed, uint8 images in) replaces the model's handler in tests. Returns the PCollections: predictions
+    (a per-image handler: uint8 images in, (probabilities, class) out) replaces the model's in tests. Returns the PCollections: predictions
     (keyed results), rows (chunks of formatted rows), failed, read, summary."""
-    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from apache_beam.ml.inference.base import RunInference
+
+    from components.beam_model import BatchHandler
 
     inputs = inputs or check_inputs(input_pattern)
     handler = model_handler or model_handler_for(model, server, min_batch_size=min_batch_size,
                                                  max_batch_size=max_batch_size)
     images, decode_failed, read = read_inputs(p, inputs, min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-    predictions, errors = images | "RunInference" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
+    predictions, errors = images | "RunInference" >> RunInference(BatchHandler(handler)).with_exception_handling()
     inference_failed = errors.failed_inferences | "InferenceFailures" >> beam.FlatMap(_failed_rows)
     failed = (decode_failed, inference_failed) | "AllFailed" >> beam.Flatten()
     formatted = predictions | "FormatPredictions" >> beam.ParDo(

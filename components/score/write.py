@@ -39,21 +39,20 @@ def _new_stats() -> list:
 
 
 class FormatPredictions(beam.DoFn):
-    """((key, label, input), PredictionResult) -> chunks of output rows, plus per-bundle statistics.
+    """PredictionResult(([(key, label, input)], images), ...) -> one chunk of output rows per batch, plus
+    per-bundle statistics.
 
-    `PredictionResult.inference` is (probabilities, class) or (probabilities, class, version that answered);
-    without a version the row gets `model_version`. Rows are emitted in chunks of up to `chunk_size` (text:
-    lines joined by newlines, which WriteToText writes as they are; parquet: a pyarrow Table for
-    WriteToParquetBatched), so the sinks pay their per-element cost once per chunk. Counts, the confusion
-    matrix and predictions per input are accumulated per bundle and emitted on the `stats` output at the end
-    of the bundle (combiner lifting by hand). Assumes the global window (a batch job).
+    `PredictionResult.inference` is (probabilities [n, 10], classes [n], version that answered or None);
+    without a version the rows get `model_version`. A chunk is text lines joined by newlines (WriteToText
+    writes it as it is) or a pyarrow Table (WriteToParquetBatched). Counts, the confusion matrix and
+    predictions per input accumulate per bundle and leave on the `stats` output at the end of the bundle
+    (combiner lifting by hand). Assumes the global window (a batch job).
     """
 
-    def __init__(self, output_format: str, model_name: str, model_version: int | None, chunk_size: int = 512):
+    def __init__(self, output_format: str, model_name: str, model_version: int | None):
         self._format = output_format
         self._model_name = model_name
         self._model_version = model_version
-        self._chunk_size = chunk_size
         self._predictions = Metrics.counter(METRICS_NAMESPACE, "predictions")
 
     def setup(self):
@@ -61,43 +60,41 @@ class FormatPredictions(beam.DoFn):
         self._name_csv = _csv_field(self._model_name)
 
     def start_bundle(self):
-        self._rows: list = []
         self._stats = _new_stats()
 
-    def process(self, element):
-        (key, label, source), result = element
-        inference = result.inference
-        probabilities, predicted = inference[0], inference[1]
-        version = inference[2] if len(inference) > 2 else self._model_version
+    def process(self, result):
+        metas, _ = result.example
+        probabilities, classes, version = result.inference
+        version = self._model_version if version is None else version
+        classes = np.asarray(classes, np.int64)
         stats = self._stats
-        stats[0] += 1
-        stats[4][source] = stats[4].get(source, 0) + 1
-        if label is not None and 0 <= label < sig.NUM_CLASSES:
-            stats[1] += 1
-            stats[2] += label == predicted
-            stats[3][label * sig.NUM_CLASSES + predicted] += 1
-        self._rows.append((key, label, predicted, probabilities, version))
-        if len(self._rows) >= self._chunk_size:
-            yield self._flush()
+        stats[0] += len(metas)
+        labels = [meta[1] for meta in metas]
+        for meta in metas:
+            stats[4][meta[2]] = stats[4].get(meta[2], 0) + 1
+        labeled = np.array([-1 if y is None else y for y in labels], np.int64)
+        ok = (labeled >= 0) & (labeled < sig.NUM_CLASSES)
+        if ok.any():
+            stats[1] += int(ok.sum())
+            stats[2] += int((labeled[ok] == classes[ok]).sum())
+            cells = np.bincount(labeled[ok] * sig.NUM_CLASSES + classes[ok], minlength=sig.NUM_CLASSES ** 2)
+            stats[3] = [a + int(b) for a, b in zip(stats[3], cells)]
+        self._predictions.inc(len(metas))
+        if self._format == "parquet":
+            yield self._table(metas, labels, classes, probabilities, version)
+        else:
+            line = self._csv_line if self._format == "csv" else self._json_line
+            yield "\n".join(line(meta[0], label, c, p, version)
+                             for meta, label, c, p in zip(metas, labels, classes.tolist(), probabilities))
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
         window = GlobalWindow()
-        if self._rows:
-            yield WindowedValue(self._flush(), window.max_timestamp(), (window,))
         if self._stats[0]:
             yield beam.pvalue.TaggedOutput(STATS_TAG, WindowedValue(self._stats, window.max_timestamp(), (window,)))
         self._stats = _new_stats()
-
-    def _flush(self):
-        rows, self._rows = self._rows, []
-        self._predictions.inc(len(rows))
-        if self._format == "parquet":
-            return self._table(rows)
-        line = self._csv_line if self._format == "csv" else self._json_line
-        return "\n".join(line(*row) for row in rows)
 
     def _json_line(self, key, label, predicted, probabilities, version) -> str:
         values = probabilities.tolist()
@@ -114,21 +111,20 @@ class FormatPredictions(beam.DoFn):
         return ",".join([_csv_field(key), str(predicted), "" if label is None else str(label), self._name_csv,
                          "" if version is None else str(int(version)), *map(repr, probabilities.tolist())])
 
-    def _table(self, rows):
+    def _table(self, metas, labels, classes, probabilities, version):
         import pyarrow as pa
 
-        keys, labels, predicted, probabilities, versions = zip(*rows)
-        n = len(rows)
-        flat = pa.array(np.stack(probabilities).astype(np.float32).reshape(-1))
+        n = len(metas)
+        flat = pa.array(np.asarray(probabilities, np.float32).reshape(-1))
         offsets = pa.array(np.arange(0, (n + 1) * sig.NUM_CLASSES, sig.NUM_CLASSES, dtype=np.int32))
         return pa.Table.from_arrays(
             [
-                pa.array(keys, pa.string()),
-                pa.array(predicted, pa.int64()),
+                pa.array([m[0] for m in metas], pa.string()),
+                pa.array(classes, pa.int64()),
                 pa.ListArray.from_arrays(offsets, flat),
                 pa.array(labels, pa.int64()),
                 pa.array([self._model_name] * n, pa.string()),
-                pa.array(versions, pa.int64()),
+                pa.array([version] * n, pa.int64()),
             ],
             schema=parquet_schema(),
         )
