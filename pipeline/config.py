@@ -68,7 +68,7 @@ class PushConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    input_pattern: str | None = None  # TFRecord files of tf.Example; None: a TFDS split
+    input_pattern: str | None = None  # TFRecord, Parquet, CSV or image files (or a folder); None: a TFDS split
     split: str = "test"
     output_format: str = "jsonl"  # jsonl, csv or parquet
     min_batch_size: int = 1
@@ -76,6 +76,21 @@ class ScoreConfig:
     model: str | None = None  # SavedModel dir or model base path; None: the pushed model
     output: str | None = None  # output folder (local or a Beam file system URL); None: the run's score/ folder
     beam_args: tuple[str, ...] = ()  # Beam pipeline options passed through (--runner=..., --direct_num_workers=...)
+    input_format: str | None = None  # tfrecord, parquet, csv or images; None: from the input's extension
+    image_column: str = "image"  # Parquet: encoded PNG/JPEG bytes (else the columns pixel0..pixel783)
+    label_column: str = "label"  # Parquet and CSV, optional
+    key_column: str = "key"  # Parquet and CSV, optional
+    server: str | None = None  # HOST:PORT of TF Serving's gRPC API: score with the served model instead
+    server_model: str = "mnist"
+    server_version: int | None = None
+    server_version_label: str | None = None
+    server_timeout: float = 30.0  # deadline of one batch's request, seconds
+    server_retries: int = 3  # Beam's retries with backoff of a batch answered UNAVAILABLE
+    server_throttle_delay: float = 1.0  # Beam's client-side throttling: wait while recent requests failed
+    server_root_certs: str | None = None  # TLS
+    server_cert: str | None = None  # mutual TLS
+    server_key: str | None = None
+    job_timeout: float | None = None  # fail a job that has not finished after this many seconds
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,11 @@ def _model_to_serve(config: Config, workdir: Path, store: RunStore, upstream, in
 
 
 def _model_to_score(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact:
-    """`score.model` when given (a SavedModel, or `<base>/<model>` for its newest version), else what is served."""
+    """`score.model` when given (a SavedModel, or `<base>/<model>` for its newest version), else what is served;
+    with `score.server`, the model that server serves (never a cache hit: its versions change behind it)."""
+    if config.score.server:
+        return Artifact(f"grpc://{config.score.server}/{config.score.server_model}", "ServedModel",
+                        {"fingerprint": paths.new_run_id()})
     if config.score.model:
         model = Path(config.score.model)
         if not model.exists():
@@ -112,6 +116,8 @@ def _score_input(config: Config, workdir: Path, store: RunStore, upstream, input
     import hashlib
 
     files = sorted(glob.glob(pattern)) if "://" not in pattern else []
+    if len(files) == 1 and os.path.isdir(files[0]):  # a folder of images: its files
+        files = sorted(os.path.join(d, n) for d, _, names in os.walk(files[0]) for n in names)
     digest = hashlib.sha256(pattern.encode())
     for f in files:
         if os.path.isfile(f):
@@ -265,15 +271,17 @@ def score_stage(ctx: StageContext) -> StageResult:
     else:
         name, data_dir = _dataset(ctx)
         pattern = examples.split_file_pattern(data_dir, name, cfg.split)
-    out = score.run(cfg, model=ctx.inputs["model"].uri, input_pattern=pattern, output_dir=cfg.output or ctx.out_dir,
-                    beam_args=list(cfg.beam_args))
+    out = score.run(cfg, model=None if cfg.server else ctx.inputs["model"].uri, input_pattern=pattern,
+                    output_dir=cfg.output or ctx.out_dir, beam_args=list(cfg.beam_args))
     local = "://" not in str(out.output_dir)
     outputs = ({"predictions": artifact(out.output_dir, "Predictions", format=cfg.output_format,
                                         model_version=out.model.version)} if local else {})
     return StageResult(
         outputs,
         {"num_predictions": out.num_predictions, "num_failed": out.num_failed, "accuracy": out.accuracy,
-         "model_name": out.model.name, "model_version": out.model.version, "model": out.model.saved_model_dir,
+         "model_name": out.model.name, "model_version": out.model.version,
+         "model": out.model.saved_model_dir or f"{cfg.server} (served)", "num_read": out.num_read,
+         "input_format": out.input_format,
          "seconds": out.seconds, "output_dir": str(out.output_dir), "summary": str(out.summary_path),
          "predictions": str(out.predictions_pattern), "failed": str(out.failed_pattern), "metrics": out.metrics},
     )

@@ -205,11 +205,16 @@ def run(
     input_pattern: str,
     output_dir: str | os.PathLike,
     beam_args: Sequence[str] = (),
-    options: JobOptions = JobOptions(),
+    options: JobOptions | None = None,
 ) -> ScoreOutput:
     """Score every row of `input_pattern` with `model` (a SavedModel dir or a model base path), or with the
-    model `options.server` serves, into `output_dir`. `config` is the `score` section (format, batch sizes).
-    Checks everything before the job starts; bad rows never fail it (they go to `failed`)."""
+    model `options.server` serves, into `output_dir`. `config` is the `score` section (format, batch sizes;
+    and the job options when `options` is None). Checks everything before the job starts; bad rows never
+    fail it (they go to `failed`)."""
+    if options is None:
+        from components.score.options import from_config
+
+        options = from_config(config)
     output_format = config.output_format
     if output_format not in FORMATS:
         raise ConfigError(f"unknown output format {output_format!r}; choose one of {', '.join(FORMATS)}")

@@ -87,3 +87,21 @@ def from_args(args: argparse.Namespace) -> JobOptions:
     return JobOptions(input_format=args.input_format,
                       columns=Columns(args.image_column, args.label_column, args.key_column),
                       server=server, timeout_s=args.job_timeout)
+
+
+def from_config(config) -> JobOptions:
+    """JobOptions from the `score` config section's flat fields (`pipeline.config.ScoreConfig`); fields it lacks
+    keep their defaults."""
+    get = lambda name, default=None: getattr(config, name, default)  # noqa: E731
+    server = None
+    if get("server"):
+        server = ServerRef(get("server"), model_name=get("server_model", sig.MODEL_NAME),
+                           version=get("server_version"), version_label=get("server_version_label"),
+                           timeout=get("server_timeout", ServerRef.timeout), retries=get("server_retries", ServerRef.retries),
+                           throttle_delay_s=get("server_throttle_delay", ServerRef.throttle_delay_s),
+                           root_certificates=get("server_root_certs"), certificate_chain=get("server_cert"),
+                           private_key=get("server_key"))
+    return JobOptions(input_format=get("input_format"),
+                      columns=Columns(get("image_column", Columns.image), get("label_column", Columns.label),
+                                      get("key_column", Columns.key)),
+                      server=server, timeout_s=get("job_timeout"))

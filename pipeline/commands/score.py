@@ -10,7 +10,7 @@ from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
 NAME = "score"
-HELP = "score a TFDS split or TFRecord files of tf.Example with a SavedModel, as an Apache Beam job"
+HELP = "score a TFDS split, TFRecord, Parquet, CSV or image files with a SavedModel or a served model (Beam)"
 DESCRIPTION = """\
 Run RunInference over the examples and write one row per example (key, predicted class, probabilities,
 label when present, model name and version), a dead-letter output of records that cannot be scored, and
@@ -21,6 +21,8 @@ summary.json (counts, accuracy and confusion matrix when labels are present, Bea
 
   mnist-pipeline score                                  # the test split with the newest pushed model
   mnist-pipeline score --input 'samples/test-*.tfrecord' --format parquet --model path/to/saved_model
+  mnist-pipeline score --input 'samples/test-*.parquet'  # or *.csv (Kaggle's layout), or a folder of PNGs
+  mnist-pipeline score --input 'samples/test-*.csv' --server localhost:8500   # through TF Serving's gRPC API
   mnist-pipeline score --direct_num_workers=2 --direct_running_mode=multi_processing
 
 Any other flag is a Beam pipeline option and is passed through unchanged (--runner=DataflowRunner
@@ -39,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "default: the workdir's pushed model")
     source = parser.add_mutually_exclusive_group()
     config_flag(source, "--input", key="score.input_pattern", metavar="PATTERN",
-                help="file pattern of TFRecord files of tf.Example (image PNG bytes, label, key)")
+                help="file pattern or folder: TFRecord of tf.Example, Parquet, CSV (Kaggle's layout) or "
+                     "image files; the format comes from the extension or --input-format")
     config_flag(source, "--split", key="score.split", metavar="NAME",
                 help="a split of the workdir's TFDS dataset (default: test)")
     parser.add_argument("--output", metavar="DIR", default=None,
@@ -50,6 +53,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help="smallest batch RunInference sends to the model (default 1)")
     config_flag(parser, "--max-batch-size", key="score.max_batch_size", type=int, metavar="N",
                 help="largest batch RunInference sends to the model (default 256)")
+    g = parser.add_argument_group("input layout (README: Batch scoring with Beam)")
+    config_flag(g, "--input-format", key="score.input_format", choices=("tfrecord", "parquet", "csv", "images"),
+                help="default: from the extension (a folder: images)")
+    config_flag(g, "--image-column", key="score.image_column", metavar="NAME",
+                help="Parquet column of encoded PNG/JPEG bytes (default image; else pixel0..pixel783)")
+    config_flag(g, "--label-column", key="score.label_column", metavar="NAME", help="optional (default label)")
+    config_flag(g, "--key-column", key="score.key_column", metavar="NAME", help="optional (default key)")
+    s = parser.add_argument_group("scoring through a served model (TF Serving's gRPC API)")
+    config_flag(s, "--server", key="score.server", metavar="HOST:PORT",
+                help="score with the model this server serves instead of a local SavedModel")
+    config_flag(s, "--server-model", key="score.server_model", metavar="NAME", help="model name (default mnist)")
+    config_flag(s, "--server-version", key="score.server_version", type=int, metavar="N",
+                help="a version (default: the server's choice)")
+    config_flag(s, "--server-version-label", key="score.server_version_label", metavar="LABEL", help="a version label")
+    config_flag(s, "--server-timeout", key="score.server_timeout", type=float, metavar="S",
+                help="deadline of one batch's request (default 30)")
+    config_flag(s, "--server-retries", key="score.server_retries", type=int, metavar="N",
+                help="retries with backoff of a batch answered UNAVAILABLE (default 3)")
+    config_flag(s, "--server-throttle-delay", key="score.server_throttle_delay", type=float, metavar="S",
+                help="client-side throttling: the wait while recent requests failed (default 1)")
+    config_flag(s, "--server-root-certs", key="score.server_root_certs", metavar="PEM", help="TLS: CA certificates")
+    config_flag(s, "--server-cert", key="score.server_cert", metavar="PEM", help="mutual TLS: client certificate")
+    config_flag(s, "--server-key", key="score.server_key", metavar="PEM", help="mutual TLS: client key")
+    config_flag(parser, "--job-timeout", key="score.job_timeout", type=float, metavar="S",
+                help="fail the job when it has not finished after S seconds (e.g. no SDK worker started)")
     add_stage_arguments(parser, needs=None)
 
 
@@ -64,7 +92,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     p = records["score"].properties
     version = "" if p.get("model_version") is None else f" version {p['model_version']}"
     print(f"run {run_id}: scored {p['num_predictions']} examples with {p['model_name']}{version} ({p['model']}) "
-          f"in {p['seconds']:.1f} s; {p['num_failed']} failed")
+          f"in {p['seconds']:.1f} s; {p['num_failed']} failed (read {p.get('num_read')}, {p.get('input_format')})")
     if p.get("accuracy") is not None:
         print(f"  accuracy:    {p['accuracy']:.4f}")
     print(f"  predictions: {p['predictions']}")
