@@ -151,7 +151,7 @@ def main() -> None:
         def scored(pattern: str, out: str, *flags: str) -> tuple[float, dict]:
             seconds, _ = timed([py, "-m", "pipeline", "score", "--workdir", os.fspath(work), "--input", pattern,
                                 "--output", os.fspath(work / out), "--min-batch-size", batch, "--max-batch-size",
-                                batch, "-q", *flags, *beam_args])
+                                batch, "-q", "--no-cache", *flags, *beam_args])
             summary = json.loads((work / out / "summary.json").read_text())
             summary["cpu_s"] = CPU["last"]
             return seconds, summary
