@@ -133,7 +133,7 @@ class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any])
         )
 
     def request(
-        self, batch: Sequence[np.ndarray], model: Any, inference_args: Optional[dict[str, Any]] = None
+        self, batch: Sequence[np.ndarray], model: Any, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
         from components.preprocessing import scale_images
         from serving.errors import ServingError
@@ -175,7 +175,7 @@ class BatchHandler(ModelHandler[Any, PredictionResult, Any]):
     def load_model(self) -> Any:
         return self._inner.load_model()
 
-    def run_inference(self, batch: Sequence[Any], model: Any, inference_args: Optional[dict[str, Any]] = None
+    def run_inference(self, batch: Sequence[Any], model: Any, inference_args: dict[str, Any] | None = None
                       ) -> Iterable[PredictionResult]:
         out = []
         for metas, images in batch:

@@ -102,8 +102,8 @@ def test_server_stopped_mid_job_loses_no_input(served, tmp_path, capsys, monkeyp
         return original(*args, **kwargs)
 
     monkeypatch.setattr(server_module, "_resolve", resolve)
-    rc, out = _score(tmp_path, "out", pattern, "--server", server.address, "--server-retries", "0", "--server-throttle-delay", "0.05",
-                     "--server-timeout", "5", batch=8)
+    rc, out = _score(tmp_path, "out", pattern, "--server", server.address, "--server-retries", "0",
+                     "--server-throttle-delay", "0.05", "--server-timeout", "5", batch=8)
     assert rc == 0, capsys.readouterr().err
     predicted, failed = _rows(out), _failed(out)
     assert len(predicted) >= 8 and failed, (len(predicted), len(failed))

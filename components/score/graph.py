@@ -2,11 +2,12 @@
 
     build_pipeline(p, inputs=check_inputs(pattern), output_dir=out, model=ref, output_format="jsonl")
 
-Steps: ListFiles -> the format's reader (ReadExamples | ReadParquet | ReadCsv | BatchFiles) -> Decode / ReadCsv
-(`read.py`: batches of ([(key, label, input)], images)) -> RunInference (`beam_model.BatchHandler` over the
-SavedModel's handler, or TF Serving's for a served model; every prediction stays beside its batch's keys); a batch the model fails on goes to `failed` via
-`with_exception_handling`, with its gRPC status code for a served model) -> FormatPredictions ->
-WritePredictions; WriteFailed; Summarize (summary.json, `write.py`).
+Steps: ListFiles -> Spread -> the format's reader (ReadExamples | ReadParquet | ReadCsv | BatchFiles) ->
+Decode (`read.py`: batches of ([(key, label, input)], images)) -> RunInference (`beam_model.BatchHandler` over
+the SavedModel's handler, or TF Serving's for a served model; every prediction stays beside its batch's
+keys; a batch the model fails on goes to `failed` via `with_exception_handling`, with its gRPC status code
+for a served model) -> FormatPredictions -> WritePredictions; WriteFailed; Summarize (summary.json,
+`write.py`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from components.score.inputs import Inputs, check_inputs
 from components.score.model import ModelRef, ServerRef
 from components.score.read import read_inputs
 from components.score.write import (
-    CSV_COLUMNS, FAILED_PREFIX, PREDICTIONS_PREFIX, STATS_TAG, SUMMARY_FILE, FormatPredictions, Summarize,
+    CSV_COLUMNS,
+    FAILED_PREFIX,
+    PREDICTIONS_PREFIX,
+    STATS_TAG,
+    SUMMARY_FILE,
+    FormatPredictions,
+    Summarize,
     parquet_schema,
 )
 
@@ -73,8 +80,9 @@ def build_pipeline(
     server: ServerRef | None = None,
 ) -> dict[str, beam.PCollection]:
     """Compose the scoring job on `p` over `inputs` (or `input_pattern`, checked here). `model_handler`
-    (a per-image handler: uint8 images in, (probabilities, class) out) replaces the model's in tests. Returns the PCollections: predictions
-    (keyed results), rows (chunks of formatted rows), failed, read, summary."""
+    (a per-image handler: uint8 images in, (probabilities, class) out) replaces the model's in tests.
+    Returns the PCollections: predictions (results per batch), rows (chunks of formatted rows), failed, read,
+    summary."""
     from apache_beam.ml.inference.base import RunInference
 
     from components.beam_model import BatchHandler

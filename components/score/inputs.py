@@ -94,8 +94,9 @@ def _match(pattern: str, what: str) -> list[str]:
     return files
 
 
-def check_inputs(pattern: str, input_format: str | None = None, columns: Columns = Columns()) -> Inputs:
+def check_inputs(pattern: str, input_format: str | None = None, columns: Columns | None = None) -> Inputs:
     """Detect the format, list the files, check each one and count its rows (see the module docstring)."""
+    columns = columns or Columns()
     fmt = detect_format(pattern, input_format)
     return {"tfrecord": _check_tfrecord, "parquet": _check_parquet, "csv": _check_csv,
             "images": _check_images}[fmt](pattern, columns)

@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import os
+
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
@@ -359,7 +360,7 @@ class ReadCsvFiles(beam.DoFn):
             except ValueError:
                 pixels = None
         good = _Batch()
-        for i, ((n, _), r, key) in enumerate(zip(chunk, rows, keys)):
+        for i, (r, key) in enumerate(zip(rows, keys)):
             try:
                 if len(r) != width:
                     raise _RowError(f"short row: {len(r)} fields, expected {width}" if len(r) < width
