@@ -23,7 +23,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from components.score.inputs import PIXEL_COLUMNS, Inputs, csv_header, image_key
+from components.score.inputs import PIXEL_COLUMNS, Inputs, csv_header, image_key, record_iterator
 from serving import signatures as sig
 
 METRICS_NAMESPACE = "mnist_score"
@@ -145,7 +145,7 @@ class ReadTFRecordFiles(beam.DoFn):
 
         options = tf.io.TFRecordOptions("GZIP" if path.endswith(".gz") else "")
         batch = []
-        for record in tf.compat.v1.io.tf_record_iterator(path, options=options):
+        for record in record_iterator(path, options):
             batch.append(record)
             if len(batch) >= self._batch_size:
                 yield path, batch
