@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from components.score.options import ServerRef
 from pipeline.errors import ModelError
+from serving import model_registry
 from serving import signatures as sig
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def resolve_model(path: str | os.PathLike) -> ModelRef:
     gfile = tf.io.gfile
     if gfile.exists(_join(path, "saved_model.pb")):
         base, leaf = os.path.split(path.rstrip("/"))
-        if leaf.isdigit():
+        if model_registry.parse_version(leaf) is not None:
             return ModelRef(path, os.path.basename(base) or sig.MODEL_NAME, int(leaf))
         return ModelRef(path, sig.MODEL_NAME, None)
     if not gfile.isdir(path):
@@ -54,12 +55,11 @@ def resolve_model(path: str | os.PathLike) -> ModelRef:
         )
     name = os.path.basename(path.rstrip("/")) or sig.MODEL_NAME
     if "://" not in path:
-        from serving import model_registry
-
         newest = model_registry.newest_version(os.path.dirname(path.rstrip("/")) or ".", name)
         version = newest.version if newest is not None and newest.complete else None
     else:
-        versions = sorted(int(n.rstrip("/")) for n in gfile.listdir(path) if n.rstrip("/").isdigit())
+        versions = sorted(v for v in (model_registry.parse_version(n.rstrip("/")) for n in gfile.listdir(path))
+                          if v is not None)
         version = versions[-1] if versions and gfile.exists(_join(path, str(versions[-1]), "saved_model.pb")) else None
     if version is None:
         raise ModelError(
@@ -71,16 +71,10 @@ def resolve_model(path: str | os.PathLike) -> ModelRef:
 
 def check_signature(saved_model_dir: str) -> None:
     """The SavedModel has `serving_default` taking `image` float32 and giving probabilities and classes."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
     try:
-        with tf.io.gfile.GFile(_join(saved_model_dir, "saved_model.pb"), "rb") as fh:
-            proto.ParseFromString(fh.read())
-    except Exception as exc:  # OSError, DecodeError
+        signatures = sig.read_signature_defs(saved_model_dir)
+    except (OSError, ValueError) as exc:
         raise ModelError(f"SavedModel {saved_model_dir!r} cannot be read ({exc}); export it again") from exc
-    signatures = proto.meta_graphs[0].signature_def if proto.meta_graphs else {}
     if sig.SERVING_DEFAULT not in signatures:
         raise ModelError(
             f"SavedModel {saved_model_dir!r} has no {sig.SERVING_DEFAULT!r} signature "
