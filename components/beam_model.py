@@ -104,6 +104,17 @@ def _retry_unavailable(exc: Exception) -> bool:
     return getattr(exc, "code", None) == "UNAVAILABLE"
 
 
+def connect_to(server, *, timeout: float | None = None, max_batch_size: int = 256) -> Any:
+    """A client for `server` (a `ServerRef`): gRPC for HOST:PORT, TF Serving's REST API for an http(s):// URL,
+    with the same calls. Its own retries are off (max_attempts=1): Beam's RemoteModelHandler alone retries,
+    with its backoff, and counts the attempts."""
+    from serving.client import connect
+
+    return connect(server.address, model_name=server.model_name, timeout=timeout or server.timeout,
+                   root_certificates=server.root_certificates, certificate_chain=server.certificate_chain,
+                   private_key=server.private_key, max_batch_size=max_batch_size, max_attempts=1)
+
+
 class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any]):
     """uint8 [28, 28, 1] images -> the served model's Predict (serving_default) through `serving.client`.
 
@@ -122,15 +133,8 @@ class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any])
         self._max_batch_size = int(max_batch_size)
 
     def create_client(self) -> Any:
-        from serving.client import ServingClient
-
-        s = self._server
-        log.info("scoring through %s (model %s)", s.address, s.model_name)
-        return ServingClient(
-            s.address, model_name=s.model_name, timeout=s.timeout, root_certificates=s.root_certificates,
-            certificate_chain=s.certificate_chain, private_key=s.private_key,
-            max_batch_size=max(self._max_batch_size, 1), max_attempts=1,
-        )
+        log.info("scoring through %s (model %s)", self._server.address, self._server.model_name)
+        return connect_to(self._server, max_batch_size=max(self._max_batch_size, 1))
 
     def request(
         self, batch: Sequence[np.ndarray], model: Any, inference_args: dict[str, Any] | None = None

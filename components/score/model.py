@@ -118,9 +118,10 @@ def check_saved_model(saved_model_dir: str) -> None:
 def check_server(server: ServerRef) -> ModelRef:
     """The served model answers GetModelStatus with an available version; its ModelRef (version: the one asked
     for, or None meaning whichever the server picks; rows carry the version that answered)."""
+    from components.beam_model import connect_to
     from serving.errors import ServingError
 
-    with _client(server, timeout=min(server.timeout, 10.0)) as client:
+    with connect_to(server, timeout=min(server.timeout, 10.0)) as client:
         try:
             statuses = client.get_model_status(version=server.version, version_label=server.version_label)
         except ServingError as exc:
@@ -133,15 +134,3 @@ def check_server(server: ServerRef) -> ModelRef:
             f"({', '.join(f'{s.version} {s.state}' for s in statuses) or 'none'}); wait until it is loaded "
             f"or check --server-model, --server-version, --server-version-label")
     return ModelRef(None, server.model_name, server.version)
-
-
-def _client(server: ServerRef, *, timeout: float | None = None, max_attempts: int = 1):
-    """A ServingClient for `server`; gRPC's own retries are off (max_attempts=1) so that Beam's
-    RemoteModelHandler alone retries, with its backoff, and counts the attempts."""
-    from serving.client import ServingClient
-
-    return ServingClient(
-        server.address, model_name=server.model_name, timeout=timeout or server.timeout,
-        root_certificates=server.root_certificates, certificate_chain=server.certificate_chain,
-        private_key=server.private_key, max_attempts=max_attempts,
-    )

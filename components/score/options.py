@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--label-column", default=Columns.label, metavar="NAME", help="optional (default %(default)s)")
     g.add_argument("--key-column", default=Columns.key, metavar="NAME", help="optional (default %(default)s)")
     s = parser.add_argument_group("scoring through a served model (TF Serving's gRPC API)")
-    s.add_argument("--server", metavar="HOST:PORT", default=None,
-                   help="score with the model this server serves instead of a local SavedModel")
+    s.add_argument("--server", metavar="HOST:PORT|URL", default=None,
+                   help="score with the model this server serves instead of a local SavedModel: HOST:PORT for "
+                        "TF Serving's gRPC API, http(s)://HOST:PORT for its REST API")
     s.add_argument("--server-model", default=sig.MODEL_NAME, metavar="NAME", help="model name (default %(default)s)")
     version = s.add_mutually_exclusive_group()
     version.add_argument("--server-version", type=int, default=None, metavar="N", help="a version (default: newest)")

@@ -60,9 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help="Parquet column of encoded PNG/JPEG bytes (default image; else pixel0..pixel783)")
     config_flag(g, "--label-column", key="score.label_column", metavar="NAME", help="optional (default label)")
     config_flag(g, "--key-column", key="score.key_column", metavar="NAME", help="optional (default key)")
-    s = parser.add_argument_group("scoring through a served model (TF Serving's gRPC API)")
-    config_flag(s, "--server", key="score.server", metavar="HOST:PORT",
-                help="score with the model this server serves instead of a local SavedModel")
+    s = parser.add_argument_group("scoring through a served model (TF Serving's gRPC or REST API)")
+    config_flag(s, "--server", key="score.server", metavar="HOST:PORT|URL",
+                help="score with the model this server serves instead of a local SavedModel: HOST:PORT for "
+                     "TF Serving's gRPC API, http(s)://HOST:PORT for its REST API")
     config_flag(s, "--server-model", key="score.server_model", metavar="NAME", help="model name (default mnist)")
     config_flag(s, "--server-version", key="score.server_version", type=int, metavar="N",
                 help="a version (default: the server's choice)")
