@@ -9,8 +9,8 @@ What is judged is what is served: the model is called through its `serving_defau
 accuracy is not below the baseline's (the version pushed now, run on the same test set) by more than
 `tolerance`. Not blessed is an outcome, recorded with its reasons in blessing.json, not an exception.
 
-Writes (atomically) into `out_dir`: metrics.json (loss, accuracy, per-class precision/recall/F1, confusion
-matrix, baseline), blessing.json, confusion_matrix.png, test_samples.png, misclassified.png, and
+Writes (atomically) into `out_dir`: metrics.json (loss, accuracy, per-class precision/recall/F1 with each
+class's name, confusion matrix, baseline), blessing.json, confusion_matrix.png, test_samples.png, misclassified.png, and
 training_curves.png when the trainer's history is given.
 """
 
@@ -83,12 +83,15 @@ def run(
     from components import data
 
     saved_model_dir, out_dir = Path(saved_model_dir), Path(out_dir)
+    if config.accuracy_threshold is None:
+        raise DataError("evaluate.accuracy_threshold is not set; pipeline.config.resolve_defaults gives the dataset's")
     predict = load_serving_function(saved_model_dir)
+    class_names = sig.read_class_names(saved_model_dir)  # what the model answers, so plots say "Coat", not 4
     test = data.split_dataset(data_dir, dataset, "test", batch_size=_BATCH_SIZE, max_examples=config.max_test_examples)
     candidate = _predict(predict, test, keep_images=True)
     if len(candidate.labels) == 0:
         raise DataError(f"the test split of {dataset!r} in {os.fspath(data_dir)!r} is empty; nothing to evaluate")
-    metrics = classification_metrics(candidate.probabilities, candidate.labels)
+    metrics = classification_metrics(candidate.probabilities, candidate.labels, class_names)
 
     baseline_accuracy = None
     if baseline_dir is not None:
@@ -125,11 +128,12 @@ def run(
 
     predictions = candidate.probabilities.argmax(axis=1)
     plot_paths = (
-        plots.confusion_matrix(np.array(metrics["confusion_matrix"]), out_dir / "confusion_matrix.png"),
+        plots.confusion_matrix(np.array(metrics["confusion_matrix"]), out_dir / "confusion_matrix.png",
+                               class_names=class_names),
         plots.image_grid(candidate.sample_images, candidate.labels[:_SAMPLES], predictions[:_SAMPLES],
-                         out_dir / "test_samples.png", title="test images: predicted (true)"),
+                         out_dir / "test_samples.png", title="test images: predicted (true)", class_names=class_names),
         plots.image_grid(candidate.wrong_images, candidate.wrong_labels, candidate.wrong_predictions,
-                         out_dir / "misclassified.png",
+                         out_dir / "misclassified.png", class_names=class_names,
                          title=f"misclassified: {int((predictions != candidate.labels).sum())} of {len(predictions)}"),
     )
     if history_path is not None and Path(history_path).is_file():
@@ -167,8 +171,10 @@ def bless(accuracy: float, baseline_accuracy: float | None, config: EvaluateConf
     return ok, reasons
 
 
-def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Loss (sparse categorical cross-entropy), accuracy, per-class precision/recall/F1, confusion matrix."""
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
+                           class_names: list[str] | None = None) -> dict[str, Any]:
+    """Loss (sparse categorical cross-entropy), accuracy, per-class precision/recall/F1 (keyed by class index,
+    each with its name), confusion matrix, and the class names ("0".."9" when None)."""
     n = len(labels)
     k = sig.NUM_CLASSES
     predictions = probabilities.argmax(axis=1)
@@ -180,8 +186,9 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dic
     precision = np.divide(true_positives, predicted, out=np.zeros(k), where=predicted > 0)
     recall = np.divide(true_positives, support, out=np.zeros(k), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    names = list(class_names) if class_names is not None else sig.default_class_names(k)
     per_class = {
-        str(c): {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+        str(c): {"name": names[c], "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
                  "support": int(support[c])}
         for c in range(k)
     }
@@ -192,6 +199,7 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dic
         "per_class": per_class,
         "macro_avg": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
         "confusion_matrix": matrix.tolist(),
+        "class_names": names,
     }
 
 

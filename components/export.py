@@ -9,8 +9,12 @@ Signatures (names from `serving.signatures`, so server, client, scorer and tests
 - `predict_png` (tensorflow/serving/predict): `image_png` string [batch] of encoded PNGs, decoded and scaled
   in the graph by `components.preprocessing.decode_and_scale_pngs` -> the same outputs;
 - `classify` (tensorflow/serving/classify): `inputs` string [batch] of serialized tf.Example (`image`: PNG
-  bytes, `label`: int64, ignored) -> `classes` string [batch, 10] ("0".."9"), `scores` float32 [batch, 10],
-  as TF Serving's Classify API requires.
+  bytes, `label`: int64, ignored) -> `classes` string [batch, 10] (the class names in index order: "0".."9"
+  for MNIST, "T-shirt/top".."Ankle boot" for Fashion-MNIST), `scores` float32 [batch, 10], as TF Serving's
+  Classify API requires.
+
+The class names also go to `assets.extra/class_names.txt` (`serving.signatures.CLASS_NAMES_FILE`), so whoever
+holds the folder reads them without loading the graph (`serving.signatures.read_class_names`).
 
 TF2's saver writes method_name tensorflow/serving/predict for every signature; the `classify` SignatureDef is
 rewritten in saved_model.pb after saving (and the fingerprint recomputed). Warmup requests for every
@@ -25,6 +29,7 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,27 +50,35 @@ class ExportOutput:
     saved_model_dir: Path
     signature_names: tuple[str, ...]
     warmup_path: Path
+    class_names: tuple[str, ...] = ()
 
 
 SAVED_MODEL_DIR = "saved_model"  # the stage's output folder holds the SavedModel under this name
 
 
-def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None = None) -> ExportOutput:
+def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None = None,
+        class_names: Sequence[str] | None = None) -> ExportOutput:
     """Export the Keras model at `model_path` as a SavedModel at `export_dir` (replaced if it exists).
 
     `warmup_images`: a few images (float32 [n, 28, 28, 1] in [0, 1], or uint8 [n, 28, 28(, 1)]) for the warmup
-    requests; blank images when None.
+    requests; blank images when None. `class_names`: the dataset's names of classes 0..9 (TFDS's label
+    names); "0".."9" when None.
     """
     import tensorflow as tf
 
     model_path, export_dir = Path(model_path), Path(export_dir)
+    names = list(class_names) if class_names is not None else sig.default_class_names()
+    try:
+        names_text = sig.format_class_names(names)
+    except ValueError as exc:
+        raise ModelError(f"cannot export with these class names: {exc}") from exc
     model = load_keras_model(model_path)
     images = _warmup_images(warmup_images)
 
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = export_dir.parent / f".{export_dir.name}.tmp-{secrets.token_hex(4)}"
     try:
-        module = _serving_module_class()(model)  # class built here so TF is imported lazily
+        module = _serving_module_class()(model, names)  # class built here so TF is imported lazily
         tf.saved_model.save(
             module,
             os.fspath(tmp),
@@ -78,13 +91,14 @@ def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None 
         set_signature_methods(tmp, {sig.CLASSIFY_SIGNATURE: sig.CLASSIFY_METHOD})
         warmup = tmp / "assets.extra" / sig.WARMUP_FILE
         write_warmup_requests(warmup, images)
+        atomic_write(Path(sig.class_names_path(tmp)), names_text.encode("utf-8"))
         _replace_dir(tmp, export_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    names = (sig.SERVING_DEFAULT, sig.PNG_SIGNATURE, sig.CLASSIFY_SIGNATURE)
-    log.info("wrote SavedModel %s (signatures: %s)", export_dir, ", ".join(names))
-    return ExportOutput(export_dir, names, export_dir / "assets.extra" / sig.WARMUP_FILE)
+    signatures = (sig.SERVING_DEFAULT, sig.PNG_SIGNATURE, sig.CLASSIFY_SIGNATURE)
+    log.info("wrote SavedModel %s (signatures: %s; classes: %s)", export_dir, ", ".join(signatures), ", ".join(names))
+    return ExportOutput(export_dir, signatures, export_dir / "assets.extra" / sig.WARMUP_FILE, tuple(names))
 
 
 def load_keras_model(model_path: Path):
@@ -113,13 +127,13 @@ def _serving_module_class():
     class ServingModule(tf.Module):
         """The Keras model (tracked, so its variables are saved) behind the three serving functions."""
 
-        def __init__(self, model):
+        def __init__(self, model, class_names):
             super().__init__(name="mnist_serving")
             self.model = model
             # Keras 3 keeps some state (the random layers' seed generators) outside the attributes TF's
             # tracker follows; listing every variable makes them reachable, as keras.export.ExportArchive does.
             self.model_variables = list(model.variables)
-            self.class_names = tf.constant([str(i) for i in range(sig.NUM_CLASSES)])
+            self.class_names = tf.constant(list(class_names))
 
         def _outputs(self, images):
             probabilities = tf.cast(self.model(images, training=False), tf.float32)

@@ -54,6 +54,7 @@ class IngestOutput:
     reused: bool  # True: already prepared from the same data, nothing written
     record_path: Path  # ingest.json: source, fingerprint, IDX header counts
     header_counts: dict[str, int] | None = field(default=None)  # per split, from the IDX headers
+    class_names: tuple[str, ...] = ()  # the label names in TFDS's metadata, index order ("0".."9" for MNIST)
 
 
 def check_config(config: DataConfig) -> None:
@@ -157,7 +158,14 @@ def _output(dataset: str, data_dir: Path, *, reused: bool, record: dict[str, Any
         reused=reused,
         record_path=record_path(data_dir, dataset),
         header_counts=record.get("header_counts"),
+        class_names=class_names(builder.info),
     )
+
+
+def class_names(info) -> tuple[str, ...]:
+    """The names TFDS gives the label's classes (`info.features["label"].names`): "T-shirt/top".."Ankle boot"
+    for Fashion-MNIST, "0".."9" for MNIST."""
+    return tuple(str(n) for n in info.features["label"].names)
 
 
 def _ingest_idx(dataset: str, source_dir: Path, data_dir: Path) -> IngestOutput:

@@ -62,14 +62,22 @@ def training_curves(history: Mapping[str, Sequence[float]], path: Path) -> Path:
     return _save(figure, path)
 
 
+def _name(index, class_names: Sequence[str] | None) -> str:
+    """The label of class `index` in a plot: its name ("Coat"), or the index where there are no names."""
+    i = int(index)
+    if class_names is None or i >= len(class_names):
+        return str(i)
+    return str(class_names[i])
+
+
 def confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: Sequence[str] | None = None) -> Path:
     """Rows: true class, columns: predicted class; counts in the cells, colour on a log-like scale."""
     from matplotlib.colors import PowerNorm
 
     matrix = np.asarray(matrix)
     n = matrix.shape[0]
-    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
-    figure = _figure(6.5, 5.5)
+    names = [_name(i, class_names) for i in range(n)]
+    figure = _figure(7.5 if any(len(x) > 2 for x in names) else 6.5, 6.0 if any(len(x) > 2 for x in names) else 5.5)
     ax = figure.add_subplot(1, 1, 1)
     image = ax.imshow(matrix, cmap="Blues", norm=PowerNorm(0.3, vmin=0, vmax=max(1, int(matrix.max()))))
     figure.colorbar(image, ax=ax)
@@ -78,7 +86,8 @@ def confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: Sequence[st
         for j in range(n):
             ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
                     color="white" if matrix[i, j] > threshold else "black")
-    ax.set_xticks(range(n), names)
+    long = any(len(x) > 2 for x in names)
+    ax.set_xticks(range(n), names, rotation=45 if long else 0, ha="right" if long else "center")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -87,8 +96,9 @@ def confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: Sequence[st
 
 
 def image_grid(images: np.ndarray, labels: Sequence[int], predictions: Sequence[int], path: Path, *,
-               title: str, columns: int = 5) -> Path:
-    """Images with "predicted (true)" under each; wrong predictions in red. An empty set draws a note."""
+               title: str, columns: int = 5, class_names: Sequence[str] | None = None) -> Path:
+    """Images with "predicted (true)" under each, as class names when given and they are not the indices
+    themselves ("Coat (Shirt)"); wrong predictions in red. An empty set draws a note."""
     images = np.asarray(images)
     count = len(images)
     rows = max(1, -(-count // columns))
@@ -104,5 +114,6 @@ def image_grid(images: np.ndarray, labels: Sequence[int], predictions: Sequence[
         ax.set_xticks([])
         ax.set_yticks([])
         right = int(predictions[i]) == int(labels[i])
-        ax.set_xlabel(f"{int(predictions[i])} ({int(labels[i])})", color="black" if right else "red")
+        ax.set_xlabel(f"{_name(predictions[i], class_names)} ({_name(labels[i], class_names)})",
+                      color="black" if right else "red", fontsize=8 if class_names else None)
     return _save(figure, path)

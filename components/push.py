@@ -10,6 +10,8 @@
   reloaded and checked there (every signature present with its method, predictions on a few images equal
   to those of the source), and only then renamed into place: TF Serving never sees a partial version.
 - The newest `keep_versions` versions are kept; older ones are renamed away (hidden) and then deleted.
+- One model name holds one dataset's models: the record says which dataset each version came from, and a
+  model of another dataset is refused (a Fashion-MNIST model would otherwise become the served "mnist").
 """
 
 from __future__ import annotations
@@ -64,17 +66,24 @@ def run(
     base_path: Path,
     *,
     blessing: Mapping[str, Any] | None,
+    dataset: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     record_path: Path | None = None,
     check_images: np.ndarray | None = None,
 ) -> PushOutput:
     """Push `saved_model_dir` under `base_path` if `blessing["blessed"]` (or `config.force`).
 
+    `dataset`: the TFDS name of the data the model learned, recorded in the version; a ConfigError when
+    `<base>/<model_name>/` holds versions of another dataset (None: not checked, e.g. a rollback's copy).
     `metadata`: extra fields for the version's record (run_id, accuracy, rolled_back_from, ...).
     `record_path`: where to write the outcome (pushed.json), pushed or not.
     `check_images`: float32 [n, 28, 28, 1] images for the prediction check; seeded random images when None.
     """
     saved_model_dir, base_path = Path(saved_model_dir), Path(base_path)
+    if not config.model_name:
+        raise ConfigError("push.model_name is not set; pipeline.config.resolve_defaults gives the dataset's name")
+    if dataset is not None:
+        check_same_dataset(base_path, config.model_name, dataset)
     blessed = bool(blessing and blessing.get("blessed"))
     if not blessed and not config.force:
         why = blessing.get("reason", "no reason recorded") if blessing else "it was not evaluated"
@@ -97,6 +106,7 @@ def run(
             "blessed": blessed,
             "forced": not blessed,
             "blessing_reason": blessing.get("reason") if blessing else None,
+            **({"dataset": dataset} if dataset is not None else {}),
             **dict(metadata or {}),
         }
         _write_metadata(tmp, record)
@@ -115,6 +125,26 @@ def run(
     reason = "pushed (blessed)" if blessed else "pushed with --force (not blessed)"
     out = PushOutput(True, reason, int(version_dir.name), version_dir, removed)
     return _record(out, record_path, saved_model_dir)
+
+
+def check_same_dataset(base_path: Path, model_name: str, dataset: str) -> None:
+    """A ConfigError when `<base>/<model_name>/` already holds versions pushed from another dataset than
+    `dataset`: TF Serving would serve (and clients compare) two kinds of model under one name. Versions that
+    record no dataset (pushed by hand or by an older pusher) do not count."""
+    others: dict[str, list[int]] = {}
+    for version in model_registry.list_versions(base_path, model_name):
+        found = version.metadata.get("dataset")
+        if found and found != dataset:
+            others.setdefault(str(found), []).append(version.version)
+    if others:
+        held = "; ".join(f"{name} (version{'s' if len(v) > 1 else ''} {', '.join(map(str, v))})"
+                         for name, v in sorted(others.items()))
+        where = os.fspath(model_registry.model_dir(base_path, model_name))
+        raise ConfigError(
+            f"refusing to push a {dataset} model as {model_name!r}: {where!r} holds versions of another dataset: "
+            f"{held}; push it under its own name with --model-name (push.model_name), e.g. {dataset!r}, "
+            f"which is the default for --dataset {dataset}"
+        )
 
 
 def _writable_model_dir(base_path: Path, model_name: str) -> Path:

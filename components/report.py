@@ -210,9 +210,12 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
     if metrics:
         flat = {k: v for k, v in metrics.items() if k != "confusion_matrix" and not isinstance(v, (dict, list))}
         parts.append(_kv_table(flat))
+        names = metrics.get("class_names")
+        if names:
+            parts.append("<p>Classes: " + ", ".join(f"{i} <b>{_e(n)}</b>" for i, n in enumerate(names)) + "</p>")
         for k, v in metrics.items():
             if isinstance(v, dict) and v and all(isinstance(row, dict) for row in v.values()):
-                cols = sorted({c for row in v.values() for c in row})
+                cols = sorted({c for row in v.values() for c in row}, key=lambda c: (c != "name", c))  # name first
                 head = "".join(f"<th>{_e(c)}</th>" for c in ["", *cols])
                 body = "".join(f"<tr><th>{_e(name)}</th>" + "".join(f"<td class='num'>{_fmt(row.get(c))}</td>" for c in cols)
                                + "</tr>" for name, row in v.items())

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_write_json
 from pipeline.errors import PipelineError
+from serving import signatures as sig
 from serving.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def run(
 
     out_dir = Path(out_dir)
     model_name, version = model.name, model.version
+    class_names = sig.read_class_names(model.path)
     images, labels = [], []
     for batch_images, batch_labels in data.split_dataset(data_dir, dataset, "test", batch_size=1000,
                                                          max_examples=max_examples):
@@ -102,11 +104,16 @@ def run(
             png_classes = np.asarray(client.predict_png(pngs, version=int(version))["classes"]).astype(np.int64).reshape(-1)
             classified = client.classify([make_example(p) for p in pngs], version=int(version))
             scores = classified["scores"]
-            top = classified["classes"][np.arange(k), scores.argmax(axis=1)].astype(np.int64)
+            # Classify answers the class names (the model's assets.extra/class_names.txt), index order.
+            answered_names = [list(row) for row in classified["classes"]]
+            top_names = np.array([row[i] for row, i in zip(answered_names, scores.argmax(axis=1))], dtype=object)
+            expected_names = np.array([class_names[int(c)] for c in classes[:k]], dtype=object)
             if not np.array_equal(png_classes, classes[:k]):
                 problems.append(f"predict_png disagrees with serving_default on {int((png_classes != classes[:k]).sum())} of {k}")
-            if not np.array_equal(top, classes[:k]):
-                problems.append(f"classify disagrees with serving_default on {int((top != classes[:k]).sum())} of {k}")
+            if any(row != class_names for row in answered_names):
+                problems.append(f"classify answers the classes {answered_names[0]!r}, not the model's names {class_names!r}")
+            elif not np.array_equal(top_names, expected_names):
+                problems.append(f"classify disagrees with serving_default on {int((top_names != expected_names).sum())} of {k}")
         address = server.address
     finally:
         server.stop(grace=1.0)
@@ -128,6 +135,8 @@ def run(
         "accuracy": accuracy,
         "expected_accuracy": expected_accuracy if compared else None,
         "signatures_checked": ["serving_default", "predict_png", "classify"],
+        "class_names": class_names,
+        "classify_top_classes": [str(n) for n in top_names[:5]],
         "signature_samples": int(k),
         "seconds": round(seconds, 3),
         "checked_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

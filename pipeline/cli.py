@@ -45,6 +45,16 @@ def config_flag(parser: argparse.ArgumentParser, *flags: str, key: str, **kwargs
     parser.add_argument(*flags, dest=key, **kwargs)
 
 
+def model_name_flag(parser, *, dataset: bool = True) -> None:
+    """`--model-name` (push.model_name) and, unless the command has its own, `--dataset` (data.dataset), whose
+    default model name and blessing threshold apply where those are not given (pipeline.config.DATASET_DEFAULTS)."""
+    if dataset:
+        config_flag(parser, "--dataset", key="data.dataset", metavar="NAME",
+                    help="mnist (default) or fashion_mnist: sets the default model name and blessing threshold")
+    config_flag(parser, "--model-name", key="push.model_name", metavar="NAME",
+                help="the model's name under the base path (default: the dataset's: mnist, fashion_mnist)")
+
+
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("common options")
     group.add_argument("--config", metavar="FILE", help="TOML configuration file; flags override it")

@@ -34,13 +34,13 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.config import Config, apply_overrides
+from pipeline.config import Config, apply_overrides, resolve_defaults
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import WorkdirLock
 from pipeline.stage_api import (
@@ -138,7 +138,7 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
-    return apply_overrides(Config(), flat, origin="run record")
+    return resolve_defaults(apply_overrides(Config(), flat, origin="run record"))
 
 
 def select_stages(
@@ -177,6 +177,7 @@ def run_pipeline(
     the selected stages run again (or are cache hits). Neither: a new run.
     """
     selected = select_stages(specs, stages, skip)  # a bad stage name is an error before anything is recorded
+    config = resolve_defaults(config)  # the dataset's model name and threshold, where config leaves them None
     if resume and run_id:
         raise ConfigError("give either resume or run_id, not both")
     if run_id is not None:
@@ -276,14 +277,17 @@ def _run_stages(
     return RunResult(run_id, "succeeded", shown, total)
 
 
-def _upstream(store: RunStore, records: Mapping[str, StageRecord], stage: str) -> StageRecord | None:
-    """Stage `stage` of this run, else its latest finished execution in the store (any run)."""
+def _upstream(store: RunStore, records: Mapping[str, StageRecord], stage: str,
+              accept: Callable[[Artifact], bool] | None = None, output: str | None = None) -> StageRecord | None:
+    """Stage `stage` of this run, else its latest finished execution in the store (any run) whose `output`
+    `accept` takes (all of them when `accept` is None)."""
     if stage in records:
         return records[stage]
-    ex = store.latest_finished(stage)
-    if ex is None:
-        return None
-    return StageRecord(stage, ex.status, 0.0, store.output_artifacts(ex.id), ex.properties, execution_id=ex.id)
+    for ex in store.finished(stage):
+        outputs = store.output_artifacts(ex.id)
+        if accept is None or (output in outputs and accept(outputs[output])):
+            return StageRecord(stage, ex.status, 0.0, outputs, ex.properties, execution_id=ex.id)
+    return None
 
 
 def _resolve_inputs(
@@ -294,7 +298,8 @@ def _resolve_inputs(
     for inp in spec.inputs:
         found: Artifact | None = None
         if inp.stage is not None:
-            rec = _upstream(store, records, inp.stage)
+            accept = (lambda art, inp=inp: inp.accept(config, art)) if inp.accept is not None else None
+            rec = _upstream(store, records, inp.stage, accept, inp.output or inp.name)
             if rec is not None:
                 upstream.setdefault(inp.stage, rec)
                 found = rec.outputs.get(inp.output or inp.name)

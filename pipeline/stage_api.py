@@ -74,6 +74,9 @@ class Input:
     resolve: Callable[[Config, Path, RunStore, Mapping[str, StageRecord], dict[str, Artifact]], Artifact | None] | None = None
     required: bool = True
     in_cache_key: bool = True  # False: recorded for lineage only (its content is derived from other inputs)
+    # Taken from another run (the stage is not in this one): only an output this accepts, e.g. the dataset
+    # that config.data.dataset names when a workdir holds MNIST and Fashion-MNIST runs; None: the newest.
+    accept: Callable[[Config, Artifact], bool] | None = None
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,11 @@ def _baseline(config: Config, workdir: Path, store: RunStore, upstream, inputs) 
 
     candidate = inputs.get("model")
     own = model_identity(candidate.uri) if candidate is not None else None
+    ds = inputs.get("dataset")
+    dataset = ds.properties.get("name") if ds is not None else config.data.dataset
     for version in reversed(model_registry.list_versions(model_base_path(config), config.push.model_name)):
+        if version.metadata.get("dataset") not in (None, dataset):
+            continue  # another dataset's model, judged on this test set, says nothing (push refuses the mix)
         if version.complete and model_identity(version.path) != own:
             return _pushed_artifact(store, version)
     return None
@@ -149,9 +153,16 @@ def ingest_stage(ctx: StageContext) -> StageResult:
     dataset = artifact(
         out.dataset_dir, "Dataset", name=out.dataset, version=out.version, data_dir=os.fspath(out.data_dir),
         num_examples=out.num_examples, source=out.source, source_dir=os.fspath(out.source_dir) if out.source_dir else None,
+        class_names=list(out.class_names),
     )
     return StageResult({"dataset": dataset}, {"dataset": out.dataset, "version": out.version,
                                               "num_examples": out.num_examples, "reused": out.reused})
+
+
+def _class_names(ctx: StageContext) -> list[str] | None:
+    """The dataset's class names as ingest read them from TFDS (None: a dataset recorded before they were)."""
+    found = ctx.inputs["dataset"].properties.get("class_names") if "dataset" in ctx.inputs else None
+    return list(found) if found else None
 
 
 def _dataset(ctx: StageContext) -> tuple[str, Path]:
@@ -191,10 +202,11 @@ def export_stage(ctx: StageContext) -> StageResult:
     from components import export
 
     out = export.run(Path(ctx.inputs["model"].uri), ctx.out_dir / export.SAVED_MODEL_DIR,
-                     warmup_images=_test_images(ctx, 4))
+                     warmup_images=_test_images(ctx, 4), class_names=_class_names(ctx))
     return StageResult({"saved_model": artifact(out.saved_model_dir, "SavedModel",
-                                                signatures=list(out.signature_names))},
-                       {"signatures": list(out.signature_names), "warmup": os.fspath(out.warmup_path)})
+                                                signatures=list(out.signature_names), class_names=list(out.class_names))},
+                       {"signatures": list(out.signature_names), "warmup": os.fspath(out.warmup_path),
+                        "class_names": list(out.class_names)})
 
 
 def evaluate_stage(ctx: StageContext) -> StageResult:
@@ -244,7 +256,7 @@ def push_stage(ctx: StageContext) -> StageResult:
     accuracy = blessing.get("accuracy") if blessing else None
     dataset = ctx.inputs["dataset"].properties.get("name") if "dataset" in ctx.inputs else ctx.config.data.dataset
     out = push.run(ctx.config.push, Path(ctx.inputs["model"].uri), model_base_path(ctx.config), blessing=blessing,
-                   metadata={"run_id": ctx.run_id, "accuracy": accuracy, "dataset": dataset},
+                   dataset=dataset, metadata={"run_id": ctx.run_id, "accuracy": accuracy},
                    record_path=ctx.out_dir / push.RECORD_FILE, check_images=_test_images(ctx, 8))
     outputs: dict[str, Artifact] = {}
     if out.record_path is not None:
@@ -304,7 +316,7 @@ def serving_check_stage(ctx: StageContext) -> StageResult:
         expected, expected_n = evaluation.properties.get("accuracy"), evaluation.properties.get("num_examples")
     elif "predictions" in ctx.inputs and ctx.upstream.get("score") is not None:
         sc = ctx.upstream["score"].properties
-        if sc.get("model_version") == version:
+        if sc.get("model_version") == version and sc.get("model_name") == model.name:
             expected, expected_n = sc.get("accuracy"), sc.get("num_predictions")
     out = serving_check.run(model, data_dir, name, ctx.out_dir, max_examples=ctx.config.evaluate.max_test_examples,
                             expected_accuracy=expected, expected_examples=expected_n)
@@ -357,9 +369,14 @@ def report_stage(ctx: StageContext) -> StageResult:
     return StageResult({"report": artifact(result.report_path, "Report")}, {"plots": [p.name for p in result.plot_paths]})
 
 
+def _is_configured_dataset(config: Config, dataset: Artifact) -> bool:
+    """A Dataset artifact of `data.dataset` (from another run: a workdir holds MNIST and Fashion-MNIST ones)."""
+    return dataset.properties.get("name") == config.data.dataset
+
+
 def default_stages() -> list[StageSpec]:
-    dataset = Input("dataset", "ingest")
     optional = dict(required=False)
+    dataset = Input("dataset", "ingest", accept=_is_configured_dataset)
     return [
         StageSpec("ingest", ingest_stage, sections=("data",), inputs=(Input("source", resolve=_source, **optional),)),
         StageSpec("validate", validate_stage, sections=("data",), inputs=(dataset,)),
@@ -373,9 +390,10 @@ def default_stages() -> list[StageSpec]:
                           Input("baseline", resolve=_baseline, **optional))),
         StageSpec("push", push_stage, sections=("push",),
                   inputs=(Input("model", "export", "saved_model"), Input("blessing", "evaluate", **optional),
-                          Input("dataset", "ingest", **optional))),
+                          Input("dataset", "ingest", accept=_is_configured_dataset, **optional))),
         StageSpec("score", score_stage, sections=("score",),
-                  inputs=(Input("model", resolve=_model_to_score), Input("dataset", "ingest", **optional),
+                  inputs=(Input("model", resolve=_model_to_score),
+                          Input("dataset", "ingest", accept=_is_configured_dataset, **optional),
                           Input("input_files", resolve=_score_input, **optional))),
         StageSpec("serving_check", serving_check_stage,
                   inputs=(Input("model", resolve=_model_to_serve), dataset,

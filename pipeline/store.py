@@ -323,6 +323,13 @@ class RunStore:
         ).fetchone()
         return _execution(row) if row else None
 
+    def finished(self, stage: str) -> Iterator[Execution]:
+        """Every succeeded or cached execution of `stage` in any run, newest first."""
+        rows = self._conn.execute(
+            "SELECT * FROM executions WHERE stage=? AND status IN ('succeeded', 'cached') ORDER BY id DESC", (stage,),
+        ).fetchall()
+        return (_execution(row) for row in rows)
+
     def output_artifacts(self, execution_id: int) -> dict[str, Artifact]:
         return self._event_artifacts(execution_id, "output")
 

@@ -206,23 +206,28 @@ class ServingClient:
         version: int | None = None,
         version_label: str | None = None,
         signature_name: str = sig.CLASSIFY_SIGNATURE,
-    ) -> dict[str, np.ndarray]:
-        """Classify tf.Examples (or their serialized bytes): {"classes": str [b, k], "scores": float32 [b, k]}."""
+    ) -> Prediction:
+        """Classify tf.Examples (or their serialized bytes): {"classes": str [b, k], "scores": float32 [b, k]},
+        with the version that answered. The classes are the model's class names in index order ("0".."9" for
+        MNIST, "T-shirt/top".."Ankle boot" for Fashion-MNIST), so scores[i].argmax() indexes both."""
         parsed = [e if isinstance(e, example_pb2.Example) else example_pb2.Example.FromString(e) for e in examples]
         classes, scores = [], []
+        model_version = None
         step = self.max_batch_size
         for start in range(0, max(len(parsed), 1), step):
             request = classification_pb2.ClassificationRequest()
             self._spec(request.model_spec, version, version_label, signature_name)
             request.input.example_list.examples.extend(parsed[start:start + step])
             response = self._call(self._predictions.Classify, request, f"Classify ({signature_name})")
+            if response.model_spec.HasField("version"):
+                model_version = response.model_spec.version.value
             for row in response.result.classifications:
                 classes.append([c.label for c in row.classes])
                 scores.append([c.score for c in row.classes])
-        return {
+        return Prediction({
             sig.CLASSIFY_CLASSES_OUTPUT: np.array(classes, dtype=str),
             sig.CLASSIFY_SCORES_OUTPUT: np.array(scores, dtype=np.float32),
-        }
+        }, model_version)
 
     def get_model_metadata(self, *, version: int | None = None, version_label: str | None = None) -> ModelMetadata:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])

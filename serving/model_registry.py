@@ -114,6 +114,15 @@ def versions_in(model_dir_: str | os.PathLike) -> list[ModelVersion]:
     return sorted(found, key=lambda v: v.version)
 
 
+def model_names(base_path: str | os.PathLike) -> list[str]:
+    """The models under a base path, sorted: every `<base>/<name>/` (not hidden) that holds a version folder."""
+    root = Path(base_path)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and versions_in(p))
+
+
 def newest_version(base_path: str | os.PathLike, model_name: str, *, complete: bool = True) -> ModelVersion | None:
     """The version TF Serving serves under its default policy (latest), or None. Only a complete version counts
     (TF Serving serves only one it can load): an incomplete newest folder is skipped, by `versions`, `score`,

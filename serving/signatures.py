@@ -4,6 +4,10 @@ The exporter writes them, the local server and the client speak them, the Beam s
 them. Change one here and every side changes together.
 """
 
+import logging
+
+log = logging.getLogger(__name__)
+
 MODEL_NAME = "mnist"
 
 IMAGE_SIZE = 28
@@ -38,6 +42,59 @@ EXAMPLE_KEY_FEATURE = "key"  # bytes, optional
 KERAS_INPUT_NAME = "image"
 
 WARMUP_FILE = "tf_serving_warmup_requests"  # under <SavedModel>/assets.extra/
+
+# The class names, one per line in class index order (UTF-8), under <SavedModel>/assets.extra/: what the
+# `classify` signature answers as its classes, kept as a file so that whoever holds the model folder (the
+# scorer, the evaluator, `versions`) reads them without loading the graph. TF Serving ignores the file.
+CLASS_NAMES_FILE = "class_names.txt"
+
+
+def default_class_names(num_classes: int = NUM_CLASSES) -> list[str]:
+    """"0".."9": MNIST's names, and the names of a model exported before class names were recorded."""
+    return [str(i) for i in range(num_classes)]
+
+
+def class_names_path(saved_model_dir) -> str:
+    return f"{str(saved_model_dir).rstrip('/')}/assets.extra/{CLASS_NAMES_FILE}"
+
+
+def format_class_names(names) -> str:
+    """The file's text; a ValueError for a name that cannot be one line, or a count other than NUM_CLASSES."""
+    names = [str(n) for n in names]
+    if len(names) != NUM_CLASSES:
+        raise ValueError(f"expected {NUM_CLASSES} class names, got {len(names)}: {names!r}")
+    for name in names:
+        if not name or "\n" in name or "\r" in name:
+            raise ValueError(f"class name {name!r} must be one non-empty line")
+    return "".join(f"{n}\n" for n in names)
+
+
+def read_class_names(saved_model_dir) -> list[str]:
+    """The class names a SavedModel (an export or a pushed version) records, index order; "0".."9" when it
+    records none (exported before class names existed) or the file is unusable (logged). Local paths and
+    TensorFlow file system URLs both work."""
+    path = class_names_path(saved_model_dir)
+    try:
+        if "://" in path:
+            import tensorflow as tf
+
+            if not tf.io.gfile.exists(path):
+                return default_class_names()
+            with tf.io.gfile.GFile(path, "rb") as fh:
+                text = fh.read().decode("utf-8")
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+    except FileNotFoundError:
+        return default_class_names()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("cannot read class names %s (%s); using 0..9", path, exc)
+        return default_class_names()
+    names = text.splitlines()
+    if len(names) != NUM_CLASSES or not all(names):
+        log.warning("%s holds %d names, not %d; using 0..9", path, len(names), NUM_CLASSES)
+        return default_class_names()
+    return names
 
 
 def read_signature_defs(saved_model_dir: str) -> dict:

@@ -6,15 +6,34 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, DataConfig, load_config
+from pipeline.config import Config, DataConfig, load_config, resolve_defaults
 from pipeline.errors import ConfigError
 
 
 def test_every_default_works() -> None:
     config = load_config()
-    assert config == Config()
+    assert config == resolve_defaults(Config())
     assert config.workdir == "artifacts" and config.data == DataConfig()
     assert config.data.dataset == "mnist" and config.data.source_dir is None
+    assert config.push.model_name == "mnist" and config.evaluate.accuracy_threshold == 0.99
+
+
+def test_the_dataset_sets_the_model_name_and_threshold_unless_given(tmp_path: Path) -> None:
+    """None means "the dataset's default", resolved once, after the TOML file and the flags."""
+    assert Config().push.model_name is None and Config().evaluate.accuracy_threshold is None
+    fashion = load_config(None, {"data.dataset": "fashion_mnist"})
+    assert fashion.push.model_name == "fashion_mnist" and fashion.evaluate.accuracy_threshold == 0.91
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\ndataset = "mnist"\n[evaluate]\naccuracy_threshold = 0.5\n')
+    # The flag's dataset changes the defaults the file left alone, not the threshold it set.
+    mixed = load_config(path, {"data.dataset": "fashion_mnist"})
+    assert mixed.push.model_name == "fashion_mnist" and mixed.evaluate.accuracy_threshold == 0.5
+    named = load_config(None, {"data.dataset": "fashion_mnist", "push.model_name": "clothes"})
+    assert named.push.model_name == "clothes" and resolve_defaults(named) == named
+    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar10'.*mnist, fashion_mnist"):
+        load_config(None, {"data.dataset": "cifar10"})
+    with pytest.raises(ConfigError, match=r"push.model_name '../x' is not a usable name"):
+        load_config(None, {"push.model_name": "../x"})
 
 
 def test_file_then_flags(tmp_path: Path) -> None:

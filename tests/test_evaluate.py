@@ -125,7 +125,7 @@ def test_corrupt_or_partial_saved_model_is_a_model_error_naming_the_path(
     else:
         shutil.rmtree(broken / "variables")
     with pytest.raises(ModelError, match="broken_model"):
-        evaluate.run(EvaluateConfig(), broken, prepared_data_dir, "mnist", tmp_path / "evaluate")
+        evaluate.run(EvaluateConfig(accuracy_threshold=0.99), broken, prepared_data_dir, "mnist", tmp_path / "evaluate")
     assert not (tmp_path / "evaluate" / "metrics.json").exists()
 
 
@@ -133,7 +133,7 @@ def test_training_curves_are_drawn_from_the_trainers_history(saved_model_dir, pr
     history = tmp_path / "history.json"
     history.write_text(json.dumps({"epoch": [1, 2], "loss": [1.0, 0.5], "val_loss": [1.1, 0.6],
                                    "accuracy": [0.6, 0.8], "val_accuracy": [0.5, 0.7], "learning_rate": [1e-3, 1e-3]}))
-    out = evaluate.run(EvaluateConfig(), saved_model_dir, prepared_data_dir, "mnist", tmp_path / "evaluate",
-                       history_path=history)
+    out = evaluate.run(EvaluateConfig(accuracy_threshold=0.99), saved_model_dir, prepared_data_dir, "mnist",
+                       tmp_path / "evaluate", history_path=history)
     curves = tmp_path / "evaluate" / "training_curves.png"
     assert curves in out.plot_paths and curves.read_bytes()[:4] == b"\x89PNG"

@@ -18,6 +18,7 @@ from pipeline.errors import ConfigError, ModelError
 from serving import model_registry
 from serving import signatures as sig
 
+MNIST = PushConfig(model_name="mnist")  # resolved, as pipeline.config.resolve_defaults gives it for mnist
 BLESSED = {"blessed": True, "reason": "accuracy 0.99 >= threshold"}
 NOT_BLESSED = {"blessed": False, "reason": "accuracy 0.5 is below the threshold 0.99"}
 
@@ -38,7 +39,7 @@ def _entries(base: Path) -> list[str]:
 def test_blessed_model_is_pushed_as_version_1_with_its_record(saved_model_dir, tmp_path):
     base = tmp_path / "models"
     record = tmp_path / "run" / "push" / "pushed.json"
-    out = push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED, metadata={"run_id": "r1", "accuracy": 0.99},
+    out = push.run(MNIST, saved_model_dir, base, blessing=BLESSED, metadata={"run_id": "r1", "accuracy": 0.99},
                    record_path=record)
     assert out.pushed and out.version == 1
     assert out.version_dir == model_registry.version_dir(base, sig.MODEL_NAME, 1)
@@ -55,10 +56,10 @@ def test_blessed_model_is_pushed_as_version_1_with_its_record(saved_model_dir, t
 
 def test_versions_increase_and_never_reuse_an_existing_folder(saved_model_dir, tmp_path):
     base = tmp_path / "models"
-    assert push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED).version == 1
+    assert push.run(MNIST, saved_model_dir, base, blessing=BLESSED).version == 1
     (base / sig.MODEL_NAME / "7").mkdir()  # a folder put there by hand (even an empty one) is never replaced
     (base / sig.MODEL_NAME / "7" / "mine.txt").write_text("keep me")
-    out = push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+    out = push.run(MNIST, saved_model_dir, base, blessing=BLESSED)
     assert out.version == 8
     assert (base / sig.MODEL_NAME / "7" / "mine.txt").read_text() == "keep me"
     assert [v.version for v in model_registry.list_versions(base, sig.MODEL_NAME)] == [1, 7, 8]
@@ -68,21 +69,21 @@ def test_versions_increase_and_never_reuse_an_existing_folder(saved_model_dir, t
 def test_not_blessed_is_a_recorded_outcome_and_nothing_is_pushed(saved_model_dir, tmp_path):
     base = tmp_path / "models"
     record = tmp_path / "pushed.json"
-    out = push.run(PushConfig(), saved_model_dir, base, blessing=NOT_BLESSED, record_path=record)
+    out = push.run(MNIST, saved_model_dir, base, blessing=NOT_BLESSED, record_path=record)
     assert not out.pushed and out.version is None
     assert "not blessed" in out.reason and "below the threshold" in out.reason
     assert not base.exists()
     assert json.loads(record.read_text())["pushed"] is False
-    assert push.run(PushConfig(), saved_model_dir, base, blessing=None).pushed is False
+    assert push.run(MNIST, saved_model_dir, base, blessing=None).pushed is False
 
-    forced = push.run(PushConfig(force=True), saved_model_dir, base, blessing=NOT_BLESSED)
+    forced = push.run(PushConfig(model_name="mnist", force=True), saved_model_dir, base, blessing=NOT_BLESSED)
     assert forced.pushed and forced.version == 1
     assert model_registry.read_metadata(forced.version_dir)["forced"] is True
 
 
 def test_a_failure_mid_push_leaves_no_version_and_the_existing_one_untouched(saved_model_dir, tmp_path, monkeypatch):
     base = tmp_path / "models"
-    first = push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+    first = push.run(MNIST, saved_model_dir, base, blessing=BLESSED)
     before = _tree_digest(first.version_dir)
 
     real_copytree = shutil.copytree
@@ -96,7 +97,7 @@ def test_a_failure_mid_push_leaves_no_version_and_the_existing_one_untouched(sav
 
     monkeypatch.setattr(push.shutil, "copytree", copy_then_fail)
     with pytest.raises(OSError, match="No space"):
-        push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+        push.run(MNIST, saved_model_dir, base, blessing=BLESSED)
     assert _entries(base) == ["1"]
     assert _tree_digest(first.version_dir) == before
 
@@ -122,13 +123,13 @@ def test_a_copy_that_predicts_differently_is_not_pushed(saved_model_dir, tmp_pat
     monkeypatch.setattr(push.shutil, "copytree", copy_with_other_weights)
     base = tmp_path / "models"
     with pytest.raises(ModelError, match="predicts differently"):
-        push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+        push.run(MNIST, saved_model_dir, base, blessing=BLESSED)
     assert _entries(base) == []
 
 
 def test_keep_only_the_newest_n_versions(saved_model_dir, tmp_path):
     base = tmp_path / "models"
-    config = PushConfig(keep_versions=2)
+    config = PushConfig(model_name="mnist", keep_versions=2)
     removed = [push.run(config, saved_model_dir, base, blessing=BLESSED).removed_versions for _ in range(4)]
     assert removed == [(), (), (1,), (2,)]
     assert _entries(base) == ["3", "4"]
@@ -153,7 +154,7 @@ def test_corrupt_or_partial_saved_model_is_refused_naming_the_path(damage, saved
         (broken / "saved_model.pb").write_bytes(proto.SerializeToString())
     base = tmp_path / "models"
     with pytest.raises(ModelError, match="broken_model"):
-        push.run(PushConfig(), broken, base, blessing=BLESSED)
+        push.run(MNIST, broken, base, blessing=BLESSED)
     assert not (base / sig.MODEL_NAME).exists() or _entries(base) == []
 
 
@@ -161,7 +162,7 @@ def test_base_path_that_is_a_file_is_a_clear_error(saved_model_dir, tmp_path):
     base = tmp_path / "models"
     base.write_text("not a folder")
     with pytest.raises(ConfigError, match="is a file"):
-        push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+        push.run(MNIST, saved_model_dir, base, blessing=BLESSED)
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write anywhere")
@@ -171,7 +172,7 @@ def test_base_path_that_is_not_writable_is_a_clear_error(saved_model_dir, tmp_pa
     base.chmod(0o500)
     try:
         with pytest.raises(ConfigError, match="writable|cannot create"):
-            push.run(PushConfig(), saved_model_dir, base, blessing=BLESSED)
+            push.run(MNIST, saved_model_dir, base, blessing=BLESSED)
     finally:
         base.chmod(0o700)
 
@@ -181,7 +182,7 @@ def test_base_path_reported_not_writable_is_a_clear_error(saved_model_dir, tmp_p
     real_access = os.access
     monkeypatch.setattr(push.os, "access", lambda p, mode: False if "models" in os.fspath(p) else real_access(p, mode))
     with pytest.raises(ConfigError, match="not writable"):
-        push.run(PushConfig(), saved_model_dir, tmp_path / "models", blessing=BLESSED)
+        push.run(MNIST, saved_model_dir, tmp_path / "models", blessing=BLESSED)
     assert _entries(tmp_path / "models") == []
 
 
@@ -254,6 +255,6 @@ def test_push_without_evaluation_asks_for_it(saved_model_dir, tmp_path, capsys):
 
 def test_rollback_with_one_version_is_refused(saved_model_dir, tmp_path, capsys):
     workdir = tmp_path / "w"
-    push.run(dataclasses.replace(PushConfig()), saved_model_dir, paths.model_base_path(workdir), blessing=BLESSED)
+    push.run(dataclasses.replace(MNIST), saved_model_dir, paths.model_base_path(workdir), blessing=BLESSED)
     assert cli.main(["rollback", "--workdir", os.fspath(workdir)]) == 1
     assert "nothing to roll back" in capsys.readouterr().err

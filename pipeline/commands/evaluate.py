@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import config_flag
+from pipeline.cli import config_flag, model_name_flag
 from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stage_arguments(parser, needs="export")
     config_flag(parser, "--threshold", key="evaluate.accuracy_threshold", type=float, metavar="ACC",
-                help="least test accuracy to bless (default 0.99)")
+                help="least test accuracy to bless (default: the dataset's, 0.99 for mnist)")
     config_flag(parser, "--tolerance", key="evaluate.tolerance", type=float, metavar="DELTA",
                 help="how much worse than the pushed version is still blessed (default 0.001)")
     config_flag(parser, "--max-test-examples", key="evaluate.max_test_examples", type=int, metavar="N",
                 help="evaluate on the first N test examples only (smoke runs)")
+    model_name_flag(parser)
     config_flag(parser, "--model-base-path", key="push.model_base_path", metavar="DIR",
                 help="where pushed versions live (the baseline); default <workdir>/serving/models")
 

@@ -1,4 +1,4 @@
-"""`mnist-pipeline predict`: ask a TF Serving (or `mnist-pipeline serve`) server for digits over gRPC or REST."""
+"""`mnist-pipeline predict`: ask a TF Serving (or `mnist-pipeline serve`) server for classes over gRPC or REST."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import logging
 import struct
 from pathlib import Path
 
+from pipeline.cli import config_flag
 from pipeline.config import Config
 
 NAME = "predict"
 HELP = "classify PNG files, or measure accuracy and latency on the test set, through a gRPC or REST server"
 DESCRIPTION = """\
-Send PNG images (28x28, grayscale or not) to the server's predict_png signature and print the digit of each:
+Send PNG images (28x28, grayscale or not) to the server's classify signature (TF Serving's Classify API,
+which answers the model's class names) and print the class of each, its name beside the index:
 
-  mnist-pipeline predict --server localhost:8500 a.png b.png
+  mnist-pipeline predict --server localhost:8500 a.png b.png                            # a.png: 7 (p=0.998)
+  mnist-pipeline predict --server localhost:8500 --model-name fashion_mnist coat.png    # coat.png: 4 Coat (p=0.675)
   mnist-pipeline predict --rest http://localhost:8501 a.png b.png     # TF Serving's REST API
 
 Or send N test images (from the workdir's TFDS data) from K concurrent clients, and report the accuracy
@@ -28,11 +31,14 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="*", metavar="PNG", help="PNG files of 28x28 digits")
+    parser.add_argument("images", nargs="*", metavar="PNG", help="PNG files of 28x28 images")
     parser.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address (default localhost:8500)")
     parser.add_argument("--rest", metavar="URL", help="use TF Serving's REST API at this URL (http://localhost:8501; "
                         "https:// with --tls-ca) instead of gRPC at --server")
-    parser.add_argument("--model-name", default=None, metavar="NAME", help="model name (default: push.model_name, mnist)")
+    config_flag(parser, "--dataset", key="data.dataset", metavar="NAME",
+                help="mnist (default) or fashion_mnist: the default model name, and the test set of --test-set")
+    parser.add_argument("--model-name", default=None, metavar="NAME",
+                        help="model name (default: push.model_name, the dataset's: mnist, fashion_mnist)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, metavar="N", help="ask this model version (default: the newest)")
     which.add_argument("--label", metavar="LABEL", help="ask the version with this label (models.config), e.g. stable")
@@ -94,14 +100,23 @@ def run(config: Config, args: argparse.Namespace) -> int:
         raise PipelineError("give PNG files or --test-set N, not both")
     if args.test_set is not None:
         return _run_test_set(config, args)
+    from components.examples import make_example
+
     pngs = [read_png(p) for p in args.images]  # every file checked before anything is sent
     with _client(config, args) as client:
-        out = client.predict_png(pngs, version=args.version, version_label=args.label)
-    for path, digit, probs in zip(args.images, out["classes"], out["probabilities"]):
-        print(f"{path}: {int(digit)} (p={float(probs[int(digit)]):.3f})")
-    answered = f"version {out.model_version}" if out.model_version is not None else "(REST answers name no version)"
+        out = client.classify([make_example(png) for png in pngs], version=args.version, version_label=args.label)
+    for path, names, scores in zip(args.images, out["classes"], out["scores"]):
+        index = int(scores.argmax())
+        print(f"{path}: {class_label(index, str(names[index]))} (p={float(scores[index]):.3f})")
+    version = getattr(out, "model_version", None)  # gRPC's answer names it; REST's does not
+    answered = f"version {version}" if version is not None else "(REST answers name no version)"
     print(f"model {client.model_name} {answered} at {client.address}")
     return 0
+
+
+def class_label(index: int, name: str) -> str:
+    """"7" where the name is the index itself (MNIST), else both: "4 Coat"."""
+    return str(index) if name == str(index) else f"{index} {name}"
 
 
 def _print_status(config: Config, args: argparse.Namespace) -> int:

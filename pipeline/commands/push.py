@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import config_flag
+from pipeline.cli import config_flag, model_name_flag
 from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stage_arguments(parser, needs="export")
     config_flag(parser, "--force", key="push.force", action="store_const", const=True,
                 help="push even if the model is not blessed")
+    model_name_flag(parser)
     config_flag(parser, "--model-base-path", key="push.model_base_path", metavar="DIR",
                 help="TF Serving's model base path (default <workdir>/serving/models)")
     config_flag(parser, "--keep-versions", key="push.keep_versions", type=int, metavar="N",

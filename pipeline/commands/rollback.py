@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pipeline.cli import config_flag
+from pipeline.cli import config_flag, model_name_flag
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 
@@ -25,6 +25,7 @@ into place like any push) whose record says `rolled_back_from` (the version serv
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", type=int, metavar="VERSION", default=None,
                         help="the version to serve again (default: the one before the newest)")
+    model_name_flag(parser)
     config_flag(parser, "--model-base-path", key="push.model_base_path", metavar="DIR",
                 help="TF Serving's model base path (default <workdir>/serving/models)")
 

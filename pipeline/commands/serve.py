@@ -17,13 +17,16 @@ from pipeline.config import Config
 NAME = "serve"
 HELP = "serve the pushed model versions over TF Serving's gRPC and REST APIs (local development server)"
 DESCRIPTION = """\
-Serve <model base path>/mnist/<version>/ over TF Serving's gRPC API (PredictionService: Predict, Classify,
+Serve every model of the base path, <model base path>/<model>/<version>/ (mnist, fashion_mnist, ...), over
+TF Serving's gRPC API (PredictionService: Predict, Classify,
 GetModelMetadata; ModelService: GetModelStatus; grpc.health.v1) and its REST API (/v1/models/...: predict,
 classify, status, metadata), for development and tests where the TF Serving container cannot run.
 The newest version is served by default; the base path is polled for new versions, which are loaded and
-warmed up before they become the default. Without --models-config the version policy is TF Serving's
-default (the newest version only) and there are no labels; with it (e.g. serving/deploy/models.config) its
-policy and version labels apply, and it is re-read when it changes.
+warmed up before they become the default. Without --models-config (or --model_name/--model_base_path) the
+models are those found in the base path at start (each folder holding a version) and push.model_name (the
+dataset's, even before its first version), with TF Serving's default policy (the newest version only) and
+no labels; with it (e.g. serving/deploy/models.config) its models, policies and version labels apply, and it
+is re-read when it changes.
 
   mnist-pipeline serve                                  # gRPC 127.0.0.1:8500, REST :8501, <workdir>/serving/models
   mnist-pipeline serve --models-config serving/deploy/models.config --port 8500
@@ -150,6 +153,18 @@ def _local_file(path: str | None, flag: str):
     raise ServingError(f"{flag} {path!r} does not exist; pass an existing file")
 
 
+def served_models(config: Config) -> dict:
+    """Without a models config: every model in the base path (mnist and fashion_mnist side by side) and
+    push.model_name, each with TF Serving's default policy."""
+    from pipeline.config import model_base_path
+    from serving import model_registry
+    from serving.model_manager import ModelSettings
+
+    base = model_base_path(config)
+    names = sorted({config.push.model_name, *model_registry.model_names(base)})
+    return {name: ModelSettings(model_registry.model_dir(base, name)) for name in names}
+
+
 def run(config: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -189,8 +204,10 @@ def run(config: Config, args: argparse.Namespace) -> int:
         name = args.model_name or "default"  # TF Serving's default --model_name
         given = Path(args.model_base_path)
         models = {name: ModelSettings(given if given.is_dir() or not given.is_absolute() else base / name)}
+    elif args.model_name:
+        models = {args.model_name: ModelSettings(base / args.model_name)}
     else:
-        models = {args.model_name or config.push.model_name: ModelSettings(base / (args.model_name or config.push.model_name))}
+        models = served_models(config)
     for name, settings in models.items():
         if not settings.base_path.is_dir():
             log.warning("model %s: %s does not exist yet; it is polled every %.1f s", name, settings.base_path,

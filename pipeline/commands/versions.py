@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from pipeline.cli import config_flag
+from pipeline.cli import config_flag, model_name_flag
 from pipeline.config import Config
 
 NAME = "versions"
@@ -18,6 +18,7 @@ version under their default version policy: it is marked `served`."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    model_name_flag(parser)
     config_flag(parser, "--model-base-path", key="push.model_base_path", metavar="DIR",
                 help="TF Serving's model base path (default <workdir>/serving/models)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per version) instead of a table")
