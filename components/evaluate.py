@@ -29,7 +29,7 @@ import numpy as np
 from components import plots
 from pipeline.atomic import atomic_write_json
 from pipeline.config import EvaluateConfig
-from pipeline.errors import DataError, ModelError
+from pipeline.errors import ConfigError, DataError, ModelError
 from serving import signatures as sig
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def run(
 
     saved_model_dir, out_dir = Path(saved_model_dir), Path(out_dir)
     if config.accuracy_threshold is None:
-        raise DataError("evaluate.accuracy_threshold is not set; pipeline.config.resolve_defaults gives the dataset's")
+        raise ConfigError("evaluate.accuracy_threshold is not set; pipeline.config.resolve_defaults gives the dataset's")
     predict = load_serving_function(saved_model_dir)
     class_names = sig.read_class_names(saved_model_dir)  # what the model answers, so plots say "Coat", not 4
     test = data.split_dataset(data_dir, dataset, "test", batch_size=_BATCH_SIZE, max_examples=config.max_test_examples)

@@ -163,6 +163,31 @@ def test_stage_selection_takes_inputs_from_earlier_runs(tmp_path):
         assert store.list_runs()[0].status == "succeeded"  # the refused run left no record
 
 
+def test_an_input_from_another_run_is_the_newest_one_the_config_accepts(tmp_path):
+    """A workdir with MNIST and Fashion-MNIST runs: a stage alone takes the dataset its config names, not
+    whichever was ingested last."""
+    seen = []
+
+    def ingest(ctx):
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        out = ctx.out_dir / "data.txt"
+        out.write_text(ctx.config.data.dataset)
+        return StageResult({"dataset": artifact(out, "Dataset", name=ctx.config.data.dataset)}, {})
+
+    def use(ctx):
+        seen.append(ctx.inputs["dataset"].properties["name"])
+        return StageResult({}, {})
+
+    specs = [StageSpec("ingest", ingest, sections=("data",)),
+             StageSpec("use", use, inputs=(Input("dataset", "ingest", accept=lambda config, art:
+                                                 art.properties.get("name") == config.data.dataset),))]
+    for dataset in ("mnist", "fashion_mnist"):
+        run_pipeline(_config(tmp_path, **{"data.dataset": dataset}), specs=specs, code="v1", stages=["ingest"])
+    run_pipeline(_config(tmp_path), specs=specs, code="v1", stages=["use"])
+    run_pipeline(_config(tmp_path, **{"data.dataset": "fashion_mnist"}), specs=specs, code="v1", stages=["use"])
+    assert seen == ["mnist", "fashion_mnist"]
+
+
 def test_missing_upstream_fails_clearly(tmp_path):
     fake = FakeStages()
     with pytest.raises(StageFailed, match="include stage 'a'"):
