@@ -46,11 +46,12 @@ class DatasetDefaults:
 
 
 # mnist: the default recipe reaches ~99.6%, so 0.99 blesses a normal run and stops a broken one. fashion_mnist:
-# the same recipe reached 93.0% on the real data (README, "Fashion-MNIST"); 0.91 leaves it a 2-point margin
-# (seed to seed it moves by tenths) and still refuses a model that learned the easy classes only.
+# the same recipe reached 91.37% on the real data (README, "Fashion-MNIST"); 0.90 clears it by 1.4 points
+# (several times what a seed changes) and still refuses a model that learned only the easy classes (shirts,
+# coats and pullovers are the hard ones: 73-89% recall).
 DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
     "mnist": DatasetDefaults(model_name="mnist", accuracy_threshold=0.99),
-    "fashion_mnist": DatasetDefaults(model_name="fashion_mnist", accuracy_threshold=0.91),
+    "fashion_mnist": DatasetDefaults(model_name="fashion_mnist", accuracy_threshold=0.90),
 }
 
 

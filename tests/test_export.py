@@ -164,3 +164,17 @@ def test_bad_warmup_images_are_refused(trained_keras_model_path, tmp_path):
     with pytest.raises(ModelError, match="warmup images"):
         export.run(trained_keras_model_path, tmp_path / "out", warmup_images=np.zeros((2, 32, 32), np.float32))
     assert not (tmp_path / "out").exists()
+
+
+def test_class_names_file_round_trips_and_bad_names_are_refused(saved_model_dir, trained_keras_model_path, tmp_path):
+    # Exported without names (the fixture): "0".."9", MNIST's names, in the file the contract defines.
+    assert Path(sig.class_names_path(saved_model_dir)).read_text() == "".join(f"{i}\n" for i in range(10))
+    assert sig.read_class_names(saved_model_dir) == [str(i) for i in range(10)]
+    assert sig.read_class_names(tmp_path) == [str(i) for i in range(10)]  # a model from before the file
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    (tmp_path / "assets.extra").mkdir()
+    Path(sig.class_names_path(tmp_path)).write_text(sig.format_class_names(names))
+    assert sig.read_class_names(tmp_path) == names
+    for bad in (names[:9], [*names[:9], "two\nlines"]):
+        with pytest.raises(ModelError, match="class names"):
+            export.run(trained_keras_model_path, tmp_path / "x", class_names=bad)
