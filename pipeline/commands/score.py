@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import config_flag
+from pipeline.cli import config_flag, model_name_flag
 from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--model", key="score.model", metavar="PATH",
                 help="SavedModel folder, or model base path <base>/<model> (its newest version); "
                      "default: the workdir's pushed model")
+    model_name_flag(parser)
     source = parser.add_mutually_exclusive_group()
     config_flag(source, "--input", key="score.input_pattern", metavar="PATTERN",
                 help="file pattern or folder: TFRecord of tf.Example, Parquet, CSV (Kaggle's layout) or "
