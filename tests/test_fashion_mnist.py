@@ -49,7 +49,7 @@ def two_datasets(tmp_path_factory) -> dict:
     return {"workdir": workdir, "mnist_run": mnist_run, "fashion_run": fashion_run, "executions": executions}
 
 
-def test_fashion_run_pushes_its_own_model_with_its_class_names(two_datasets):
+def test_fashion_run_pushes_its_own_model_with_its_class_names(two_datasets, capsys):
     workdir, ex = two_datasets["workdir"], two_datasets["executions"]
     assert {s: e.status for s, e in ex.items()} == {
         s: "succeeded" for s in ("ingest", "validate", "train", "export", "evaluate", "push", "score",
@@ -83,6 +83,10 @@ def test_fashion_run_pushes_its_own_model_with_its_class_names(two_datasets):
 
     page = (run_dir / "report" / "report.html").read_text()
     assert "Ankle boot" in page and "T-shirt/top" in page and "fashion_mnist" in page
+
+    code, out, _ = _run(capsys, "runs", "--workdir", str(workdir))
+    rows = {line.split()[0]: line.split()[3] for line in out.splitlines()[1:]}
+    assert code == 0 and rows == {two_datasets["mnist_run"]: "mnist", two_datasets["fashion_run"]: "fashion_mnist"}
 
 
 def test_a_model_of_another_dataset_is_refused_under_a_taken_name(two_datasets, capsys):

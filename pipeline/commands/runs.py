@@ -50,7 +50,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         if not runs:
             print(f"no runs recorded in {path}")
             return 0
-        print(f"{'RUN ID':<25} {'STATUS':<12} {'DURATION':>8}  {'PUSHED':<8} {'ACCURACY':<8}  NOTE")
+        print(f"{'RUN ID':<25} {'STATUS':<12} {'DURATION':>8}  {'DATASET':<13} {'PUSHED':<8} {'ACCURACY':<8}  NOTE")
         for r in runs:
             pushed, accuracy = "-", "-"
             for ex in store.executions(r.id):
@@ -63,5 +63,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
             note = f"failed at {r.failed_stage}: {r.error}" if r.failed_stage else ""
             if len(note) > 90:
                 note = note[:87] + "..."
-            print(f"{r.id:<25} {r.status:<12} {_duration(r.started, r.ended):>8}  {pushed:<8} {accuracy:<8}  {note}")
+            dataset = (r.config.get("data") or {}).get("dataset") or "-"
+            print(f"{r.id:<25} {r.status:<12} {_duration(r.started, r.ended):>8}  {dataset:<13} {pushed:<8} {accuracy:<8}  "
+                  f"{note}")
     return 0
