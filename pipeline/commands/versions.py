@@ -54,12 +54,11 @@ def run(config: Config, args: argparse.Namespace) -> int:
         print(f"no versions pushed in {where}; push one with `mnist-pipeline push`")
         return 0
     print(f"{where}:")
-    newest = versions[-1]
-    if newest.complete:
+    if served_version is not None:
         from serving.signatures import read_class_names
 
-        print(f"  dataset {newest.metadata.get('dataset') or 'not recorded'}; classes: "
-              + ", ".join(read_class_names(newest.path)))
+        print(f"  dataset {served_version.metadata.get('dataset') or 'not recorded'}; classes: "
+              + ", ".join(read_class_names(served_version.path)))
     print(f"  {'version':>7}  {'':6}  {'accuracy':>8}  {'pushed at (UTC)':25}  {'run':24}  note")
     for v in versions:
         meta = v.metadata
