@@ -48,7 +48,8 @@ class DatasetDefaults:
 # mnist: the default recipe reaches ~99.6%, so 0.99 blesses a normal run and stops a broken one. fashion_mnist:
 # the same recipe reached 91.70% on the real data (README, "Fashion-MNIST"; the recipe before it 91.37%);
 # 0.90 clears it by 1.7 points (the seed-to-seed spread on Fashion-MNIST is not measured; MNIST's is
-# hundredths of a point) and still refuses a model that learned only the easy classes (shirts, T-shirts, coats and pullovers are the hard ones: 73-88% recall).
+# hundredths of a point) and still refuses a model that learned only the easy classes (shirts, T-shirts,
+# coats and pullovers are the hard ones: 73-88% recall).
 DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
     "mnist": DatasetDefaults(model_name="mnist", accuracy_threshold=0.99),
     "fashion_mnist": DatasetDefaults(model_name="fashion_mnist", accuracy_threshold=0.90),

@@ -109,6 +109,7 @@ def test_one_server_serves_both_models_and_predict_prints_class_names(two_datase
     from pipeline.config import load_config
     from serving.client import ServingClient
     from serving.model_manager import ModelManager
+    from serving.rest import RestServer
     from serving.server import LocalServer
 
     workdir = two_datasets["workdir"]
@@ -117,6 +118,8 @@ def test_one_server_serves_both_models_and_predict_prints_class_names(two_datase
     manager = ModelManager(models, poll_interval=1.0)
     server = LocalServer(manager, host="127.0.0.1", port=0)
     server.start()
+    rest = RestServer(server.manager, host="127.0.0.1", port=0)
+    rest.start()
     try:
         images = synthetic_digits(3, seed=11)[0][..., np.newaxis].astype(np.float32) / 255.0
         pngs = encode_pngs(images)
@@ -139,10 +142,14 @@ def test_one_server_serves_both_models_and_predict_prints_class_names(two_datase
             index, name = line.removeprefix(f"{path}: ").split(" (p=")[0].split(" ", 1)
             assert FASHION_NAMES[int(index)] == name  # e.g. "img0.png: 4 Coat (p=0.912)"
         assert "model fashion_mnist version 1" in out
+        code, rest_out, err = _run(capsys, "predict", "--rest", rest.url, "--model-name", "fashion_mnist", *map(str, files))
+        assert code == 0, err
+        assert rest_out.splitlines()[:3] == lines[:3]  # REST's classify answers the same names
         code, out, err = _run(capsys, "predict", "--server", server.address, *map(str, files))  # mnist by default
         assert code == 0, err
         assert all(line.split(": ")[1].split(" ")[0].isdigit() and line.count(" ") == 2 for line in out.splitlines()[:3])
     finally:
+        rest.stop()
         server.stop(grace=1.0)
 
 
