@@ -95,7 +95,7 @@ def build_pipeline(
     inference_failed = errors.failed_inferences | "InferenceFailures" >> beam.FlatMap(_failed_rows)
     failed = (decode_failed, inference_failed) | "AllFailed" >> beam.Flatten()
     formatted = predictions | "FormatPredictions" >> beam.ParDo(
-        FormatPredictions(output_format, model.name, model.version)
+        FormatPredictions(output_format, model.name, model.version, class_names=model.class_names)
     ).with_outputs(STATS_TAG, main="rows")
     prefix = FileSystems.join(output_dir, PREDICTIONS_PREFIX)
     if output_format == "parquet":
@@ -113,6 +113,7 @@ def build_pipeline(
     header = {
         "model": {"saved_model_dir": model.saved_model_dir, "name": model.name, "version": model.version,
                   "server": server.address if server else None},
+        "class_names": list(model.class_names),
         "input_pattern": inputs.pattern,
         "input_format": inputs.format,
         "format": output_format,

@@ -17,6 +17,7 @@ Without `--runner` the job runs on `FnApiRunner` (Beam's default runner would fe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from components.score.options import JobOptions
 from components.score.read import readable
 from components.score.write import FAILED_PREFIX, FORMATS, PREDICTIONS_PREFIX, SUMMARY_FILE, write_json_atomic
 from pipeline.errors import ConfigError, DataError, PipelineError
+from serving import signatures as sig
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +234,7 @@ def run(
             raise ConfigError("no model: give --model (a SavedModel or model base path) or --server")
         ref = resolve_model(model)
         check_saved_model(ref.saved_model_dir)
+        ref = dataclasses.replace(ref, class_names=tuple(sig.read_class_names(ref.saved_model_dir)))
     inputs = check_inputs(input_pattern, options.input_format, options.columns)
     check_worker_pool(beam_args)
     output_dir = os.fspath(output_dir)

@@ -30,6 +30,9 @@ class ModelRef:
     saved_model_dir: str | None  # None when a server scores (the SavedModel is the server's)
     name: str
     version: int | None  # the integer folder of TF Serving's layout; None for a bare SavedModel dir
+    # The SavedModel's assets.extra/class_names.txt ("0".."9" for MNIST, and when a server scores: the file
+    # is the server's).
+    class_names: tuple[str, ...] = tuple(sig.default_class_names())
 
 
 def _join(base: str, *parts: str) -> str:
