@@ -67,6 +67,19 @@ def split_file_pattern(data_dir: str | os.PathLike, dataset: str, split: str) ->
     return first[: first.rindex("-", 0, first.rindex("-of-"))] + "-*"  # <name>-<split>.tfrecord-NNNNN-of-MMMMM
 
 
+def _inputs_and_prefix(data_dir, dataset: str, split: str, output_prefix, num_shards: int) -> tuple[list[str], Path]:
+    """The split's TFRecord files and the output prefix, its folder made; bad shard counts and folders refused."""
+    if num_shards < 1:
+        raise DataError(f"num_shards must be at least 1, got {num_shards}")
+    files = split_files(data_dir, dataset, split)
+    prefix = Path(output_prefix)
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output folder {os.fspath(prefix.parent)!r}: {exc}") from exc
+    return files, prefix
+
+
 def write_examples(
     data_dir: str | os.PathLike, dataset: str, split: str, output_prefix: str | os.PathLike, *, num_shards: int = 4,
     limit: int | None = None,
@@ -77,14 +90,7 @@ def write_examples(
     import tensorflow as tf
     from tensorflow.core.example import example_pb2
 
-    if num_shards < 1:
-        raise DataError(f"num_shards must be at least 1, got {num_shards}")
-    files = split_files(data_dir, dataset, split)
-    prefix = Path(output_prefix)
-    try:
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the output folder {os.fspath(prefix.parent)!r}: {exc}") from exc
+    files, prefix = _inputs_and_prefix(data_dir, dataset, split, output_prefix, num_shards)
     finals = [prefix.parent / f"{prefix.name}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
     temps = [f.with_name(f".{f.name}.tmp-{secrets.token_hex(4)}") for f in finals]
     writers = [tf.io.TFRecordWriter(os.fspath(t)) for t in temps]
@@ -147,14 +153,7 @@ def write_sample(
         raise DataError(f"unknown sample format {output_format!r}; choose one of {', '.join(SAMPLE_FORMATS)}")
     if output_format == "tfrecord":
         return write_examples(data_dir, dataset, split, output_prefix, num_shards=num_shards, limit=limit)
-    if num_shards < 1:
-        raise DataError(f"num_shards must be at least 1, got {num_shards}")
-    files = split_files(data_dir, dataset, split)
-    prefix = Path(output_prefix)
-    try:
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create the output folder {os.fspath(prefix.parent)!r}: {exc}") from exc
+    files, prefix = _inputs_and_prefix(data_dir, dataset, split, output_prefix, num_shards)
     rows = list(_rows(files, split, limit))
     if output_format == "images":
         return _write_images(prefix, rows)
