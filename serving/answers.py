@@ -1,9 +1,9 @@
-"""What a serving call answers, for both clients (gRPC `serving.client`, REST `serving.rest_client`): the
-answer types and the hint each status code gets in an error message."""
+"""What both clients (gRPC `serving.client`, REST `serving.rest_client`) share: the answer types, the hint
+each status code gets in an error message, the checks of their common options and how a batch is split."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -46,3 +46,48 @@ class VersionStatus:
     state: str  # UNKNOWN, START, LOADING, AVAILABLE, UNLOADING, END
     error_code: int
     error_message: str
+
+
+def check_client_options(timeout: float, certificate_chain, private_key) -> None:
+    """The options both clients refuse alike, before anything is sent."""
+    from serving.errors import ServingError
+
+    if timeout <= 0:
+        raise ServingError(f"timeout must be positive, got {timeout}")
+    if (certificate_chain is None) != (private_key is None):
+        raise ServingError("mutual TLS needs both a client certificate and its private key; pass both or neither")
+
+
+def as_inputs(inputs, input_name: str) -> dict[str, np.ndarray]:
+    """A Predict call's inputs by name: an array alone goes to `input_name`."""
+    if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
+        inputs = {input_name: inputs}
+    return {k: np.asarray(v) for k, v in inputs.items()}
+
+
+def batch_slices(inputs: Mapping[str, np.ndarray], *, max_message_bytes: int, max_batch_size: int, envelope: int,
+                 nbytes: Callable[[np.ndarray], float], unit: str = "bytes") -> list[slice]:
+    """Slices of the batch such that no request exceeds `max_message_bytes` (each example's size by `nbytes`,
+    plus `envelope` for the rest of the request) nor `max_batch_size` examples."""
+    from serving.errors import ServingError
+
+    sizes = {a.shape[0] if a.ndim else 1 for a in inputs.values()}
+    if len(sizes) != 1:
+        raise ServingError(f"inputs have different batch sizes {sorted(sizes)}; give every input the same first dimension")
+    (n,) = sizes
+    per_example = sum(nbytes(a) for a in inputs.values()) / max(n, 1)
+    by_bytes = int((max_message_bytes - envelope) // max(per_example, 1))
+    if by_bytes < 1:
+        raise ServingError(f"one example is about {per_example:.0f} {unit}, more than max_message_bytes "
+                           f"({max_message_bytes}); raise max_message_bytes")
+    step = max(1, min(by_bytes, max_batch_size))
+    if n == 0:
+        return [slice(0, 0)]
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def joined(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The outputs of a split batch's requests, concatenated in order."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

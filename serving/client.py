@@ -39,7 +39,16 @@ from tensorflow_serving.apis import (
 
 from serving import DEFAULT_MAX_MESSAGE_BYTES
 from serving import signatures as sig
-from serving.answers import HINTS, ModelMetadata, Prediction, VersionStatus
+from serving.answers import (
+    HINTS,
+    ModelMetadata,
+    Prediction,
+    VersionStatus,
+    as_inputs,
+    batch_slices,
+    check_client_options,
+    joined,
+)
 from serving.errors import ServingError
 from serving.tensors import fill_tensor_proto, to_ndarray
 from serving.tls import read_pem_file
@@ -85,10 +94,7 @@ class ServingClient:
         max_batch_size: int = 256,
         max_attempts: int = 5,
     ):
-        if timeout <= 0:
-            raise ServingError(f"timeout must be positive, got {timeout}")
-        if (certificate_chain is None) != (private_key is None):
-            raise ServingError("mutual TLS needs both a client certificate and its private key; pass both or neither")
+        check_client_options(timeout, certificate_chain, private_key)
         self.address = address
         self.model_name = model_name
         self.timeout = timeout
@@ -150,19 +156,8 @@ class ServingClient:
                             f"{details}; {hint}", code)
 
     def _chunks(self, inputs: Mapping[str, np.ndarray]) -> list[slice]:
-        sizes = {a.shape[0] if a.ndim else 1 for a in inputs.values()}
-        if len(sizes) != 1:
-            raise ServingError(f"inputs have different batch sizes {sorted(sizes)}; give every input the same first dimension")
-        (n,) = sizes
-        per_example = sum(_nbytes(a) for a in inputs.values()) / max(n, 1)
-        by_bytes = int((self.max_message_bytes - _ENVELOPE_BYTES) // max(per_example, 1))
-        if by_bytes < 1:
-            raise ServingError(f"one example is {per_example:.0f} bytes, more than max_message_bytes "
-                               f"({self.max_message_bytes}); raise max_message_bytes")
-        step = max(1, min(by_bytes, self.max_batch_size))
-        if n == 0:
-            return [slice(0, 0)]
-        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+        return batch_slices(inputs, max_message_bytes=self.max_message_bytes, max_batch_size=self.max_batch_size,
+                            envelope=_ENVELOPE_BYTES, nbytes=_nbytes)
 
     # -- PredictionService ------------------------------------------------------------------------------
 
@@ -176,9 +171,7 @@ class ServingClient:
         input_name: str = sig.IMAGE_INPUT,
     ) -> Prediction:
         """Predict on a batch; an array goes to `input_name`. Large batches go as several requests."""
-        if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
-            inputs = {input_name: inputs}
-        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        arrays = as_inputs(inputs, input_name)
         parts: list[Mapping[str, np.ndarray]] = []
         model_version = None
         for part in self._chunks(arrays):
@@ -190,9 +183,7 @@ class ServingClient:
             # Copied: the fast path views the response's bytes read-only, and callers may write to outputs.
             parts.append({k: np.array(to_ndarray(v)) for k, v in response.outputs.items()})
             model_version = response.model_spec.version.value if response.model_spec.HasField("version") else None
-        if len(parts) == 1:
-            return Prediction(parts[0], model_version)
-        return Prediction({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, model_version)
+        return Prediction(joined(parts), model_version)
 
     def predict_png(self, pngs: Sequence[bytes], **kwargs) -> Prediction:
         """Predict on encoded PNG files (bytes); the model decodes and scales them."""

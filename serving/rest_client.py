@@ -36,7 +36,7 @@ from tensorflow.core.example import example_pb2
 from serving import DEFAULT_MAX_MESSAGE_BYTES
 from serving import signatures as sig
 from serving.answers import HINTS as _HINTS
-from serving.answers import ModelMetadata, Prediction, VersionStatus
+from serving.answers import ModelMetadata, Prediction, VersionStatus, as_inputs, batch_slices, check_client_options, joined
 from serving.errors import ServingError
 from serving.http_status import GRPC_CODE
 
@@ -60,10 +60,7 @@ class RestClient:
         max_batch_size: int = 256,
         max_attempts: int = 5,
     ):
-        if timeout <= 0:
-            raise ServingError(f"timeout must be positive, got {timeout}")
-        if (certificate_chain is None) != (private_key is None):
-            raise ServingError("mutual TLS needs both a client certificate and its private key; pass both or neither")
+        check_client_options(timeout, certificate_chain, private_key)
         if "://" not in url:
             url = ("https://" if root_certificates is not None else "http://") + url
         parsed = urllib.parse.urlsplit(url)
@@ -225,9 +222,7 @@ class RestClient:
         input_name: str = sig.IMAGE_INPUT,
     ) -> Prediction:
         """Predict on a batch (columnar "inputs"); an array goes to `input_name`. Large batches go as several requests."""
-        if isinstance(inputs, np.ndarray) or not isinstance(inputs, Mapping):
-            inputs = {input_name: inputs}
-        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        arrays = as_inputs(inputs, input_name)
         path = self._path(version, version_label, ":predict")
         parts = []
         for part in self._chunks(arrays):
@@ -240,9 +235,7 @@ class RestClient:
                 outputs = {names[0] if len(names) == 1 else "outputs": outputs}
             parts.append({k: _from_json(v) for k, v in outputs.items()})
         # TF Serving's REST answer does not say which version answered; only an asked-for version is known.
-        if len(parts) == 1:
-            return Prediction(parts[0], version)
-        return Prediction({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, version)
+        return Prediction(joined(parts), version)
 
     def predict_png(self, pngs: Sequence[bytes], *, version: int | None = None, version_label: str | None = None,
                     **kwargs) -> Prediction:
@@ -336,19 +329,8 @@ class RestClient:
         return self._output_names[signature_name]
 
     def _chunks(self, inputs: Mapping[str, np.ndarray]) -> list[slice]:
-        sizes = {a.shape[0] if a.ndim else 1 for a in inputs.values()}
-        if len(sizes) != 1:
-            raise ServingError(f"inputs have different batch sizes {sorted(sizes)}; give every input the same first dimension")
-        (n,) = sizes
-        per_example = sum(_json_bytes(a) for a in inputs.values()) / max(n, 1)
-        by_bytes = int((self.max_message_bytes - 4096) // max(per_example, 1))
-        if by_bytes < 1:
-            raise ServingError(f"one example is about {per_example:.0f} bytes of JSON, more than max_message_bytes "
-                               f"({self.max_message_bytes}); raise max_message_bytes")
-        step = max(1, min(by_bytes, self.max_batch_size))
-        if n == 0:
-            return [slice(0, 0)]
-        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+        return batch_slices(inputs, max_message_bytes=self.max_message_bytes, max_batch_size=self.max_batch_size,
+                            envelope=4096, nbytes=_json_bytes, unit="bytes of JSON")
 
 
 class _TLSConnection(http.client.HTTPSConnection):
