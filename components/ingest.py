@@ -220,9 +220,12 @@ def _idx_builder_class(base: type, dataset: str) -> type:
                 return {name: self._generate_examples(split) for name, split in self._idx_splits.items()}
 
             def _generate_examples(self, split):
-                # Keys are the file positions, as TFDS's own MNIST builder uses.
-                for index, (image, label) in enumerate(zip(split.images, split.labels)):
-                    yield index, {"image": image[..., None], "label": int(label)}
+                # Keys are the file positions, as TFDS's own MNIST builder uses. The images go to TFDS already
+                # PNG-encoded (its Image feature keeps bytes as they are), by the op TFDS would run on each
+                # array, so the records hold the same bytes.
+                pngs = _encode_pngs(split.images)
+                for index, (png, label) in enumerate(zip(pngs, split.labels)):
+                    yield index, {"image": png, "label": int(label)}
 
             # TFDS prints "Downloading and preparing ... to <temporary path>" and "downloaded and prepared to
             # <temporary path>": neither is true here. We log the source and the final path instead.
@@ -234,6 +237,19 @@ def _idx_builder_class(base: type, dataset: str) -> type:
 
     IdxBuilder.__module__ = base.__module__  # dataset_info.json names TFDS's module, as after a download
     return IdxBuilder
+
+
+def _encode_pngs(images):
+    """uint8 [n, 28, 28] -> n PNG byte strings, each what `tf.image.encode_png` gives for that image.
+
+    TFDS's Image feature encodes a NumPy image by one graph run per example, which made ingest take most of a
+    minute; one tf.data pass, mapped in parallel, gives the same bytes in a few seconds.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(images[..., None])
+    ds = ds.map(tf.image.encode_png, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return [png for batch in ds.batch(4096).as_numpy_iterator() for png in batch]
 
 
 def _ingest_download(dataset: str, data_dir: Path) -> IngestOutput:

@@ -43,6 +43,24 @@ def test_idx_files_become_a_regular_tfds_dataset(idx_dir: Path, tmp_path: Path) 
     assert sorted(int(x) for x in labels) == sorted(np.arange(50) % 10)
 
 
+def test_stored_images_are_the_idx_pixels_encoded_as_tfds_would(idx_dir: Path, tmp_path: Path) -> None:
+    import tensorflow_datasets as tfds
+
+    from components import idx
+
+    data_dir = paths.data_dir(tmp_path / "work")
+    ingest.run(DataConfig(source_dir=str(idx_dir)), data_dir)
+    source = idx.read_source_dir(idx_dir)["test"]
+    # The PNG bytes are those TFDS's Image feature writes for each array (as a TFDS download would hold).
+    feature = tfds.features.Image(shape=(28, 28, 1))
+    expected = [feature.encode_example(image[..., None]) for image in source.images]
+    assert ingest._encode_pngs(source.images) == expected
+    # And the prepared split decodes to exactly the IDX pixels, each with its label.
+    ds = tfds.load("mnist", split="test", data_dir=str(data_dir), as_supervised=True)
+    stored = sorted((image.tobytes(), int(label)) for image, label in tfds.as_numpy(ds))
+    assert stored == sorted((image[..., None].tobytes(), int(label)) for image, label in zip(source.images, source.labels))
+
+
 def test_second_ingest_of_the_same_files_reuses(idx_dir: Path, tmp_path: Path, caplog) -> None:
     data_dir = paths.data_dir(tmp_path / "work")
     first = ingest.run(DataConfig(source_dir=str(idx_dir)), data_dir)
@@ -137,14 +155,15 @@ def test_failure_while_preparing_leaves_nothing_half_written(idx_dir: Path, tmp_
     def broken(source_dir):
         splits = real(source_dir)
         train = splits["train"]
-        # The 150th image has the wrong size: TFDS fails in the middle of writing the train split.
-        images = [*train.images[:150], np.zeros((3, 3), np.uint8)]
-        splits["train"] = idx.IdxSplit(images=images, labels=train.labels[:151], header_count=151)
+        # The 151st label is out of range: TFDS fails in the middle of writing the train split.
+        labels = train.labels.astype(np.int64)
+        labels[150] = 12
+        splits["train"] = idx.IdxSplit(images=train.images, labels=labels, header_count=len(labels))
         return splits
 
     monkeypatch.setattr(idx, "read_source_dir", broken)
     data_dir = paths.data_dir(tmp_path / "work")
-    with pytest.raises(ValueError, match="incompatible"):  # TFDS's own check of the image feature
+    with pytest.raises(ValueError, match="12"):  # TFDS's own check of the label feature
         ingest.run(DataConfig(source_dir=str(idx_dir)), data_dir)
     assert [p for p in _files(data_dir) if "ingest" in p or "mnist" in p] == []
 
