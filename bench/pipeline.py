@@ -5,9 +5,9 @@
 Each run is the CLI in a fresh process (as a user starts it) on a fresh temporary workdir; per-stage wall times
 come from the run store. Both runs use a snapshot of the project's packages taken at the start, so edits
 made to the checkout meanwhile (the cache keys hash the sources) cannot turn the second run into a rerun.
-Targets: the first run (everything, default architecture and recipe) at most 15 minutes, with the pushed model
-at the export issue's accuracy; the second run at most 10% of the first's time (every stage a cache hit but the
-report).
+Targets: the first run (everything, default architecture and recipe) at most 5 minutes with a blessed model at
+test accuracy >= 99.6% (issue 16; it was 15 minutes before); the second run at most 10% of the first's time
+(every stage a cache hit but the report).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from hoststat import cpu_times, describe, steal_share  # noqa: E402  (bench/, th
 from pipeline import paths  # noqa: E402
 from pipeline.store import RunStore  # noqa: E402
 
-FIRST_TARGET_S = 15 * 60
+FIRST_TARGET_S = 5 * 60
+ACCURACY_TARGET = 0.996
 CACHED_TARGET_RATIO = 0.10
 
 
@@ -82,14 +83,17 @@ def main() -> int:
                 print(f"  {stage:<14} {status:<9} {duration:8.1f} s")
             train = props.get("train", {})
             if {s: st for s, st, _ in stages}.get("train") == "succeeded" and "train_seconds" in train:
-                print(f"  (train: {train['train_seconds']:.1f} s of training, fit and batch norm recalibration; "
-                      f"target <= 600 s: {'met' if train['train_seconds'] <= 600 else 'MISSED'})")
+                print(f"  (train: {train['train_seconds']:.1f} s of training, fit and batch norm recalibration)")
         ev, push = props.get("evaluate", {}), props.get("push", {})
         check, score = props.get("serving_check", {}), props.get("score", {})
         first, second = results
         print(f"\ntest accuracy {ev.get('accuracy')}, blessed {ev.get('blessed')}, pushed version {push.get('version')}, "
               f"scored {score.get('num_predictions')} (failed {score.get('num_failed')}), "
               f"serving check passed {check.get('passed')}")
+        accuracy = float(ev.get("accuracy") or 0.0)
+        good = bool(ev.get("blessed")) and accuracy >= ACCURACY_TARGET
+        print(f"blessed model at test accuracy >= {ACCURACY_TARGET:.1%}: {'met' if good else 'MISSED'} "
+              f"({accuracy:.2%}, one run)")
         print(f"first run:  {first:8.1f} s  (target <= {FIRST_TARGET_S} s: {'met' if first <= FIRST_TARGET_S else 'MISSED'})")
         print(f"second run: {second:8.1f} s  = {second / first:.1%} of the first "
               f"(target <= {CACHED_TARGET_RATIO:.0%}: {'met' if second <= CACHED_TARGET_RATIO * first else 'MISSED'})")

@@ -1,18 +1,19 @@
 """Train the default and the seed architecture on real MNIST, once per seed, in one run; print per seed test
-accuracy, training seconds, examples per second, peak memory and the time to 99.0% validation accuracy, then
-the default's mean/min/max and the default/seed time ratio, each against the targets of issue 16.
+accuracy, training seconds, examples per second, peak memory, the time to 99.0% validation accuracy and the
+batch-1 latency of the exported `serving_default` called in process (median of 300 calls), then the default's
+mean/min/max and the default/seed time ratio, each against the targets of issue 16.
 
-    .venv/bin/python bench/train.py --seeds 0,1,2         # both recipes, three seeds each (about 15 min on 2 idle cores)
+    .venv/bin/python bench/train.py --seeds 0,1,2         # both recipes, three seeds each (about 22 min on 2 cores)
     .venv/bin/python bench/train.py --epochs 1            # a quick look (one seed, the config's)
 
-Each training runs in its own child process (`mnist-pipeline`'s components, nothing else), so its peak
-resident memory is that child's `ru_maxrss`. The two architectures alternate (default, seed, default, seed,
-...) so both see the machine's same spells. The data is ingested into the workdir first when it is not there.
-Wall times depend on what else runs on the machine and its host: the load average is printed before and after,
-the share of CPU time the host took for other guests (steal) beside each training, and the default/seed time
-ratio, measured in the same run, is the figure to compare across machines. The time to 99.0% validation
-accuracy is read from history.json's per-epoch "seconds", so it is the end of the first epoch (validation
-included) at or above 99.0%: an upper bound at epoch granularity.
+Each training runs in its own child process (`mnist-pipeline`'s components, nothing else), so its peak resident
+memory is that child's `ru_maxrss` (training, test evaluation and export). The two architectures alternate
+(default, seed, default, seed, ...) so both see the machine's same spells. The data is ingested into the workdir
+first when it is not there. Wall times depend on what else runs on the machine and its host: the load average is
+printed before and after, the share of CPU time the host took for other guests (steal) beside each training, and
+the default/seed time ratio, measured in the same run, is the figure to compare across machines. The time to 99.0%
+validation accuracy is read from history.json's per-epoch "seconds", so it is the end of the first epoch
+(validation included) at or above 99.0%: an upper bound at epoch granularity.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def child(architecture: str, workdir: Path, result_path: Path, epochs: int | Non
     test = data.split_dataset(paths.data_dir(workdir), config.data.dataset, "test", batch_size=1000)
     loss, accuracy = model.evaluate(test, verbose=0)
     history = json.loads(out.history_path.read_text())
+    serving_ms = serving_latency_ms(out.model_path, out_dir / "saved_model")
     reached = [t for t, a in zip(history["seconds"], history["val_accuracy"]) if a >= 0.99]
     result = {
         "architecture": architecture,
@@ -77,8 +79,30 @@ def child(architecture: str, workdir: Path, result_path: Path, epochs: int | Non
         "test_accuracy": float(accuracy),
         "test_loss": float(loss),
         "params": int(model.count_params()),
+        "serving_ms": serving_ms,
     }
     result_path.write_text(json.dumps(result))
+
+
+def serving_latency_ms(model_path: Path, export_dir: Path, calls: int = 300) -> float:
+    """Median ms of one batch-1 call of the exported `serving_default`, in this process, as the server calls it."""
+    import numpy as np
+
+    from components import export
+    from serving import signatures as sig
+    from serving.servable import Servable
+
+    export.run(model_path, export_dir)
+    signature = Servable("bench", 1, export_dir).signatures[sig.SERVING_DEFAULT]
+    one = {sig.IMAGE_INPUT: np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32)}
+    for _ in range(50):
+        signature.call(one)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        signature.call(one)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
 
 
 def ensure_ingested(workdir: Path, source_dir: Path) -> None:
@@ -135,13 +159,13 @@ def _parse_seeds(text: str | None) -> list[int | None]:
 def summarize(results: list[dict]) -> None:
     """The per-seed table and, where both architectures ran, the default's figures against issue 16's targets."""
     header = (f"{'architecture':<13}{'seed':>5}{'params':>9}{'epochs':>7}{'batch':>6}{'test acc':>10}{'train s':>9}"
-              f"{'ex/s':>8}{'s to 99%':>10}{'peak RSS MiB':>14}{'cpu steal':>11}")
+              f"{'ex/s':>8}{'s to 99%':>10}{'peak RSS MiB':>14}{'serve ms':>10}{'cpu steal':>11}")
     print(header)
     for r in results:
         t99 = "never" if r["seconds_to_99"] is None else f"{r['seconds_to_99']:.0f}"
         print(f"{r['architecture']:<13}{r['seed']:>5}{r['params']:>9}{r['epochs']:>7}{r['batch_size']:>6}"
               f"{r['test_accuracy']:>10.4f}{r['train_seconds']:>9.0f}{r['examples_per_second']:>8.0f}{t99:>10}"
-              f"{r['peak_rss_mib']:>14.0f}{describe(r['cpu_steal']):>11}")
+              f"{r['peak_rss_mib']:>14.0f}{r['serving_ms']:>10.2f}{describe(r['cpu_steal']):>11}")
     d = [r for r in results if r["architecture"] == "default"]
     b = [r for r in results if r["architecture"] == "seed"]
     for name, rs in (("default", d), ("seed", b)):
@@ -174,6 +198,9 @@ def summarize(results: list[dict]) -> None:
     else:
         print(f"  99.0% validation accuracy within {TARGET_SECONDS_TO_99:.0f} s (slowest seed {max(t99):.0f} s, at "
               f"epoch ends): {_against(max(t99), TARGET_SECONDS_TO_99, at_most=True, unit=' s')}")
+    serve = statistics.median(r["serving_ms"] for r in d)
+    seed_serve = f" (the seed CNN's {statistics.median(r['serving_ms'] for r in b):.2f} ms, same run)" if b else ""
+    print(f"  batch-1 serving_default in process: median {serve:.2f} ms{seed_serve}")
     rss = max(r["peak_rss_mib"] for r in d)
     print(f"  peak RSS {rss:.0f} MiB <= {TARGET_PEAK_RSS_MIB:.0f} MiB: "
           f"{_against(rss, TARGET_PEAK_RSS_MIB, at_most=True, unit=' MiB')}")
