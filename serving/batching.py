@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -73,18 +72,10 @@ def read_batching_parameters(path: str | os.PathLike | None) -> BatchingParamete
     """Parse a BatchingParameters text proto (unknown fields and wrong types are errors, as in the model server)."""
     if path is None:
         return BatchingParameters()
-    from google.protobuf import text_format
+    from serving.tfs_protos import message_classes, read_text_proto
 
-    from serving.tfs_protos import message_classes
-
-    p = Path(path)
-    try:
-        proto = text_format.Parse(p.read_text(), message_classes()["BatchingParameters"]())
-    except OSError as exc:
-        raise ServingError(f"batching parameters file {str(p)!r} cannot be read: {exc}; pass an existing file "
-                           f"to --batching_parameters_file") from exc
-    except text_format.ParseError as exc:
-        raise ServingError(f"batching parameters file {str(p)!r} is not a BatchingParameters text proto: {exc}") from exc
+    proto = read_text_proto(path, message_classes()["BatchingParameters"](), what="batching parameters file",
+                            flag="--batching_parameters_file")
     defaults = BatchingParameters()
 
     def value(field: str) -> int:

@@ -29,7 +29,6 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -50,22 +49,14 @@ class MonitoringConfig:
 
 def read_monitoring_config(path: str | os.PathLike) -> MonitoringConfig:
     """Parse a MonitoringConfig text proto (tensorflow_serving/config/monitoring_config.proto)."""
-    from google.protobuf import text_format
+    from serving.tfs_protos import message_classes, read_text_proto
 
-    from serving.tfs_protos import message_classes
-
-    p = Path(path)
-    try:
-        proto = text_format.Parse(p.read_text(), message_classes()["MonitoringConfig"]())
-    except OSError as exc:
-        raise ServingError(f"monitoring config {str(p)!r} cannot be read: {exc}; pass an existing file to "
-                           f"--monitoring_config_file") from exc
-    except text_format.ParseError as exc:
-        raise ServingError(f"monitoring config {str(p)!r} is not a MonitoringConfig text proto: {exc}") from exc
+    proto = read_text_proto(path, message_classes()["MonitoringConfig"](), what="monitoring config",
+                            flag="--monitoring_config_file")
     # TF Serving's default path when prometheus_config.path is empty.
     metrics_path = proto.prometheus_config.path or "/monitoring/prometheus/metrics"
     if not metrics_path.startswith("/"):
-        raise ServingError(f"monitoring config {str(p)!r}: prometheus_config.path {metrics_path!r} must start with '/'")
+        raise ServingError(f"monitoring config {os.fspath(path)!r}: prometheus_config.path {metrics_path!r} must start with '/'")
     return MonitoringConfig(proto.prometheus_config.enable, metrics_path)
 
 

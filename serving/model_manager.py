@@ -68,17 +68,11 @@ def read_models_config(path: str | os.PathLike, model_base_path: str | os.PathLi
     A `base_path` that exists here is used as is; one that does not (the container's /models/<name>) maps to
     `<model_base_path>/<name>`, so the deployment's models.config serves the same models locally.
     """
-    from google.protobuf import text_format
-
     from serving.errors import ServingError
+    from serving.tfs_protos import read_text_proto
 
     p = Path(path)
-    try:
-        config = text_format.Parse(p.read_text(), model_server_config_pb2.ModelServerConfig())
-    except OSError as exc:
-        raise ServingError(f"models config {str(p)!r} cannot be read: {exc}; pass an existing file to --models-config") from exc
-    except text_format.ParseError as exc:
-        raise ServingError(f"models config {str(p)!r} is not a valid ModelServerConfig text proto: {exc}") from exc
+    config = read_text_proto(p, model_server_config_pb2.ModelServerConfig(), what="models config", flag="--models-config")
     if not config.HasField("model_config_list") or not config.model_config_list.config:
         raise ServingError(f"models config {str(p)!r} has no model_config_list entries; add one `config {{ name: ... }}`")
     models: dict[str, ModelSettings] = {}

@@ -12,6 +12,9 @@ names, numbers and types), in a private descriptor pool so they never clash with
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -57,3 +60,20 @@ def message_classes() -> dict[str, type]:
     pool = _build_pool()
     names = ("MonitoringConfig", "PrometheusConfig", "BatchingParameters")
     return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{n}")) for n in names}
+
+
+def read_text_proto(path: str | os.PathLike, message, *, what: str, flag: str):
+    """Parse the text proto file at `path` into `message` (a fresh message instance) and return it; a ServingError
+    naming the file (`what`: how the error calls it) and the flag that passes it when it cannot be read or parsed."""
+    from google.protobuf import text_format
+
+    from serving.errors import ServingError
+
+    p = Path(path)
+    try:
+        return text_format.Parse(p.read_text(), message)
+    except OSError as exc:
+        raise ServingError(f"{what} {str(p)!r} cannot be read: {exc}; pass an existing file to {flag}") from exc
+    except text_format.ParseError as exc:
+        name = message.DESCRIPTOR.name
+        raise ServingError(f"{what} {str(p)!r} is not a {name} text proto: {exc}") from exc
