@@ -13,9 +13,11 @@ for users' files, streamed, never loaded into memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,31 +93,46 @@ def write_examples(
     from tensorflow.core.example import example_pb2
 
     files, prefix = _inputs_and_prefix(data_dir, dataset, split, output_prefix, num_shards)
-    finals = [prefix.parent / f"{prefix.name}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    temps = [f.with_name(f".{f.name}.tmp-{secrets.token_hex(4)}") for f in finals]
-    writers = [tf.io.TFRecordWriter(os.fspath(t)) for t in temps]
     count = 0
+    with _shards(prefix, num_shards, "tfrecord") as shards:
+        writers = [tf.io.TFRecordWriter(os.fspath(t)) for t in shards.temps]
+        try:
+            records = tf.data.TFRecordDataset(files)
+            for record in (records.take(limit) if limit is not None else records).as_numpy_iterator():
+                example = example_pb2.Example.FromString(record)
+                example.features.feature[sig.EXAMPLE_KEY_FEATURE].bytes_list.value[:] = [f"{split}-{count:05d}".encode()]
+                writers[count % num_shards].write(example.SerializeToString())
+                count += 1
+        finally:
+            for w in writers:
+                w.close()
+    return ExamplesOutput(shards.finals, count, shards.pattern)
+
+
+@dataclass(frozen=True)
+class _Shards:
+    finals: tuple[Path, ...]  # <prefix>-NNNNN-of-MMMMM.<suffix>
+    temps: tuple[Path, ...]  # where each is written, beside its final name
+    pattern: str  # the glob of the finals
+
+
+@contextlib.contextmanager
+def _shards(prefix: Path, num_shards: int, suffix: str) -> Iterator[_Shards]:
+    """The shard files' temp paths, to be written inside the block; renamed into place when it succeeds, and
+    removed whatever happens."""
+    finals = tuple(prefix.parent / f"{prefix.name}-{i:05d}-of-{num_shards:05d}.{suffix}" for i in range(num_shards))
+    shards = _Shards(finals, tuple(f.with_name(f".{f.name}.tmp-{secrets.token_hex(4)}") for f in finals),
+                     os.fspath(prefix.parent / f"{prefix.name}-?????-of-{num_shards:05d}.{suffix}"))
     try:
-        records = tf.data.TFRecordDataset(files)
-        for record in (records.take(limit) if limit is not None else records).as_numpy_iterator():
-            example = example_pb2.Example.FromString(record)
-            example.features.feature[sig.EXAMPLE_KEY_FEATURE].bytes_list.value[:] = [f"{split}-{count:05d}".encode()]
-            writers[count % num_shards].write(example.SerializeToString())
-            count += 1
-        for w in writers:
-            w.close()
-        for t, f in zip(temps, finals):
+        yield shards
+        for t, f in zip(shards.temps, finals):
             os.replace(t, f)
     finally:
-        for w in writers:
-            w.close()
-        for t in temps:
+        for t in shards.temps:
             if t.exists():
                 t.unlink()
     for f in finals:
         log.info("wrote %s", f)
-    pattern = os.fspath(prefix.parent / f"{prefix.name}-?????-of-{num_shards:05d}.tfrecord")
-    return ExamplesOutput(tuple(finals), count, pattern)
 
 
 SAMPLE_FORMATS = ("tfrecord", "parquet", "csv", "images")
@@ -157,26 +174,11 @@ def write_sample(
     rows = list(_rows(files, split, limit))
     if output_format == "images":
         return _write_images(prefix, rows)
-    suffix = {"parquet": "parquet", "csv": "csv"}[output_format]
-    finals = [prefix.parent / f"{prefix.name}-{i:05d}-of-{num_shards:05d}.{suffix}" for i in range(num_shards)]
-    temps = [f.with_name(f".{f.name}.tmp-{secrets.token_hex(4)}") for f in finals]
-    try:
-        for shard, temp in enumerate(temps):
-            part = rows[shard::num_shards]
-            if output_format == "parquet":
-                _write_parquet(temp, part)
-            else:
-                _write_csv(temp, part)
-        for t, f in zip(temps, finals):
-            os.replace(t, f)
-    finally:
-        for t in temps:
-            if t.exists():
-                t.unlink()
-    for f in finals:
-        log.info("wrote %s", f)
-    pattern = os.fspath(prefix.parent / f"{prefix.name}-?????-of-{num_shards:05d}.{suffix}")
-    return ExamplesOutput(tuple(finals), len(rows), pattern)
+    write = _write_parquet if output_format == "parquet" else _write_csv
+    with _shards(prefix, num_shards, output_format) as shards:
+        for shard, temp in enumerate(shards.temps):
+            write(temp, rows[shard::num_shards])
+    return ExamplesOutput(shards.finals, len(rows), shards.pattern)
 
 
 def _write_parquet(path: Path, rows: list) -> None:
