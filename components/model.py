@@ -51,7 +51,7 @@ _RECIPES = {
         # 2-core VM, load average 1.7-2.7): test accuracy 99.67%, 99.70%, 99.67% (mean 99.68%) in 249-253 s,
         # 1.49x the seed CNN's training time measured alternately in the same run (1.38-1.64x per seed).
         # Ten epochs gave the same mean (99.69%, 99.65%, 99.69%) at 2.7x. A narrower version (32-64-128
-        # channels, 3.1M multiply-adds) gave 99.65%, 99.65%, 99.57% in 7 epochs and 99.63% (seed 0) in 10.
+        # channels, 3.1M multiply-adds; exploratory runs outside the bench) averaged 99.62% in 7 epochs.
         # Not bit-for-bit reproducible across machines or thread counts.
         weight_decay=0.05,
         label_smoothing=0.1,
