@@ -42,7 +42,8 @@ TARGET_SECONDS_TO_99 = 30.0
 TARGET_PEAK_RSS_MIB = 1.5 * 1024
 
 
-def child(architecture: str, workdir: Path, result_path: Path, epochs: int | None, seed: int | None) -> None:
+def child(architecture: str, workdir: Path, result_path: Path, epochs: int | None, seed: int | None,
+          precision: str | None) -> None:
     """Train one architecture, evaluate it on the test split, write a JSON result."""
     sys.path.insert(0, str(REPO))
     import dataclasses
@@ -52,7 +53,7 @@ def child(architecture: str, workdir: Path, result_path: Path, epochs: int | Non
     from pipeline.config import Config
 
     config = Config()
-    tc = dataclasses.replace(config.train, architecture=architecture, epochs=epochs,
+    tc = dataclasses.replace(config.train, architecture=architecture, epochs=epochs, precision=precision,
                              seed=config.train.seed if seed is None else seed)
     out_dir = Path(tempfile.mkdtemp(prefix=f"train-{architecture}-", dir=workdir))
     out = train.run(tc, config.data, paths.data_dir(workdir), out_dir, verbose=2)
@@ -73,6 +74,7 @@ def child(architecture: str, workdir: Path, result_path: Path, epochs: int | Non
         "seconds_to_99": reached[0] if reached else None,
         "epochs": out.epochs,
         "batch_size": out.batch_size,
+        "precision": out.precision,
         "train_examples": out.train_examples,
         "train_seconds": out.train_seconds,
         "examples_per_second": out.train_examples * out.epochs_run / out.train_seconds,
@@ -122,13 +124,15 @@ def _result_path(workdir: Path, architecture: str, seed: int | None) -> Path:
     return workdir / f"result-{architecture}-{'config' if seed is None else seed}.json"
 
 
-def measure(architecture: str, workdir: Path, epochs: int | None, seed: int | None) -> dict:
+def measure(architecture: str, workdir: Path, epochs: int | None, seed: int | None, precision: str | None) -> dict:
     result_path = _result_path(workdir, architecture, seed)
     cmd = [sys.executable, __file__, "--child", architecture, "--workdir", str(workdir)]
     if epochs:
         cmd += ["--epochs", str(epochs)]
     if seed is not None:
         cmd += ["--seeds", str(seed)]
+    if precision:
+        cmd += ["--precision", precision]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     log_path = workdir / f"train-{architecture}-{'config' if seed is None else seed}.log"
     with log_path.open("w") as log:
@@ -158,13 +162,13 @@ def _parse_seeds(text: str | None) -> list[int | None]:
 
 def summarize(results: list[dict]) -> None:
     """The per-seed table and, where both architectures ran, the default's figures against issue 16's targets."""
-    header = (f"{'architecture':<13}{'seed':>5}{'params':>9}{'epochs':>7}{'batch':>6}{'test acc':>10}{'train s':>9}"
-              f"{'ex/s':>8}{'s to 99%':>10}{'peak RSS MiB':>14}{'serve ms':>10}{'cpu steal':>11}")
+    header = (f"{'architecture':<13}{'seed':>5}{'params':>9}{'epochs':>7}{'batch':>6}{'precision':>16}{'test acc':>10}"
+              f"{'train s':>9}{'ex/s':>8}{'s to 99%':>10}{'peak RSS MiB':>14}{'serve ms':>10}{'cpu steal':>11}")
     print(header)
     for r in results:
         t99 = "never" if r["seconds_to_99"] is None else f"{r['seconds_to_99']:.0f}"
         print(f"{r['architecture']:<13}{r['seed']:>5}{r['params']:>9}{r['epochs']:>7}{r['batch_size']:>6}"
-              f"{r['test_accuracy']:>10.4f}{r['train_seconds']:>9.0f}{r['examples_per_second']:>8.0f}{t99:>10}"
+              f"{r['precision']:>16}{r['test_accuracy']:>10.4f}{r['train_seconds']:>9.0f}{r['examples_per_second']:>8.0f}{t99:>10}"
               f"{r['peak_rss_mib']:>14.0f}{r['serving_ms']:>10.2f}{describe(r['cpu_steal']):>11}")
     d = [r for r in results if r["architecture"] == "default"]
     b = [r for r in results if r["architecture"] == "seed"]
@@ -213,13 +217,15 @@ def main() -> None:
     parser.add_argument("--architectures", nargs="+", default=["default", "seed"])
     parser.add_argument("--epochs", type=int, help="override every recipe's epoch count (quick looks)")
     parser.add_argument("--seeds", help="comma-separated training seeds, e.g. 0,1,2 (default: the config's train.seed)")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"],
+                        help="override every recipe's training precision (default: each recipe's; default's is auto)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     seeds = _parse_seeds(args.seeds)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-"))
     if args.child:
-        child(args.child, workdir, _result_path(workdir, args.child, seeds[0]), args.epochs, seeds[0])
+        child(args.child, workdir, _result_path(workdir, args.child, seeds[0]), args.epochs, seeds[0], args.precision)
         return
 
     ensure_ingested(workdir, args.source_dir)
@@ -228,7 +234,7 @@ def main() -> None:
     for seed in seeds:
         for architecture in args.architectures:
             started, before = time.time(), cpu_times()
-            r = measure(architecture, workdir, args.epochs, seed)
+            r = measure(architecture, workdir, args.epochs, seed, args.precision)
             r["cpu_steal"] = steal_share(before, cpu_times())
             results.append(r)
             print(f"  {architecture} seed {r['seed']}: test accuracy {r['test_accuracy']:.4f}, training "

@@ -2,6 +2,7 @@
 
     model = build_model("default", seed=42)      # uncompiled; float32 [b,28,28,1] in [0,1] -> softmax [b,10]
     r = recipe("default")                         # Recipe(epochs=..., batch_size=..., learning_rate=..., ...)
+    resolve_precision(r.precision)                # "float32" or "mixed_bfloat16" on this machine (for build_model)
     compile_model(model, r, total_steps=422 * r.epochs)  # optimizer, schedule, loss and metrics as the recipe says
 
 - `seed`: the TensorFlow tutorial CNN, exactly (adam, 5 epochs, batch 32): the baseline.
@@ -10,15 +11,20 @@
   active only in training, so the exported serving graph is a plain forward pass), trained with larger
   batches and a one-cycle learning rate (linear warmup, cosine decay).
 
+Both recipes train in float32; `train.precision` "auto" or "mixed_bfloat16" trains with Keras's mixed
+precision instead (`resolve_precision`), and the trainer saves the model computing in float32 either way.
+
 The input is named `serving.signatures.KERAS_INPUT_NAME`; the output is softmax probabilities.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipeline.config import check_precision
 from pipeline.errors import ConfigError
 from serving.signatures import IMAGE_SIZE, KERAS_INPUT_NAME, NUM_CLASSES
 
@@ -40,6 +46,8 @@ class Recipe:
     # Keep an exponential moving average of the weights and use it as the final weights (Keras's use_ema).
     ema_momentum: float = 0.0  # 0: no averaging
     steps_per_execution: int = 1  # optimizer steps per call into the compiled train function
+    # The compute dtype in training (pipeline.config.PRECISIONS); the trained model is saved computing in float32.
+    precision: str = "float32"
 
 
 _RECIPES = {
@@ -70,6 +78,40 @@ def _check(architecture: str) -> None:
         raise ConfigError(f"unknown architecture {architecture!r}; known architectures: {known}")
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:  # not Linux
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, *, cpu_flags: set[str] | None = None, gpus=None) -> str:
+    """The compute dtype policy `precision` means on this machine: "float32" or "mixed_bfloat16".
+
+    "auto" is mixed_bfloat16 only where bfloat16 is computed natively, so it is faster and never emulated: a GPU
+    of compute capability 8.0 or newer, or a CPU with AMX-BF16 (Intel Xeon 4th generation on) while TensorFlow's
+    oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS not 0). `cpu_flags` and `gpus` ([(major, minor)], the compute
+    capabilities) are read from the machine when None.
+    """
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    if gpus is None:
+        import tensorflow as tf
+
+        gpus = [tf.config.experimental.get_device_details(d).get("compute_capability", (0, 0))
+                for d in tf.config.list_physical_devices("GPU")]
+    if gpus:
+        return "mixed_bfloat16" if all(tuple(c) >= (8, 0) for c in gpus) else "float32"
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() not in ("0", "false")
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    return "mixed_bfloat16" if onednn and "amx_bf16" in flags else "float32"
+
+
 def recipe(architecture: str) -> Recipe:
     """The training recipe of `architecture`; a ConfigError naming it if it is unknown."""
     _check(architecture)
@@ -85,7 +127,7 @@ def _seed_cnn(keras, inputs, seed: int):
     x = layers.Conv2D(64, (3, 3), activation="relu", name="conv3")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(64, activation="relu", name="dense")(x)
-    return layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32")(x)
 
 
 # The batch norm layers' moving statistics follow the last ~10 batches (Keras's default 0.99: ~100), so the
@@ -102,7 +144,8 @@ def _default_cnn(keras, inputs, seed: int):
     layers = keras.layers
     # Augmentation: per-image random shift (up to 10% of the side), rotation (up to about 11 degrees) and zoom
     # (+-10%) in one fused resampling op; the identity at inference, so serving sees none of it.
-    x = RandomAffine(translate=0.1, rotate=0.03, zoom=0.1, seed=seed, name="aug_affine")(inputs)
+    # It computes in float32 whatever the training precision: the first convolution then casts its output.
+    x = RandomAffine(translate=0.1, rotate=0.03, zoom=0.1, seed=seed, name="aug_affine", dtype="float32")(inputs)
 
     def conv_bn(x, filters, kernel_size, name, *, pool=False):
         x = layers.Conv2D(filters, kernel_size, padding="valid", use_bias=False, name=name)(x)
@@ -124,21 +167,43 @@ def _default_cnn(keras, inputs, seed: int):
     x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name="dense_bn")(x)
     x = layers.Activation("relu", name="dense_relu")(x)
     x = layers.Dropout(0.3, seed=seed + 3, name="dropout")(x)
-    return layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities", dtype="float32")(x)
 
 
 _BUILDERS: dict[str, Callable] = {"seed": _seed_cnn, "default": _default_cnn}
 
 
-def build_model(architecture: str, *, seed: int):
-    """An uncompiled `keras.Model`: float32 [b, 28, 28, 1] in [0, 1] (input named KERAS_INPUT_NAME) -> [b, 10]."""
+def build_model(architecture: str, *, seed: int, precision: str = "float32"):
+    """An uncompiled `keras.Model`: float32 [b, 28, 28, 1] in [0, 1] (input named KERAS_INPUT_NAME) -> [b, 10].
+
+    `precision` "mixed_bfloat16" builds it with Keras's mixed precision: the hidden layers compute in bfloat16
+    and keep float32 weights; the input, the augmentation and the softmax output stay float32.
+    """
     _check(architecture)
+    if precision not in ("float32", "mixed_bfloat16"):
+        raise ConfigError(f"precision {precision!r} cannot build a model; resolve it first (resolve_precision)")
     import keras
 
     keras.utils.set_random_seed(seed)  # weight initialisation is reproducible
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype="float32", name=KERAS_INPUT_NAME)
-    outputs = _BUILDERS[architecture](keras, inputs, seed)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)  # the policy of every layer built without its own dtype
+    try:
+        outputs = _BUILDERS[architecture](keras, inputs, seed)
+    finally:
+        keras.config.set_dtype_policy(previous)
     return keras.Model(inputs, outputs, name=f"mnist_{architecture}")
+
+
+def with_float32_compute(model, architecture: str, *, seed: int):
+    """`model` (built by build_model, any precision) as a model computing in float32, with the same weights.
+
+    Mixed precision keeps every variable in float32, so the weights carry over exactly. The trainer saves this
+    one: evaluation, export and TF Serving then run a plain float32 graph on any hardware.
+    """
+    twin = build_model(architecture, seed=seed, precision="float32")
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def learning_rate_schedule(r: Recipe, *, total_steps: int, learning_rate: float | None = None):

@@ -52,6 +52,7 @@ class TrainOutput:
     epochs_run: int  # epochs run by this invocation
     batch_size: int
     learning_rate: float
+    precision: str  # the compute dtype training used: "float32" or "mixed_bfloat16" (model.keras: float32)
     train_examples: int
     validation_examples: int
     val_accuracy: float
@@ -83,7 +84,8 @@ def _resolve(config: TrainConfig):
             raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
     if not learning_rate > 0:
         raise ConfigError(f"train.learning_rate must be positive, got {learning_rate!r}")
-    return r, epochs, batch_size, float(learning_rate)
+    precision = model_lib.resolve_precision(config.precision if config.precision is not None else r.precision)
+    return r, epochs, batch_size, float(learning_rate), precision
 
 
 def _columns(epochs: list[dict]) -> dict[str, list]:
@@ -156,7 +158,7 @@ def run(
     from components import data as data_lib
     from components import model as model_lib
 
-    r, epochs, batch_size, learning_rate = _resolve(config)
+    r, epochs, batch_size, learning_rate, precision = _resolve(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / MODEL_FILE
@@ -187,11 +189,11 @@ def run(
     train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
     val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(math.ceil(validation_examples / batch_size)))
     log.info(
-        "training %r: %d epochs, batch %d, learning rate %g, %d train / %d validation examples",
-        config.architecture, epochs, batch_size, learning_rate, train_examples, validation_examples,
+        "training %r: %d epochs, batch %d, learning rate %g, %s, %d train / %d validation examples",
+        config.architecture, epochs, batch_size, learning_rate, precision, train_examples, validation_examples,
     )
 
-    model = model_lib.build_model(config.architecture, seed=config.seed)
+    model = model_lib.build_model(config.architecture, seed=config.seed, precision=precision)
     model_lib.compile_model(model, r, total_steps=steps_per_epoch * epochs, learning_rate=learning_rate)
 
     resuming = (backup_dir / "training_metadata.json").is_file()
@@ -229,6 +231,9 @@ def run(
         raise ModelError(f"training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch "
                          f"{len(losses)} with learning "
                          f"rate {learning_rate:g}; lower the learning rate (--learning-rate) and train again")
+    if precision != "float32":
+        # Same weights, float32 compute: what evaluation, export and serving run (and precise BN measures).
+        model = model_lib.with_float32_compute(model, config.architecture, seed=config.seed)
     if r.recalibrate_bn_examples:
         recalibrating = time.perf_counter()
         used = model_lib.recalibrate_batch_norm(model, train_ds, max_examples=r.recalibrate_bn_examples)
@@ -257,6 +262,7 @@ def run(
         epochs_run=len(history.epoch),
         batch_size=batch_size,
         learning_rate=learning_rate,
+        precision=precision,
         train_examples=train_examples,
         validation_examples=validation_examples,
         val_accuracy=float(final.get("val_accuracy", float("nan"))),

@@ -73,6 +73,9 @@ class TrainConfig:
     learning_rate: float | None = None  # None: the architecture's recipe
     seed: int = 42
     max_train_examples: int | None = None  # use only the first N training examples (tests, smoke runs)
+    # Training's compute dtype: "auto" (mixed_bfloat16 where the hardware computes it natively, else float32),
+    # "float32" or "mixed_bfloat16"; None: the architecture's recipe. The saved model computes in float32.
+    precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
     return config
 
 
+# Training's compute dtype (train.precision): "auto" is mixed_bfloat16 where the hardware computes bfloat16
+# natively (components.model.resolve_precision), else float32; mixed_bfloat16 is Keras's mixed precision.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
+
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -293,6 +306,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"train.{name} must be a positive integer, got {value}")
     if t.learning_rate is not None and t.learning_rate <= 0:
         raise ConfigError(f"train.learning_rate must be positive, got {t.learning_rate}")
+    if t.precision is not None:
+        check_precision(t.precision)
     e = config.evaluate
     if e.max_test_examples is not None and e.max_test_examples <= 0:
         raise ConfigError(f"evaluate.max_test_examples must be a positive integer, got {e.max_test_examples}")

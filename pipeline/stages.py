@@ -191,6 +191,7 @@ def train_stage(ctx: StageContext) -> StageResult:
                "history": artifact(out.history_path, "TrainingHistory")}
     return StageResult(outputs, {"architecture": out.architecture, "epochs": out.epochs,
                                  "batch_size": out.batch_size, "learning_rate": out.learning_rate,
+                                 "precision": out.precision,
                                  "train_examples": out.train_examples, "validation_examples": out.validation_examples,
                                  "val_accuracy": out.val_accuracy, "val_loss": out.val_loss,
                                  "initial_epoch": out.initial_epoch, "tensorboard": os.fspath(out.tensorboard_dir),

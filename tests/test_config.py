@@ -96,3 +96,5 @@ def test_bad_values() -> None:
         load_config(None, {"data.validation_fraction": 1.5})
     with pytest.raises(ConfigError, match="train.epochs must be a positive integer"):
         load_config(None, {"train.epochs": 0})
+    with pytest.raises(ConfigError, match=r"train.precision 'fp16' is unknown; choose one of auto, float32"):
+        load_config(None, {"train.precision": "fp16"})

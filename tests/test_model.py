@@ -164,3 +164,47 @@ def test_default_recipe_decays_smooths_and_recalibrates():
     r = model_lib.recipe("default")
     assert r.weight_decay > 0 and 0 < r.label_smoothing < 1 and r.recalibrate_bn_examples > 0
     assert model_lib.recipe("seed").recalibrate_bn_examples == 0  # the tutorial CNN has no batch norm
+
+
+@pytest.mark.parametrize("precision, flags, gpus, env, expected", [
+    ("float32", {"amx_bf16"}, [], {}, "float32"),  # an explicit choice is kept
+    ("mixed_bfloat16", set(), [], {}, "mixed_bfloat16"),
+    ("auto", {"avx512f", "amx_bf16", "amx_tile"}, [], {}, "mixed_bfloat16"),  # AMX: native bfloat16
+    ("auto", {"avx512f", "avx512_bf16"}, [], {}, "float32"),  # no AMX: bfloat16 would not be faster
+    ("auto", {"amx_bf16"}, [], {"TF_ENABLE_ONEDNN_OPTS": "0"}, "float32"),  # oneDNN off: no AMX kernels
+    ("auto", set(), [(8, 0)], {}, "mixed_bfloat16"),  # Ampere or newer
+    ("auto", {"amx_bf16"}, [(7, 5)], {}, "float32"),  # a GPU trains; Turing has no bfloat16 units
+])
+def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch, precision, flags, gpus, env,
+                                                                         expected):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert model_lib.resolve_precision(precision, cpu_flags=flags, gpus=gpus) == expected
+
+
+def test_unknown_precision_names_it_and_the_choices():
+    with pytest.raises(ConfigError, match=r"'float16'.*auto, float32, mixed_bfloat16"):
+        model_lib.resolve_precision("float16", cpu_flags=set(), gpus=[])
+
+
+def test_mixed_precision_model_computes_in_bfloat16_and_its_float32_twin_has_the_same_weights(tmp_path):
+    import keras
+
+    mixed = model_lib.build_model("default", seed=3, precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32", "building leaves the global policy as it was"
+    conv = mixed.get_layer("conv2")
+    assert (conv.compute_dtype, conv.variable_dtype) == ("bfloat16", "float32")
+    assert mixed.get_layer("aug_affine").compute_dtype == "float32"
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    out = mixed(x, training=False)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+
+    twin = model_lib.with_float32_compute(mixed, "default", seed=3)
+    assert {layer.compute_dtype for layer in twin.layers[1:]} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(twin.get_weights(), mixed.get_weights()))
+    # The same function, up to bfloat16's 8-bit mantissa.
+    np.testing.assert_allclose(np.asarray(twin(x, training=False)), np.asarray(out), atol=0.05)
+    twin.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert {layer.compute_dtype for layer in reloaded.layers[1:]} == {"float32"}

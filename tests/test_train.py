@@ -59,6 +59,22 @@ def test_training_writes_model_history_checkpoint_and_tensorboard(workdir, tmp_p
     assert not [p for p in (tmp_path / "train").iterdir() if p.name.startswith(".")], "no temp files left"
 
 
+def test_mixed_precision_training_saves_a_float32_model(workdir, tmp_path):
+    import keras
+    import numpy as np
+
+    out = train.run(TrainConfig(architecture="default", epochs=1, batch_size=32, precision="mixed_bfloat16"),
+                    DataConfig(), paths.data_dir(workdir), tmp_path / "train", verbose=0)
+    assert out.precision == "mixed_bfloat16"
+    model = keras.models.load_model(out.model_path, compile=False)
+    # What export, evaluation and TF Serving run: float32 throughout, on any hardware.
+    assert {layer.compute_dtype for layer in model.layers[1:]} == {"float32"}
+    checkpoint = keras.models.load_model(out.checkpoint_path, compile=False)  # the epoch's weights, as trained
+    assert checkpoint.get_layer("conv1").compute_dtype == "bfloat16"
+    np.testing.assert_array_equal(model.get_layer("conv1").get_weights()[0],
+                                  checkpoint.get_layer("conv1").get_weights()[0])
+
+
 def test_missing_data_says_which_command_to_run(tmp_path):
     with pytest.raises(DataError, match="mnist-pipeline ingest"):
         train.run(TrainConfig(architecture="seed", epochs=1), DataConfig(), tmp_path / "data", tmp_path / "out")

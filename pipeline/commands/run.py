@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from pipeline.cli import config_flag, model_name_flag
-from pipeline.config import Config
+from pipeline.config import PRECISIONS, Config
 
 NAME = "run"
 HELP = "the whole pipeline: ingest, validate, train, export, evaluate, push, score, serving check, report"
@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(train, "--learning-rate", key="train.learning_rate", type=float, metavar="LR")
     config_flag(train, "--max-train-examples", key="train.max_train_examples", type=int, metavar="N",
                 help="train on the first N examples only (smoke runs)")
+    config_flag(train, "--seed", key="train.seed", type=int, metavar="N", help="random seed (default 42)")
+    config_flag(train, "--precision", key="train.precision", choices=PRECISIONS,
+                help="training's compute dtype (default: the recipe's, float32; auto: mixed_bfloat16 where the "
+                     "hardware computes it natively); the saved model computes in float32")
     ev = parser.add_argument_group("evaluation and push")
     config_flag(ev, "--accuracy-threshold", key="evaluate.accuracy_threshold", type=float, metavar="A",
                 help="bless only at this test accuracy or better (default: the dataset's: mnist 0.99, "

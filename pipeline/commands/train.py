@@ -7,7 +7,7 @@ import logging
 
 from pipeline.cli import config_flag
 from pipeline.commands._runs import add_stage_arguments, run_stages
-from pipeline.config import Config
+from pipeline.config import PRECISIONS, Config
 
 NAME = "train"
 HELP = "train a CNN (default: batch norm, augmentation, one-cycle; seed: the tutorial CNN) on the ingested dataset"
@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--max-train-examples", key="train.max_train_examples", type=int, metavar="N",
                 help="use only the first N examples of the train split (smoke runs)")
     config_flag(parser, "--seed", key="train.seed", type=int, metavar="N", help="random seed (default 42)")
+    config_flag(parser, "--precision", key="train.precision", choices=PRECISIONS,
+                help="training's compute dtype (default: the recipe's, float32); auto: mixed_bfloat16 where the CPU "
+                     "has AMX-BF16 or the GPU bfloat16 units, else float32. The saved model computes in float32")
     add_stage_arguments(parser, needs=None)
 
 
@@ -47,7 +50,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
     rec = records["train"]
     p = rec.properties
     resumed = f" (resumed at epoch {p['initial_epoch']})" if p.get("initial_epoch") else ""
-    print(f"run {run_id}: trained {p['architecture']!r} {p['epochs']} epochs{resumed} in {p['train_seconds']:.0f} s, "
+    precision = f" ({p['precision']})" if p.get("precision") else ""
+    print(f"run {run_id}: trained {p['architecture']!r} {p['epochs']} epochs{resumed}{precision} in "
+          f"{p['train_seconds']:.0f} s, "
           f"validation accuracy {p['val_accuracy']:.4f}")
     print(f"  model:       {rec.outputs['model'].uri}")
     print(f"  history:     {rec.outputs['history'].uri}")
