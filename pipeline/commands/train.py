@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help="use only the first N examples of the train split (smoke runs)")
     config_flag(parser, "--seed", key="train.seed", type=int, metavar="N", help="random seed (default 42)")
     config_flag(parser, "--precision", key="train.precision", choices=PRECISIONS,
-                help="training's compute dtype (default: the recipe's, float32); auto: mixed_bfloat16 where the CPU "
-                     "has AMX-BF16 or the GPU bfloat16 units, else float32. The saved model computes in float32")
+                help="training's compute dtype (default: the recipe's: auto for default, mixed_bfloat16 where the "
+                     "CPU has AMX-BF16 or the GPU bfloat16 units, else float32; float32 for seed). The saved model "
+                     "computes in float32")
     add_stage_arguments(parser, needs=None)
 
 
