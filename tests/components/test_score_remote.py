@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.components.test_score import _png, _write_records
 from tests.conftest import IDX_FILES, synthetic_digits
-from tests.test_score import _png, _write_records
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -116,7 +116,7 @@ def test_server_stopped_mid_job_loses_no_input(served, tmp_path, capsys, monkeyp
 
 
 def test_unreachable_server_fails_before_the_job(tmp_path, capsys):
-    from tests.test_serving_client import closed_port_address
+    from tests.serving.test_client import closed_port_address
 
     pattern = _examples(tmp_path / "in.tfrecord", *synthetic_digits(3, seed=1))
     address = closed_port_address()

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.components.test_score import _bad_records, _good_records, _png, _write_records
 from tests.conftest import synthetic_digits
-from tests.test_score import _bad_records, _good_records, _png, _write_records
 
 pytestmark = pytest.mark.timeout(300)
 

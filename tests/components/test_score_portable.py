@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.components.test_score import _good_records, _write_records
 from tests.conftest import REPO_ROOT
-from tests.test_score import _good_records, _write_records
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -1,5 +1,5 @@
-"""Issue 17: the pipeline-side defects a hostile-input and fault probe found (serving/'s are in
-test_serving_hardening.py): workdir errors, unchecked numbers and names, leftovers after kills, consistency,
+"""Faults the pipeline's commands meet and must answer with one line (serving/'s are in
+tests/serving/test_server_errors.py): workdir errors, unchecked numbers and names, leftovers after kills, consistency,
 and the report's final status."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from tests.conftest import IDX_FILES, write_idx_dir
+from tests.conftest import IDX_FILES, REPO_ROOT, write_idx_dir
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,7 +39,7 @@ def shared_tmp():
     """A folder every user can read (pytest's tmp_path is private to its owner), for a run as `nobody`."""
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="issue17-"))
+    folder = Path(tempfile.mkdtemp(prefix="mnist-pipeline-"))
     folder.chmod(0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -146,7 +146,7 @@ def test_runs_marks_a_killed_run_interrupted(tmp_path, capsys):
             f"lock = WorkdirLock({str(workdir)!r}, owner='run r1').acquire()\n"
             f"RunStore({str(paths.store_path(workdir))!r}).start_run('r1', {{}}, 'git:x')\n"
             "import os; os.kill(os.getpid(), 9)\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, timeout=60)
     assert proc.returncode == -9
     with RunStore(paths.store_path(workdir)) as store:
         assert store.get_run("r1").status == "running"

@@ -16,7 +16,7 @@ import yaml
 
 from serving import signatures as sig
 from tests.conftest import REPO_ROOT, synthetic_digits
-from tests.test_serving_conformance import _self_signed, free_port, png_bytes, push_version
+from tests.serving.test_conformance import _self_signed, free_port, png_bytes, push_version
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -179,7 +179,7 @@ def test_batched_server_answers_each_caller_with_its_own_images(saved_model_dir,
     from serving.rest import RestServer
     from serving.rest_client import RestClient
     from serving.server import LocalServer
-    from tests.test_serving_conformance import push_version
+    from tests.serving.test_conformance import push_version
 
     base = tmp_path / "models"
     push_version(saved_model_dir, base, 1)

@@ -255,7 +255,7 @@ def test_model_base_path_means_its_newest_version(saved_model_dir, tmp_path):
     base = tmp_path / "mnist"
     for v in (2, 10):
         shutil.copytree(saved_model_dir, base / str(v))
-    (base / "11").mkdir()  # a version without a SavedModel is skipped: the newest complete one is served (issue 17)
+    (base / "11").mkdir()  # a version without a SavedModel is skipped: the newest complete one is served
     assert score.resolve_model(base) == score.ModelRef(str(base / "10"), "mnist", 10)
     (base / "11").rmdir()
     assert score.resolve_model(base) == score.ModelRef(str(base / "10"), "mnist", 10)
@@ -263,7 +263,7 @@ def test_model_base_path_means_its_newest_version(saved_model_dir, tmp_path):
 
 
 def test_a_record_whose_tensorflow_error_is_not_utf8_goes_to_failed(tmp_path):
-    """Issue 17, defect 2: TF's message for this record holds raw bytes; decoding it must not kill the job."""
+    """TF's message for this record holds raw bytes; decoding it must not kill the job."""
     import hashlib
 
     import apache_beam as beam
@@ -294,7 +294,7 @@ def _truncated_model(saved_model_dir: Path, path: Path) -> Path:
 
 
 def test_file_level_problems_fail_before_the_job_naming_the_file(saved_model_dir, tmp_path, capsys):
-    """Issue 17, defect 7: a bad input file or a truncated model is reported before the job, naming it."""
+    """A bad input file or a truncated model is reported before the job, naming it."""
     import gzip
 
     from pipeline import cli

@@ -111,7 +111,7 @@ def test_no_import_cycles(graph):
 
 def test_the_checker_sees_a_cycle_and_a_layer_violation(tmp_path, monkeypatch):
     """The checks above can fail: a fake tree with serving -> components and a two-module cycle trips them."""
-    import tests.test_layering as layering
+    import tests.pipeline.test_layering as layering
 
     for package, files in {
         "serving": {"__init__.py": "", "a.py": "from components import b\n"},

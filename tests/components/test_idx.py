@@ -122,7 +122,7 @@ def test_images_that_are_not_28x28(tmp_path: Path) -> None:
 
 
 def test_a_gzip_bomb_is_refused_after_the_declared_bytes(tmp_path: Path) -> None:
-    """Issue 17 (8): a file that inflates far past what its header declares is read only that far."""
+    """A file that inflates far past what its header declares is read only that far."""
     import tracemalloc
 
     path = tmp_path / "train-labels-idx1-ubyte.gz"

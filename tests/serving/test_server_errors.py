@@ -1,4 +1,4 @@
-"""Issue 17: what a hostile-input and fault probe found in serving/, each pinned by a small test.
+"""Hostile input and faults the local server must survive, each pinned by a small test.
 
 The requests that cost gigabytes on the old code are sent at a size that costs megabytes: the tests assert
 the refusal (and that nothing was allocated for it), not the allocation.
@@ -270,7 +270,7 @@ def test_a_host_that_is_not_local_is_a_serving_error(tmp_path):
 def test_bad_tls_files_are_named_before_binding(tmp_path):
     from serving.errors import ServingError
     from serving.server import LocalServer
-    from tests.test_serving_conformance import _self_signed
+    from tests.serving.test_conformance import _self_signed
 
     cert, key = _self_signed(tmp_path, "localhost")
     other_cert, other_key = _self_signed(tmp_path, "other")
@@ -387,7 +387,7 @@ def test_the_servers_memory_stays_flat_under_amplification_requests(saved_model_
     from tensorflow.core.framework import types_pb2
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from tests.test_serving_conformance import push_version, start_local_server
+    from tests.serving.test_conformance import push_version, start_local_server
 
     push_version(saved_model_dir, tmp_path / "models", 1)
     server = start_local_server(tmp_path / "models")
