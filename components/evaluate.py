@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from components import plots
-from pipeline.atomic import atomic_write_json
+from components.atomic import atomic_write_json
 from pipeline.config import EvaluateConfig
 from pipeline.errors import ConfigError, DataError, ModelError
 from serving import signatures as sig

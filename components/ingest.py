@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.atomic import atomic_write_json
+from components.atomic import atomic_write_json
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
 

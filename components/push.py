@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_json
+from components.atomic import atomic_write_json
 from pipeline.config import PushConfig
 from pipeline.errors import ConfigError, ModelError
 from serving import model_registry

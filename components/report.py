@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_path, atomic_write
+from components.atomic import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_json
+from components.atomic import atomic_write_json
 from pipeline.errors import PipelineError
 from serving import signatures as sig
 from serving.model_registry import ModelVersion

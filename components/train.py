@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import atomic_path, atomic_write_json
+from components.atomic import atomic_path, atomic_write_json
 from pipeline.config import DataConfig, TrainConfig
 from pipeline.errors import ConfigError, ModelError
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_json
+from components.atomic import atomic_write_json
 from pipeline.config import DataConfig
 from pipeline.errors import DataError, ValidationError
 from serving.signatures import IMAGE_SIZE, NUM_CLASSES
