@@ -28,7 +28,7 @@ import numpy as np
 
 from components import plots
 from components.atomic import atomic_write_json
-from pipeline.config import EvaluateConfig
+from components.params import EvaluateConfig
 from pipeline.errors import ConfigError, DataError, ModelError
 from serving import signatures as sig
 

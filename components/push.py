@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from components.atomic import atomic_write_json
-from pipeline.config import PushConfig
+from components.params import PushConfig
 from pipeline.errors import ConfigError, ModelError
 from serving import model_registry
 from serving import signatures as sig

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.atomic import atomic_path, atomic_write_json
-from pipeline.config import DataConfig, TrainConfig
+from components.params import DataConfig, TrainConfig
 from pipeline.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)

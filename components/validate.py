@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from components.atomic import atomic_write_json
-from pipeline.config import DataConfig
+from components.params import DataConfig
 from pipeline.errors import DataError, ValidationError
 from serving.signatures import IMAGE_SIZE, NUM_CLASSES
 

@@ -8,7 +8,7 @@ local SavedModel or a model TF Serving serves.
         --output gs://bucket/scores --runner=DataflowRunner --project P --region R --temp_location gs://bucket/tmp
 
 Modules, one job each:
-  options  the job's options beyond the config section (input layout, --server, --job-timeout); light
+  options  the `score` config section, the flags generated from it, the job's options; light
   inputs   formats, layouts, keys; file-level checks and row counts before the job
   model    the model: resolve a base path, check signature and variables, or the server's model status
   read     Beam steps reading each format into keyed images (bad rows to `failed`)
@@ -31,7 +31,8 @@ _EXPORTS = {
     "ModelRef": "model", "resolve_model": "model", "check_signature": "model", "check_saved_model": "model",
     "Inputs": "inputs", "check_inputs": "inputs", "detect_format": "inputs",
     "Columns": "options", "ServerRef": "options", "JobOptions": "options", "INPUT_FORMATS": "options",
-    "FORMATS": "write", "SUMMARY_FILE": "write", "write_json_atomic": "write",
+    "ScoreConfig": "options", "OUTPUT_FORMATS": "options",
+    "SUMMARY_FILE": "write", "write_json_atomic": "write",
 }
 
 

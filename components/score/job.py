@@ -35,9 +35,9 @@ from apache_beam.io.filesystems import FileSystems
 from components.score.graph import build_pipeline
 from components.score.inputs import Inputs, check_inputs
 from components.score.model import ModelRef, check_saved_model, check_server, resolve_model
-from components.score.options import JobOptions
+from components.score.options import JobOptions, ScoreConfig, from_config
 from components.score.read import readable
-from components.score.write import FAILED_PREFIX, FORMATS, PREDICTIONS_PREFIX, SUMMARY_FILE, write_json_atomic
+from components.score.write import FAILED_PREFIX, PREDICTIONS_PREFIX, SUMMARY_FILE, write_json_atomic
 from pipeline.errors import ConfigError, DataError, PipelineError
 from serving import signatures as sig
 
@@ -202,7 +202,7 @@ def account(summary: dict, inputs: Inputs) -> list[str]:
 
 
 def run(
-    config,
+    config: ScoreConfig,
     *,
     model: str | os.PathLike | None = None,
     input_pattern: str,
@@ -214,18 +214,10 @@ def run(
     model `options.server` serves, into `output_dir`. `config` is the `score` section (format, batch sizes;
     and the job options when `options` is None). Checks everything before the job starts; bad rows never
     fail it (they go to `failed`)."""
+    config.check()
     if options is None:
-        from components.score.options import from_config
-
         options = from_config(config)
     output_format = config.output_format
-    if output_format not in FORMATS:
-        raise ConfigError(f"unknown output format {output_format!r}; choose one of {', '.join(FORMATS)}")
-    if not 1 <= config.min_batch_size <= config.max_batch_size:
-        raise ConfigError(
-            f"batch sizes must satisfy 1 <= min_batch_size <= max_batch_size, "
-            f"got {config.min_batch_size} and {config.max_batch_size}"
-        )
     server = options.server
     if server is not None:
         ref = check_server(server)
@@ -291,32 +283,27 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m components.score`: the Beam entry point users submit (Dataflow, Flink, Spark, portable)."""
+    """`python -m components.score`: the Beam entry point users submit (Dataflow, Flink, Spark, portable). Its
+    flags are `mnist-pipeline score`'s (`options.add_arguments`); any other flag must be a Beam pipeline option."""
     import argparse
     import sys
 
     from components.score import options as job_options
-    from pipeline.config import ScoreConfig
 
     parser = argparse.ArgumentParser(prog="python -m components.score",
                                      description="Batch scoring: an Apache Beam RunInference job.")
-    parser.add_argument("--model", help="SavedModel folder or model base path <base>/<model> (or give --server)")
-    parser.add_argument("--input", required=True,
-                        help="file pattern or folder: TFRecord of tf.Example, Parquet, CSV, or image files")
-    parser.add_argument("--output", required=True, help="output folder (local or gs://...)")
-    parser.add_argument("--format", default="jsonl", choices=FORMATS)
-    parser.add_argument("--min-batch-size", type=int, default=ScoreConfig.min_batch_size)
-    parser.add_argument("--max-batch-size", type=int, default=ScoreConfig.max_batch_size)
-    job_options.add_arguments(parser)
-    args, beam_args = parser.parse_known_args(argv)
+    job_options.add_arguments(parser, skip=("split",), required=("input_pattern", "output"),
+                              defaults={"server_model": sig.MODEL_NAME})
+    own, unchecked = job_options.split_at_dashes(sys.argv[1:] if argv is None else argv)
+    args, beam_args = parser.parse_known_args(own)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ScoreConfig(output_format=args.format, min_batch_size=args.min_batch_size,
-                         max_batch_size=args.max_batch_size)
     try:
-        out = run(config, model=args.model, input_pattern=args.input, output_dir=args.output, beam_args=beam_args,
-                  options=job_options.from_args(args))
+        job_options.unknown_beam_flags(beam_args, parser._option_string_actions)
+        config = job_options.from_args(args, beam_args=(*beam_args, *unchecked))
+        out = run(config, model=config.model, input_pattern=config.input_pattern, output_dir=config.output,
+                  beam_args=config.beam_args)
     except PipelineError as exc:
-        print(f"components.score: error: {exc}", file=sys.stderr)
+        print(f"components.score: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(json.dumps({"read": out.num_read, "predictions": out.num_predictions, "failed": out.num_failed,
                       "accuracy": out.accuracy, "summary": out.summary_path}))

@@ -22,7 +22,6 @@ from apache_beam.metrics import Metrics
 from components.score.read import FAILED_TAG, METRICS_NAMESPACE, READ_TAG
 from serving import signatures as sig
 
-FORMATS = ("jsonl", "csv", "parquet")
 STATS_TAG = "stats"
 SUMMARY_FILE = "summary.json"
 PREDICTIONS_PREFIX = "predictions"

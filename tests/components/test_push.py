@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from components import push
+from components.params import PushConfig
 from pipeline import cli, paths
-from pipeline.config import PushConfig
 from pipeline.errors import ConfigError, ModelError
 from serving import model_registry
 from serving import signatures as sig

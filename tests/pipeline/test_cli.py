@@ -118,3 +118,56 @@ def test_ingest_stops_on_anomalies(idx_dir: Path, tmp_path: Path, capsys) -> Non
     assert main(["ingest", "--source-dir", str(idx_dir), "--workdir", str(tmp_path / "work"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "anomal" in err and "train: class(es) 5, 6, 7, 8, 9 missing" in err
+
+
+def _captured_config(monkeypatch, command: str) -> dict:
+    """Replace `command`'s run (the stage) by one that keeps the configuration it was handed."""
+    import importlib
+
+    seen: dict = {}
+
+    def run(config, args) -> int:
+        seen["config"] = config
+        return 0
+
+    monkeypatch.setattr(importlib.import_module(f"pipeline.commands.{command}"), "run", run)
+    return seen
+
+
+@pytest.mark.parametrize("command, typo, meant", [("score", "--formt", "--format"),
+                                                  ("run", "--output-formt", "--output-format")])
+def test_a_flag_neither_the_command_nor_beam_knows_exits_1_naming_the_closest(command, typo, meant, tmp_path,
+                                                                               capsys, monkeypatch) -> None:
+    seen = _captured_config(monkeypatch, command)
+    assert main([command, typo, "csv", "--workdir", str(tmp_path / "w"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mnist-pipeline {command}: error: unknown flag {typo}:") and "\n" not in err
+    assert f"did you mean {meant}?" in err
+    assert seen == {} and not (tmp_path / "w").exists()
+
+
+def test_beam_pipeline_options_pass_through_to_the_score_section(tmp_path, capsys, monkeypatch) -> None:
+    seen = _captured_config(monkeypatch, "score")
+    argv = ["score", "--direct_num_workers=2", "--runner", "DirectRunner", "--format", "csv",
+            "--workdir", str(tmp_path / "w"), "-q"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert seen["config"].score.beam_args == ("--direct_num_workers=2", "--runner", "DirectRunner")
+    assert seen["config"].score.output_format == "csv"
+    # After a bare --, arguments go to Beam unchecked (a runner's own option classes, unknown to plain Beam).
+    assert main([*argv, "--", "--my_runner_flag=1"]) == 0
+    assert seen["config"].score.beam_args[-1] == "--my_runner_flag=1"
+
+
+def test_a_bad_value_of_a_beam_flag_exits_1(tmp_path, capsys, monkeypatch) -> None:
+    seen = _captured_config(monkeypatch, "run")
+    assert main(["run", "--direct_num_workers=many", "--workdir", str(tmp_path / "w"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "--direct_num_workers" in err and "'many'" in err and seen == {}
+    assert main(["run", "--runner=DirectRunner", "--workdir", str(tmp_path / "w"), "-q"]) == 0
+    assert seen["config"].score.beam_args == ("--runner=DirectRunner",)
+
+
+def test_a_command_without_beam_still_refuses_unknown_flags(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["ingest", "--direct_num_workers=2", "--workdir", str(tmp_path / "w")])
+    assert info.value.code == 2 and "unrecognized arguments: --direct_num_workers=2" in capsys.readouterr().err
