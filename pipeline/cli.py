@@ -5,7 +5,7 @@ Flags that change configuration write dotted keys (`train.epochs`) that override
 A `PipelineError` is printed as one line, without a traceback, and the exit status is 1.
 
 A command with `BEAM_OPTIONS = True` (score, run) hands its unknown flags to Beam, once Beam's own option
-classes know each of them (`components.score.options.unknown_beam_flags`; Beam is imported only then):
+classes know each of them (`components.score.beam_flags`; Beam is imported only then):
 `score --formt csv` is refused, naming `--format`, where Beam would log "Unparseable argument" and go on.
 What follows a bare `--` goes to Beam unchecked (options of a runner's own classes).
 """
@@ -109,9 +109,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
 def _beam_args(args: argparse.Namespace, unknown: list[str], unchecked: list[str]) -> tuple[str, ...]:
     """The command's unknown flags, each one Beam knows, then those after `--`; a ConfigError naming the first
     that neither the command nor Beam knows, and the closest known flag."""
-    from components.score.options import unknown_beam_flags
+    from components.score.beam_flags import check_beam_args
 
-    unknown_beam_flags(unknown, args.command_parser._option_string_actions)
+    check_beam_args(unknown, args.command_parser._option_string_actions)
     return (*unknown, *unchecked)
 
 
@@ -135,7 +135,7 @@ def _print_error(command: str, message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from components.score.options import split_at_dashes
+    from components.score.beam_flags import split_at_dashes
 
     parser, modules = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

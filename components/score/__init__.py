@@ -9,6 +9,7 @@ local SavedModel or a model TF Serving serves.
 
 Modules, one job each:
   options  the `score` config section, the flags generated from it, the job's options; light
+  beam_flags  the flags a command hands to Beam, checked against Beam's own option classes
   inputs   formats, layouts, keys; file-level checks and row counts before the job
   model    the model: resolve a base path, check signature and variables, or the server's model status
   read     Beam steps reading each format into keyed images (bad rows to `failed`)

@@ -289,16 +289,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     from components.score import options as job_options
+    from components.score.beam_flags import check_beam_args, split_at_dashes
 
     parser = argparse.ArgumentParser(prog="python -m components.score",
                                      description="Batch scoring: an Apache Beam RunInference job.")
     job_options.add_arguments(parser, skip=("split",), required=("input_pattern", "output"),
                               defaults={"server_model": sig.MODEL_NAME})
-    own, unchecked = job_options.split_at_dashes(sys.argv[1:] if argv is None else argv)
+    own, unchecked = split_at_dashes(sys.argv[1:] if argv is None else argv)
     args, beam_args = parser.parse_known_args(own)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        job_options.unknown_beam_flags(beam_args, parser._option_string_actions)
+        check_beam_args(beam_args, parser._option_string_actions)
         config = job_options.from_args(args, beam_args=(*beam_args, *unchecked))
         out = run(config, model=config.model, input_pattern=config.input_pattern, output_dir=config.output,
                   beam_args=config.beam_args)

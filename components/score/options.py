@@ -7,15 +7,13 @@
 `ScoreConfig` is the one definition: its fields are the TOML keys, and a field with a `flag` in its metadata
 (`option(...)`) is a flag of both commands, its type taken from the annotation and its help and default from
 the field. A new option is one field here. Light on purpose (no Beam, no TensorFlow): both `--help`s build
-their flags from here; `unknown_beam_flags` imports Beam only when it is called.
+their flags from here. The flags for Beam are checked in `components.score.beam_flags`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
-import functools
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -199,58 +197,3 @@ def from_config(config: ScoreConfig) -> JobOptions:
     return JobOptions(input_format=config.input_format,
                       columns=Columns(config.image_column, config.label_column, config.key_column),
                       server=server, timeout_s=config.job_timeout)
-
-
-def split_at_dashes(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """`argv` before its first bare `--`, and after it: arguments for Beam that nobody checks."""
-    argv = list(argv)
-    if "--" not in argv:
-        return argv, []
-    i = argv.index("--")
-    return argv[:i], argv[i + 1:]
-
-
-@functools.cache
-def _beam_parser() -> argparse.ArgumentParser:
-    """Every flag Beam's pipeline options know: each `PipelineOptions` subclass's own `_add_argparse_args`,
-    as `PipelineOptions.get_all_options` builds its parser (imported here, never on a `--help` path)."""
-    import apache_beam  # noqa: F401 (the runners' and IOs' option classes register on import)
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    class Parser(_BeamArgumentParser):
-        def error(self, message):  # a bad value of a known flag: refuse it as ours, not exit 2
-            raise ConfigError(f"Beam pipeline option: {message}")
-
-    parser = Parser(allow_abbrev=False, add_help=False)
-    seen, todo = set(), list(PipelineOptions.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        if "_add_argparse_args" in cls.__dict__ and cls.__qualname__ not in seen:
-            seen.add(cls.__qualname__)  # a class defined twice (a re-run main session) adds its flags once
-            try:
-                cls._add_argparse_args(parser)
-            except argparse.ArgumentError:  # a subclass re-declaring a flag: Beam's own parser would refuse it too
-                pass
-    return parser
-
-
-def unknown_beam_flags(args: Sequence[str], own_flags: Iterable[str] = ()) -> None:
-    """Refuse the first of `args` (a command's unknown flags, bound for Beam) that no Beam pipeline option
-    parses, naming it and the closest flag of the command (`own_flags`) or of Beam; a bad value of a Beam flag
-    too. Beam itself would only log "Discarding unparseable args" and run with its defaults."""
-    if not args:
-        return
-    parser = _beam_parser()
-    _, unknown = parser.parse_known_args(list(args))
-    if not unknown:
-        return
-    bad = unknown[0]
-    if not bad.startswith("-"):
-        raise ConfigError(f"unexpected argument {bad!r}: no flag of this command or of Beam takes it as its value")
-    name = bad.split("=", 1)[0]
-    known = [*own_flags, *(o for a in parser._actions for o in a.option_strings)]
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    raise ConfigError(f"unknown flag {name}: neither this command nor Beam's pipeline options know it{hint} "
-                      "(arguments after a bare -- go to Beam unchecked)")
