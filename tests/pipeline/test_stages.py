@@ -63,7 +63,7 @@ def test_stage_commands_chain_into_one_recorded_run_and_lineage_answers(workdir,
     assert "as version 1" in out
 
     with RunStore(paths.store_path(workdir)) as store:
-        train_run = store.latest_finished("train").run_id
+        train_run = next(store.finished("train")).run_id
         stages = {ex.stage: ex.status for ex in store.executions(train_run)}
         assert {"train", "export", "evaluate", "push"} <= set(stages)  # one run, as `run` would record it
         assert store.get_run(train_run).status == "succeeded"
@@ -83,7 +83,7 @@ def test_evaluate_never_uses_the_candidate_itself_as_baseline(workdir, capsys):
     assert code == 0, err
     assert "no other pushed version to compare with" in out
     with RunStore(paths.store_path(workdir)) as store:
-        ev = store.latest_finished("evaluate")
+        ev = next(store.finished("evaluate"))
         blessing = json.loads(Path(store.output_artifacts(ev.id)["blessing"].uri).read_text())
     assert blessing["baseline_dir"] is None and blessing["baseline_accuracy"] is None
 
