@@ -14,10 +14,11 @@ calls the component (`pipeline.stage_api`). The runner is handed its stages and 
 command (`train`, `export`, ...) go through `run_pipeline`: one wiring, one lock, one record, one cache.
 
 Cache key of an execution (`pipeline.cache`) = sha256(stage name, the fingerprint of its config sections,
-the identity of each input artifact (URI + content fingerprint), the code version). A succeeded execution with the same key whose
-outputs still exist unchanged is reused ("cached: reusing <uri>") instead of run; `use_cache=False` reruns
-everything. Because finished stages are cache hits, starting a run again after a failure or an interrupt
-continues where it stopped; `resume=` does the same inside the same run id and record.
+the identity of each input artifact (URI as the store keeps it + content fingerprint), the code version). A
+succeeded execution with the same key whose outputs still exist unchanged is reused ("cached: reusing <uri>")
+instead of run; `use_cache=False` reruns everything. Because finished stages are cache hits, starting a run
+again after a failure or an interrupt continues where it stopped; `resume=` does the same inside the same run
+id and record.
 
 A stage that raises stops the run: the execution and the run are marked failed with the stage's name and
 the error, and `StageFailed` carries both. Push is atomic (a temp folder renamed into place), so a failure
@@ -49,6 +50,7 @@ from pipeline.stage_api import (
 from pipeline.store import Artifact, Execution, RunStore
 
 log = logging.getLogger(__name__)
+
 
 class StageFailed(PipelineError):
     """A stage raised; the run is recorded as failed at `stage`."""

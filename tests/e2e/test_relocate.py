@@ -77,8 +77,11 @@ def test_runs_and_lineage_read_the_copy(moved, capsys):
     assert str(moved["original"]) not in out  # the version's own record names its source inside the workdir
 
 
-def test_evaluate_score_and_the_serving_check_run_on_the_copys_files(workdir, capsys):
+def test_the_copy_keeps_its_cache_and_evaluate_score_and_the_serving_check_run_on_its_files(workdir, capsys):
     base = ["--workdir", str(workdir), "-q"]
+    code, out, err = _main(capsys, "export", *base)
+    assert code == 0, err
+    assert "export cached" in out  # the cache keys on paths relative to the workdir: a copy keeps its cache
     code, out, err = _main(capsys, "evaluate", "--threshold", "0", "--no-cache", *base)
     assert code == 0, err
     code, out, err = _main(capsys, "score", "--no-cache", *base)
