@@ -1,4 +1,4 @@
-"""pipeline.cli: fast `--help` without TensorFlow, one-line errors with exit status 1, the ingest command."""
+"""pipeline.cli: `--help` without TensorFlow, one-line errors with exit status 1, the ingest command."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,13 @@ from tests.conftest import REPO_ROOT
 HEAVY_MODULES = ("tensorflow", "keras", "tensorflow_datasets", "apache_beam", "grpc")
 
 _HELP_PROBE = """
-import json, sys, time
-start = time.perf_counter()
+import json, sys
 from pipeline.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
-                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
+print(json.dumps({"code": code, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
 """ % (HEAVY_MODULES,)  # noqa: UP031 (the probe is a script template with braces of its own)
 
 
@@ -45,21 +42,16 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("argv", [[], *([name] for name in _subcommands())], ids=lambda a: " ".join(a) or "top")
-def test_help_is_fast_and_does_not_import_tensorflow(argv: list[str]) -> None:
-    # The whole process, interpreter start included; best of two, since the machine may be busy.
-    results = []
-    for _ in range(2):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, *argv, "--help"], cwd=REPO_ROOT, env=_env(),
-                              capture_output=True, text=True, timeout=60)
-        wall = time.perf_counter() - start
-        assert proc.returncode == 0, proc.stderr
-        probe = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert probe["code"] == 0
-        assert probe["heavy"] == [], f"--help imported {probe['heavy']}"
-        results.append(wall)
+def test_help_does_not_import_tensorflow(argv: list[str]) -> None:
+    # A fresh interpreter, as a user starts it: nothing heavy may be imported to print the help.
+    # How fast that is, is bench/cli.py's figure (no timed assertions in tests).
+    proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, *argv, "--help"], cwd=REPO_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe["code"] == 0
+    assert probe["heavy"] == [], f"--help imported {probe['heavy']}"
     assert "usage: mnist-pipeline" in proc.stdout
-    assert min(results) < 1.5, f"mnist-pipeline {' '.join(argv)} --help took {min(results):.2f}s"
 
 
 def test_top_level_help_lists_every_subcommand(capsys) -> None:
