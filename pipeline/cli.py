@@ -47,8 +47,13 @@ log = logging.getLogger(__name__)
 
 
 def config_flag(parser: argparse.ArgumentParser, *flags: str, key: str, **kwargs: Any) -> None:
-    """A flag that overrides configuration key `key` only when given (its default stays in the config)."""
+    """A flag that overrides configuration key `key` only when given (its default stays in the config). `choices`
+    are shown, not checked by argparse: the config's section checks the value as it checks the TOML key (one
+    line naming the choices, exit 1)."""
     kwargs.setdefault("default", argparse.SUPPRESS)
+    choices = kwargs.pop("choices", None)
+    if choices:
+        kwargs["metavar"] = "{" + ",".join(choices) + "}"
     parser.add_argument(*flags, dest=key, **kwargs)
 
 
