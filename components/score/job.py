@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.score",
                                      description="Batch scoring: an Apache Beam RunInference job.")
     job_options.add_arguments(parser, skip=("split",), required=("input_pattern", "output"),
-                              defaults={"server_model": sig.MODEL_NAME})
+                              defaults={"server_model": sig.MODEL_NAME}, none={"model": "none: give it, or --server"})
     own, unchecked = split_at_dashes(sys.argv[1:] if argv is None else argv)
     args, beam_args = parser.parse_known_args(own)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -141,11 +141,12 @@ def flag_fields() -> tuple[dataclasses.Field, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser, *, dest_prefix: str = "", suppress_defaults: bool = False,
                   skip: Iterable[str] = (), required: Iterable[str] = (),
-                  defaults: Mapping[str, Any] | None = None) -> None:
+                  defaults: Mapping[str, Any] | None = None, none: Mapping[str, str] | None = None) -> None:
     """A flag per `ScoreConfig` field that has one, writing `args.<dest_prefix><field>`. `suppress_defaults`:
-    a flag not given sets nothing (the config's value stays); `defaults` replaces field defaults."""
+    a flag not given sets nothing (the config's value stays); `defaults` replaces field defaults, `none` what
+    their help says a None default means."""
     hints = typing.get_type_hints(ScoreConfig)
-    skip, required, defaults = set(skip), set(required), dict(defaults or {})
+    skip, required, defaults, none = set(skip), set(required), dict(defaults or {}), dict(none or {})
     groups: dict[str | None, Any] = {None: parser}
     exclusive: dict[tuple[str | None, str], Any] = {}
     for f in flag_fields():
@@ -162,7 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, dest_prefix: str = "", sup
                 exclusive[key] = group.add_mutually_exclusive_group()
             group = exclusive[key]
         kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
-        shown = (f"default: {meta['none']}" if meta["none"] else "") if default is None else f"default {default}"
+        meaning = none.get(f.name, meta["none"])
+        shown = (f"default: {meaning}" if meaning else "") if default is None else f"default {default}"
         help_ = meta["help"] if f.name in required or not shown else f"{meta['help']} ({shown})"
         kwargs: dict[str, Any] = {"required": True} if f.name in required else {}
         if kind is bool:  # a switch: given, it sets True
