@@ -1,4 +1,4 @@
-"""The input pipeline: a prepared TFDS split -> tf.data.Dataset of (float32 [b,28,28,1] in [0,1], int64 [b]).
+"""The input pipeline: a prepared TFDS split -> tf.data.Dataset of (float32 [b,h,w,c] in [0,1], int64 [b]).
 
     train, val = train_and_validation(data_dir, "mnist", batch_size=128, validation_fraction=0.1, seed=42)
     test = split_dataset(data_dir, "mnist", "test", batch_size=512)
@@ -39,8 +39,18 @@ def prepared_builder(data_dir: str | os.PathLike, dataset: str, split: str):
     return builder
 
 
+def image_shape(data_dir: str | os.PathLike, dataset: str) -> tuple[int, int, int]:
+    """(height, width, channels) of the prepared dataset's images, as TFDS's info declares them (28x28x1 for
+    MNIST, 32x32x3 for CIFAR-10): what the model is built for and what the export records."""
+    shape = prepared_builder(data_dir, dataset, "train").info.features["image"].shape
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise DataError(f"dataset {dataset!r} declares images of shape {shape}; the pipeline needs a fixed "
+                        "(height, width, channels)")
+    return tuple(int(d) for d in shape)
+
+
 def load_split(data_dir: str | os.PathLike, dataset: str, split: str) -> tf.data.Dataset:
-    """Unbatched (uint8 [28,28,1], int64) pairs of a prepared split; a clear error if it is not prepared."""
+    """Unbatched (uint8 [h,w,c], int64) pairs of a prepared split; a clear error if it is not prepared."""
     builder = prepared_builder(data_dir, dataset, split)
     return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
 

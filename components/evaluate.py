@@ -251,7 +251,8 @@ def _predict(predict, test, *, keep_images: bool) -> _Predictions:
                 wrong_labels.append(y[wrong])
                 wrong_predictions.append(predicted[wrong])
                 kept_wrong += len(wrong)
-    empty_images = np.zeros((0, sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1), np.float32)
+    shape = samples[0].shape[1:] if samples else sig.DEFAULT_IMAGE_SHAPE  # the dataset's, when any came
+    empty_images = np.zeros((0, *shape), np.float32)
     return _Predictions(
         probabilities=np.concatenate(probabilities) if probabilities else np.zeros((0, sig.NUM_CLASSES), np.float32),
         labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64),

@@ -4,17 +4,20 @@
 
 Signatures (names from `serving.signatures`, so server, client, scorer and tests agree):
 
-- `serving_default` (tensorflow/serving/predict): `image` float32 [batch, 28, 28, 1] in [0, 1]
+- `serving_default` (tensorflow/serving/predict): `image` float32 [batch, h, w, c] in [0, 1] (the model's input
+  shape: the dataset's, 28x28x1 for MNIST, 32x32x3 for CIFAR-10)
   -> `probabilities` float32 [batch, 10], `classes` int64 [batch];
-- `predict_png` (tensorflow/serving/predict): `image_png` string [batch] of encoded PNGs, decoded and scaled
-  in the graph by `components.preprocessing.decode_and_scale_pngs` -> the same outputs;
+- `predict_png` (tensorflow/serving/predict): `image_png` string [batch] of encoded PNGs (or JPEGs), decoded
+  with the model's channels and scaled in the graph by `components.preprocessing.decode_and_scale_pngs` -> the
+  same outputs (a grey image for a colour model, or the reverse, is refused, not converted);
 - `classify` (tensorflow/serving/classify): `inputs` string [batch] of serialized tf.Example (`image`: PNG
   bytes, `label`: int64, ignored) -> `classes` string [batch, 10] (the class names in index order: "0".."9"
   for MNIST, "T-shirt/top".."Ankle boot" for Fashion-MNIST), `scores` float32 [batch, 10], as TF Serving's
   Classify API requires.
 
-The class names also go to `assets.extra/class_names.txt` (`serving.signatures.CLASS_NAMES_FILE`), so whoever
-holds the folder reads them without loading the graph (`serving.signatures.read_class_names`).
+The class names also go to `assets.extra/class_names.txt` (`serving.signatures.CLASS_NAMES_FILE`) and the input
+shape to `assets.extra/image_shape.txt` (`IMAGE_SHAPE_FILE`), so whoever holds the folder reads them without
+loading the graph (`serving.signatures.read_class_names`, `read_image_shape`).
 
 TF2's saver writes method_name tensorflow/serving/predict for every signature; the `classify` SignatureDef is
 rewritten in saved_model.pb after saving (and the fingerprint recomputed). Warmup requests for every
@@ -51,6 +54,7 @@ class ExportOutput:
     signature_names: tuple[str, ...]
     warmup_path: Path
     class_names: tuple[str, ...] = ()
+    image_shape: tuple[int, int, int] = sig.DEFAULT_IMAGE_SHAPE  # (height, width, channels) the model takes
 
 
 SAVED_MODEL_DIR = "saved_model"  # the stage's output folder holds the SavedModel under this name
@@ -60,8 +64,9 @@ def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None 
         class_names: Sequence[str] | None = None) -> ExportOutput:
     """Export the Keras model at `model_path` as a SavedModel at `export_dir` (replaced if it exists).
 
-    `warmup_images`: a few images (float32 [n, 28, 28, 1] in [0, 1], or uint8 [n, 28, 28(, 1)]) for the warmup
-    requests; blank images when None. `class_names`: the dataset's names of classes 0..9 (TFDS's label
+    `warmup_images`: a few images of the model's input shape (float32 [n, h, w, c] in [0, 1], or uint8) for
+    the warmup requests; blank images when None. The input shape is the Keras model's (the dataset's).
+    `class_names`: the dataset's names of classes 0..9 (TFDS's label
     names); "0".."9" when None.
     """
     import tensorflow as tf
@@ -73,12 +78,18 @@ def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None 
     except ValueError as exc:
         raise ModelError(f"cannot export with these class names: {exc}") from exc
     model = load_keras_model(model_path)
-    images = _warmup_images(warmup_images)
+    try:
+        shape = tuple(int(d) for d in model.input_shape[1:])
+        shape_text = sig.format_image_shape(shape)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"trained model {os.fspath(model_path)!r} takes input {model.input_shape}, not images "
+                         f"[batch, height, width, 1 or 3 channels] ({exc})") from exc
+    images = _warmup_images(warmup_images, shape)
 
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = export_dir.parent / f".{export_dir.name}.tmp-{secrets.token_hex(4)}"
     try:
-        module = _serving_module_class()(model, names)  # class built here so TF is imported lazily
+        module = _serving_module_class(shape)(model, names)  # class built here so TF is imported lazily
         tf.saved_model.save(
             module,
             os.fspath(tmp),
@@ -92,13 +103,15 @@ def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None 
         warmup = tmp / "assets.extra" / sig.WARMUP_FILE
         write_warmup_requests(warmup, images)
         atomic_write(Path(sig.class_names_path(tmp)), names_text.encode("utf-8"))
+        atomic_write(Path(sig.image_shape_path(tmp)), shape_text.encode("ascii"))
         _replace_dir(tmp, export_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     signatures = (sig.SERVING_DEFAULT, sig.PNG_SIGNATURE, sig.CLASSIFY_SIGNATURE)
-    log.info("wrote SavedModel %s (signatures: %s; classes: %s)", export_dir, ", ".join(signatures), ", ".join(names))
-    return ExportOutput(export_dir, signatures, export_dir / "assets.extra" / sig.WARMUP_FILE, tuple(names))
+    log.info("wrote SavedModel %s (signatures: %s; %s images; classes: %s)", export_dir, ", ".join(signatures),
+             sig.describe_image(shape), ", ".join(names))
+    return ExportOutput(export_dir, signatures, export_dir / "assets.extra" / sig.WARMUP_FILE, tuple(names), shape)
 
 
 def load_keras_model(model_path: Path):
@@ -115,12 +128,12 @@ def load_keras_model(model_path: Path):
         raise ModelError(f"trained model {os.fspath(model_path)!r} cannot be loaded ({exc}); train it again") from exc
 
 
-def _serving_module_class():
+def _serving_module_class(shape: tuple[int, int, int]):
     import tensorflow as tf
 
     from components.preprocessing import decode_and_scale_pngs
 
-    image_spec = tf.TensorSpec([None, sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1], tf.float32, name=sig.IMAGE_INPUT)
+    image_spec = tf.TensorSpec([None, *shape], tf.float32, name=sig.IMAGE_INPUT)
     png_spec = tf.TensorSpec([None], tf.string, name=sig.PNG_INPUT)
     examples_spec = tf.TensorSpec([None], tf.string, name=sig.CLASSIFY_INPUT)
 
@@ -148,14 +161,15 @@ def _serving_module_class():
 
         @tf.function(input_signature=[png_spec])
         def predict_png(self, image_png):
-            return self._outputs(decode_and_scale_pngs(image_png))
+            return self._outputs(decode_and_scale_pngs(image_png, shape))
 
         @tf.function(input_signature=[examples_spec])
         def classify(self, inputs):
             features = tf.io.parse_example(
                 inputs, {sig.EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)}
             )  # `label` (and `key`) may be present; they are not needed and are ignored.
-            scores = self._outputs(decode_and_scale_pngs(features[sig.EXAMPLE_IMAGE_FEATURE]))[sig.PROBABILITIES_OUTPUT]
+            images = decode_and_scale_pngs(features[sig.EXAMPLE_IMAGE_FEATURE], shape)
+            scores = self._outputs(images)[sig.PROBABILITIES_OUTPUT]
             classes = tf.tile(self.class_names[tf.newaxis, :], [tf.shape(scores)[0], 1])
             return {sig.CLASSIFY_CLASSES_OUTPUT: classes, sig.CLASSIFY_SCORES_OUTPUT: scores}
 
@@ -192,22 +206,23 @@ def _refresh_fingerprint(saved_model_dir: Path) -> None:
         fingerprint.unlink()
 
 
-def _warmup_images(images: np.ndarray | None) -> np.ndarray:
-    """float32 [n, 28, 28, 1] in [0, 1], at most _WARMUP_BATCH images."""
+def _warmup_images(images: np.ndarray | None, shape=sig.DEFAULT_IMAGE_SHAPE) -> np.ndarray:
+    """float32 [n, *shape] in [0, 1], at most _WARMUP_BATCH images."""
     if images is None:
-        return np.zeros((_WARMUP_BATCH, sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1), np.float32)
+        return np.zeros((_WARMUP_BATCH, *shape), np.float32)
     images = np.asarray(images)
-    if images.ndim == 3:
+    if images.ndim == 3 and shape[2] == 1:
         images = images[..., np.newaxis]
-    if images.ndim != 4 or images.shape[1:] != (sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1) or len(images) == 0:
-        raise ModelError(f"warmup images must be [n, 28, 28, 1] with n >= 1, got shape {images.shape}")
+    if images.ndim != 4 or images.shape[1:] != tuple(shape) or len(images) == 0:
+        raise ModelError(f"warmup images must be [n, {', '.join(map(str, shape))}] with n >= 1 (the model's "
+                         f"input), got shape {images.shape}")
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     return np.clip(images[:_WARMUP_BATCH].astype(np.float32), 0.0, 1.0)
 
 
 def encode_pngs(images: np.ndarray) -> list[bytes]:
-    """float32 [n, 28, 28, 1] in [0, 1] -> PNG bytes per image (what clients and the classify inputs carry)."""
+    """float32 [n, h, w, c] in [0, 1] -> PNG bytes per image (what clients and the classify inputs carry)."""
     import tensorflow as tf
 
     pixels = np.round(np.asarray(images) * 255.0).astype(np.uint8)

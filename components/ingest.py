@@ -1,11 +1,12 @@
-"""Ingest stage: get MNIST (or Fashion-MNIST) into the workdir's TFDS data_dir, as a regular TFDS dataset.
+"""Ingest stage: get a dataset of `components.datasets` into the workdir's TFDS data_dir, as a regular TFDS dataset.
 
     out = run(config.data, paths.data_dir(workdir))
     tfds.load(out.dataset, data_dir=out.data_dir)  # what every later stage does
 
-With `source_dir` set, the four IDX files there are read and checked by `components.idx`, then written by
-a builder that subclasses TFDS's own `MNIST` / `FashionMNIST` (same `_info()`: name, version, features), so
-the result is indistinguishable from a TFDS download. TFDS's own generator insists on exactly 60,000/10,000
+With `source_dir` set, the dataset's source reader (`components.idx` for MNIST and Fashion-MNIST,
+`components.cifar` for CIFAR-10's binary archive) reads and checks the files, then a builder that subclasses
+TFDS's own (`MNIST`, `FashionMNIST`, `Cifar10`: same `_info()`, name, version, features) writes them, so the
+result is indistinguishable from a TFDS download. TFDS's MNIST generator insists on exactly 60,000/10,000
 examples; ours takes what the (checked) files hold. Without `source_dir`, the normal
 `builder.download_and_prepare()`, after a quick check that the download host answers at all.
 
@@ -19,7 +20,6 @@ validate stage checks the prepared counts against the headers.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib
 import json
 import logging
@@ -49,11 +49,11 @@ class IngestOutput:
     dataset_dir: Path  # <data_dir>/<dataset>/<version>/
     version: str
     num_examples: dict[str, int]  # per split, as TFDS recorded them
-    source: str  # "idx" (from source_dir) or "tfds" (the TFDS download)
+    source: str  # the reader's SOURCE_KIND ("idx", "cifar10-binary") from source_dir, or "tfds" (the download)
     source_dir: Path | None
     reused: bool  # True: already prepared from the same data, nothing written
     record_path: Path  # ingest.json: source, fingerprint, IDX header counts
-    header_counts: dict[str, int] | None = field(default=None)  # per split, from the IDX headers
+    header_counts: dict[str, int] | None = field(default=None)  # per split, from the files (IDX headers, records)
     class_names: tuple[str, ...] = ()  # the label names in TFDS's metadata, index order ("0".."9" for MNIST)
 
 
@@ -61,18 +61,16 @@ def check_config(config: DataConfig) -> None:
     """What can be refused before anything is written (the command calls it before a run is recorded)."""
     if config.dataset not in datasets.DATASETS:
         raise DataError(f"unknown dataset {config.dataset!r}; supported: {', '.join(datasets.DATASETS)}")
-    source_dir = Path(config.source_dir) if config.source_dir is not None else None
-    if source_dir is not None and source_dir.exists() and not source_dir.is_dir():
-        raise DataError(f"source dir {str(source_dir)!r} is a file, not a folder; "
-                        "pass the folder holding the four IDX .gz files")
+    if config.source_dir is not None:
+        _source_reader(config.dataset).check_source_path(Path(config.source_dir))
 
 
 def run(config: DataConfig, data_dir: str | os.PathLike) -> IngestOutput:
-    """Prepare `config.dataset` in `data_dir` from `config.source_dir` (IDX files) or the TFDS download."""
+    """Prepare `config.dataset` in `data_dir` from `config.source_dir` (its offline files) or the TFDS download."""
     check_config(config)
     data_dir = Path(data_dir)
     if config.source_dir is not None:
-        return _ingest_idx(config.dataset, Path(config.source_dir), data_dir)
+        return _ingest_offline(config.dataset, Path(config.source_dir), data_dir)
     return _ingest_download(config.dataset, data_dir)
 
 
@@ -83,23 +81,8 @@ def _tfds_base_class(dataset: str) -> type:
 
 
 def _source_reader(dataset: str):
-    """The module reading `dataset`'s offline files (components.datasets): read_source_dir, check_split_sizes,
-    SPLIT_FILES."""
+    """The module reading `dataset`'s offline files (components.datasets names it; the interface is there)."""
     return importlib.import_module(datasets.dataset(dataset).source_reader)
-
-
-def _fingerprint(source_dir: Path, reader) -> str:
-    """sha256 over the source files (name and bytes); a missing file is left to the reader's error."""
-    digest = hashlib.sha256()
-    for pair in reader.SPLIT_FILES.values():
-        for name in pair:
-            path = source_dir / name
-            digest.update(name.encode())
-            if path.is_file():
-                with path.open("rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(chunk)
-    return digest.hexdigest()
 
 
 RECORD_FILE = "ingest.json"
@@ -172,87 +155,68 @@ def class_names(info) -> tuple[str, ...]:
     return tuple(str(n) for n in info.features["label"].names)
 
 
-def _ingest_idx(dataset: str, source_dir: Path, data_dir: Path) -> IngestOutput:
-    idx = _source_reader(dataset)
-    fingerprint = _fingerprint(source_dir, idx) if source_dir.is_dir() else None
+def _ingest_offline(dataset: str, source_dir: Path, data_dir: Path) -> IngestOutput:
+    reader = _source_reader(dataset)
+    fingerprint = reader.fingerprint(source_dir)
     base = _tfds_base_class(dataset)
     version = str(base.VERSION)
     record = _read_record(data_dir, dataset)
     if (
         record
-        and record.get("source") == "idx"
+        and fingerprint is not None
+        and record.get("source") == reader.SOURCE_KIND
         and record.get("fingerprint") == fingerprint
         and record.get("version") == version
         and _prepared(dataset, data_dir).is_prepared()
     ):
-        log.info("reusing %s %s in %s: already prepared from the same IDX files", dataset, version, data_dir)
+        log.info("reusing %s %s in %s: already prepared from the same files", dataset, version, data_dir)
         return _output(dataset, data_dir, reused=True, record=record)
 
-    splits = idx.read_source_dir(source_dir)  # every bad-input check happens here, before anything is written
-    header_counts = {name: s.header_count for name, s in splits.items()}
-    idx.check_split_sizes(dataset, header_counts, str(source_dir))
-    log.info("read IDX files from %s: %s", source_dir, header_counts)
+    source = reader.read_source(source_dir)  # every bad-input check happens here, before anything is written
+    reader.check_split_sizes(dataset, source.header_counts, str(source_dir))
+    log.info("read %s files from %s: %s", reader.SOURCE_KIND, source_dir, source.header_counts)
 
-    builder_cls = _idx_builder_class(base, dataset)
+    builder_cls = _offline_builder_class(base, dataset, reader)
 
     def prepare(tmp_data_dir: Path) -> Path:
-        builder = builder_cls(idx_splits=splits, data_dir=os.fspath(tmp_data_dir))
+        builder = builder_cls(source=source, data_dir=os.fspath(tmp_data_dir))
         builder.download_and_prepare(download_dir=os.fspath(tmp_data_dir / "downloads"))
         return Path(builder.data_dir)
 
     _prepare_atomically(dataset, version, data_dir, prepare)
-    record = _record(dataset, version, "idx", os.fspath(source_dir.resolve()), fingerprint, header_counts)
+    record = _record(dataset, version, reader.SOURCE_KIND, os.fspath(source_dir.resolve()), fingerprint,
+                     source.header_counts)
     _write_record(data_dir, dataset, record)
     return _output(dataset, data_dir, reused=False, record=record)
 
 
-def _idx_builder_class(base: type, dataset: str) -> type:
-    """A subclass of TFDS's builder that reads our checked arrays instead of downloading; never registered."""
+def _offline_builder_class(base: type, dataset: str, reader) -> type:
+    """A subclass of TFDS's builder whose splits come from the reader's checked files instead of a download;
+    never registered. Its `_info()` is TFDS's own (name, version, features)."""
     import tensorflow_datasets as tfds
 
     with tfds.core.registered.skip_registration():
 
-        class IdxBuilder(base):  # type: ignore[misc, valid-type]
+        class OfflineBuilder(base):  # type: ignore[misc, valid-type]
             name = dataset  # the same name, so the data lands in <data_dir>/<dataset>/<version>/
 
-            def __init__(self, *, idx_splits, **kwargs):
-                self._idx_splits = idx_splits
+            def __init__(self, *, source, **kwargs):
+                self._offline_source = source
                 super().__init__(**kwargs)
 
             def _split_generators(self, dl_manager):
-                return {name: self._generate_examples(split) for name, split in self._idx_splits.items()}
-
-            def _generate_examples(self, split):
-                # Keys are the file positions, as TFDS's own MNIST builder uses. The images go to TFDS already
-                # PNG-encoded (its Image feature keeps bytes as they are), by the op TFDS would run on each
-                # array, so the records hold the same bytes.
-                pngs = _encode_pngs(split.images)
-                for index, (png, label) in enumerate(zip(pngs, split.labels)):
-                    yield index, {"image": png, "label": int(label)}
+                return reader.split_generators(base, self, self._offline_source, dl_manager)
 
             # TFDS prints "Downloading and preparing ... to <temporary path>" and "downloaded and prepared to
             # <temporary path>": neither is true here. We log the source and the final path instead.
             def _log_download_bytes(self):
-                log.info("preparing %s %s from IDX files", self.name, self.version)
+                log.info("preparing %s %s from %s files", self.name, self.version, reader.SOURCE_KIND)
 
             def _log_download_done(self):
                 pass
 
-    IdxBuilder.__module__ = base.__module__  # dataset_info.json names TFDS's module, as after a download
-    return IdxBuilder
-
-
-def _encode_pngs(images):
-    """uint8 [n, 28, 28] -> n PNG byte strings, each what `tf.image.encode_png` gives for that image.
-
-    TFDS's Image feature encodes a NumPy image by one graph run per example, which made ingest take most of a
-    minute; one tf.data pass, mapped in parallel, gives the same bytes in a few seconds.
-    """
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(images[..., None])
-    ds = ds.map(tf.image.encode_png, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return [png for batch in ds.batch(4096).as_numpy_iterator() for png in batch]
+    OfflineBuilder.__module__ = base.__module__  # dataset_info.json names TFDS's module, as after a download
+    return OfflineBuilder
 
 
 def _ingest_download(dataset: str, data_dir: Path) -> IngestOutput:
@@ -263,7 +227,7 @@ def _ingest_download(dataset: str, data_dir: Path) -> IngestOutput:
         record = _read_record(data_dir, dataset) or {"source": "tfds"}
         log.info("reusing %s %s in %s: already prepared", dataset, version, data_dir)
         return _output(dataset, data_dir, reused=True, record=record)
-    _check_reachable(dataset, base.URL)
+    _check_reachable(dataset, _source_reader(dataset).download_url(base))
 
     def prepare(tmp_data_dir: Path) -> Path:
         import tensorflow_datasets as tfds
@@ -288,9 +252,8 @@ def _check_reachable(dataset: str, url: str) -> None:
             pass
     except OSError as exc:
         raise DataError(
-            f"cannot reach {host}:{port} to download {dataset!r} ({exc}); offline, pass --source-dir DIR "
-            "with the four IDX .gz files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)"
+            f"cannot reach {host}:{port} to download {dataset!r} ({exc}); offline, pass --source-dir with "
+            f"{_source_reader(dataset).EXPECTED}"
         ) from exc
 
 

@@ -53,8 +53,10 @@ def _check_positive(section: str, params, *names: str) -> None:
 class DataConfig:
     SECTION: ClassVar[str] = "data"
 
-    dataset: str = "mnist"  # an entry of components.datasets: mnist or fashion_mnist
-    source_dir: str | None = None  # folder of the four IDX .gz files; None: the normal TFDS download
+    dataset: str = "mnist"  # an entry of components.datasets: mnist, fashion_mnist or cifar10
+    # The dataset's offline files: the folder of the four IDX .gz files (mnist, fashion_mnist), CIFAR-10's
+    # cifar-10-binary.tar.gz or its folder; None: the normal TFDS download.
+    source_dir: str | None = None
     validation_fraction: float = 0.1  # carved from train, seeded, never from test
     seed: int = 42
     shuffle_buffer: int = 60000
@@ -71,7 +73,9 @@ class DataConfig:
 class TrainConfig:
     SECTION: ClassVar[str] = "train"
 
-    architecture: str = "default"  # a recipe of components.model: default (batch norm + augmentation) or seed
+    # A model and recipe of components.model: default (batch norm + augmentation), seed, resnet (CIFAR-10);
+    # None: the dataset's (components.datasets), filled by pipeline.config.resolve_defaults.
+    architecture: str | None = None
     epochs: int | None = None  # None: the architecture's recipe
     batch_size: int | None = None  # None: the architecture's recipe
     learning_rate: float | None = None  # None: the architecture's recipe
@@ -83,7 +87,8 @@ class TrainConfig:
 
     def check(self) -> None:
         check_finite(self.SECTION, self)
-        check_architecture(self.architecture)
+        if self.architecture is not None:  # None until resolve_defaults gives the dataset's
+            check_architecture(self.architecture)
         _check_positive(self.SECTION, self, "epochs", "batch_size", "max_train_examples")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")

@@ -97,8 +97,8 @@ def confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: Sequence[st
 
 def image_grid(images: np.ndarray, labels: Sequence[int], predictions: Sequence[int], path: Path, *,
                title: str, columns: int = 5, class_names: Sequence[str] | None = None) -> Path:
-    """Images with "predicted (true)" under each, as class names when given and they are not the indices
-    themselves ("Coat (Shirt)"); wrong predictions in red. An empty set draws a note."""
+    """Images (float [n, h, w, 1 or 3] in [0, 1]: grey or colour) with "predicted (true)" under each, as class
+    names when given and they are not the indices themselves ("Coat (Shirt)"); wrong predictions in red. An empty set draws a note."""
     images = np.asarray(images)
     count = len(images)
     rows = max(1, -(-count // columns))
@@ -110,7 +110,11 @@ def image_grid(images: np.ndarray, labels: Sequence[int], predictions: Sequence[
         ax.text(0.5, 0.5, "none", ha="center", va="center")
     for i in range(count):
         ax = figure.add_subplot(rows, columns, i + 1)
-        ax.imshow(images[i].reshape(images[i].shape[0], images[i].shape[1]), cmap="gray_r", vmin=0, vmax=1)
+        image = images[i]
+        if image.ndim == 3 and image.shape[2] == 3:  # colour (CIFAR-10): as it is
+            ax.imshow(np.clip(image, 0, 1))
+        else:  # grey: dark strokes on white, as the digits are usually drawn
+            ax.imshow(image.reshape(image.shape[0], image.shape[1]), cmap="gray_r", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
         right = int(predictions[i]) == int(labels[i])

@@ -77,7 +77,7 @@ def run(
     `<base>/<model_name>/` holds versions of another dataset (None: not checked, e.g. a rollback's copy).
     `metadata`: extra fields for the version's record (run_id, accuracy, rolled_back_from, ...).
     `record_path`: where to write the outcome (pushed.json), pushed or not.
-    `check_images`: float32 [n, 28, 28, 1] images for the prediction check; seeded random images when None.
+    `check_images`: float32 [n, h, w, c] images (the model's shape) for the prediction check; seeded random images when None.
     """
     saved_model_dir, base_path = Path(saved_model_dir), Path(base_path)
     if not config.model_name:
@@ -91,7 +91,7 @@ def run(
         return _record(out, record_path, saved_model_dir)
 
     model_dir = _writable_model_dir(base_path, config.model_name)
-    images = _check_images(check_images)
+    images = _check_images(check_images, saved_model_dir)
     reference = _checked_predictions(saved_model_dir, images)
 
     tmp = model_dir / f"{_TMP_PREFIX}{secrets.token_hex(4)}"
@@ -171,10 +171,10 @@ def _writable_model_dir(base_path: Path, model_name: str) -> Path:
     return model_dir
 
 
-def _check_images(images: np.ndarray | None) -> np.ndarray:
-    if images is None:
+def _check_images(images: np.ndarray | None, saved_model_dir: Path) -> np.ndarray:
+    if images is None:  # seeded stand-ins of the shape the model records (the dataset's)
         rng = np.random.default_rng(0)
-        return rng.random((_CHECK_IMAGES, sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1), dtype=np.float32)
+        return rng.random((_CHECK_IMAGES, *sig.read_image_shape(saved_model_dir)), dtype=np.float32)
     return np.asarray(images, np.float32)[:_CHECK_IMAGES]
 
 

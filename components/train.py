@@ -1,6 +1,6 @@
 """The trainer: Keras `fit` on the tf.data pipeline, resumable, with checkpoints, TensorBoard and a history.
 
-    out = run(TrainConfig(architecture="default"), DataConfig(), data_dir, out_dir)
+    out = run(TrainConfig(architecture="default"), DataConfig(), data_dir, out_dir)  # input shape: the dataset's
     out.model_path  # <out_dir>/model.keras, written atomically once training has finished
 
 What it writes under `out_dir` (see `pipeline.paths`):
@@ -75,6 +75,8 @@ def _count(ds) -> int:
 def _resolve(config: TrainConfig):
     from components import model as model_lib
 
+    if config.architecture is None:  # resolve_defaults gives the dataset's; a component is handed resolved config
+        raise ConfigError("train.architecture is unset; resolve the config (pipeline.config.resolve_defaults)")
     r = model_lib.recipe(config.architecture)  # ConfigError for an unknown name
     epochs = config.epochs if config.epochs is not None else r.epochs
     batch_size = config.batch_size if config.batch_size is not None else r.batch_size
@@ -189,11 +191,12 @@ def run(
     train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
     val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(math.ceil(validation_examples / batch_size)))
     log.info(
-        "training %r: %d epochs, batch %d, learning rate %g, %s, %d train / %d validation examples",
-        config.architecture, epochs, batch_size, learning_rate, precision, train_examples, validation_examples,
+        "training %r on %s: %d epochs, batch %d, learning rate %g, %s, %d train / %d validation examples",
+        config.architecture, data.dataset, epochs, batch_size, learning_rate, precision, train_examples, validation_examples,
     )
 
-    model = model_lib.build_model(config.architecture, seed=config.seed, precision=precision)
+    input_shape = data_lib.image_shape(data_dir, data.dataset)
+    model = model_lib.build_model(config.architecture, seed=config.seed, precision=precision, input_shape=input_shape)
     model_lib.compile_model(model, r, total_steps=steps_per_epoch * epochs, learning_rate=learning_rate)
 
     resuming = (backup_dir / "training_metadata.json").is_file()

@@ -4,8 +4,9 @@
 
 Per split it reads every example as stored (the features on disk, not the code's idea of them) and records
 the count, the label histogram, the pixel min/max/mean/std, the image shape and dtype. The expected schema
-is MNIST's: uint8 images of 28x28x1 and 10 classes, and per split exactly as many examples as the IDX header
-announced (from the ingest record) and as TFDS's metadata says. Anything else is an anomaly. The statistics,
+is the dataset's TFDS declaration (its builder's code): uint8 images of its shape (28x28x1 for MNIST, 32x32x3
+for CIFAR-10) and 10 classes, and per split exactly as many examples as the source files announced (IDX headers,
+CIFAR-10 records; from the ingest record) and as TFDS's metadata says. Anything else is an anomaly. The statistics,
 with the anomalies found, are written atomically to `statistics_path`; anomalies then raise a
 `ValidationError` that lists them, so the run stops.
 """
@@ -26,11 +27,10 @@ import numpy as np
 from components.atomic import atomic_write_json
 from components.params import DataConfig
 from pipeline.errors import DataError, ValidationError
-from serving.signatures import IMAGE_SIZE, NUM_CLASSES
+from serving.signatures import DEFAULT_IMAGE_SHAPE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-EXPECTED_SHAPE = [IMAGE_SIZE, IMAGE_SIZE, 1]
 EXPECTED_DTYPE = "uint8"
 _BATCH = 10000
 
@@ -60,6 +60,8 @@ def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | 
         )
     # Read what is on disk, with the features recorded there: that is what validation must check.
     builder = tfds.builder_from_directory(registered.data_dir)
+    # The shape TFDS's builder declares in code (28x28x1, 32x32x3), against what the files on disk hold.
+    expected_shape = [int(d) for d in registered.info.features["image"].shape]
     label_feature = builder.info.features["label"]
     num_classes = getattr(label_feature, "num_classes", NUM_CLASSES)
 
@@ -75,19 +77,20 @@ def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | 
         stats = split_statistics(((b["image"], b["label"]) for b in batches), num_classes)
         per_split[split] = stats
         anomalies += split_anomalies(
-            split, stats, num_classes=num_classes, metadata_count=split_info.num_examples,
+            split, stats, num_classes=num_classes, metadata_count=split_info.num_examples, expected_shape=expected_shape,
             header_count=None if header_counts is None else header_counts.get(split),
         )
     if header_counts:
         for split in sorted(set(header_counts) - set(per_split)):
-            anomalies.append(f"{split}: the IDX header announces {header_counts[split]} examples but the split is missing")
+            anomalies.append(f"{split}: the source files announce {header_counts[split]} examples but the split is "
+                             "missing")
 
     statistics = {
         "dataset": dataset,
         "version": str(builder.info.version),
         "dataset_dir": str(registered.data_dir),
         "computed_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "schema": {"image_shape": EXPECTED_SHAPE, "image_dtype": EXPECTED_DTYPE, "num_classes": num_classes},
+        "schema": {"image_shape": expected_shape, "image_dtype": EXPECTED_DTYPE, "num_classes": num_classes},
         "header_counts": header_counts,
         "splits": per_split,
         "anomalies": anomalies,
@@ -152,14 +155,16 @@ def split_anomalies(
     num_classes: int = NUM_CLASSES,
     metadata_count: int | None = None,
     header_count: int | None = None,
+    expected_shape: list[int] | None = None,
 ) -> list[str]:
     """What in one split's statistics breaks the schema; each entry names the split, the field and the values."""
     found = []
+    expected_shape = list(expected_shape or DEFAULT_IMAGE_SHAPE)
     n = stats["num_examples"]
     if n == 0:
         found.append(f"{split}: no examples")
     if header_count is not None and n != header_count:
-        found.append(f"{split}: {n} examples but the IDX header announces {header_count}")
+        found.append(f"{split}: {n} examples but the source files announce {header_count} (IDX header, records)")
     if metadata_count is not None and n != metadata_count:
         found.append(f"{split}: {n} examples but TFDS's metadata says {metadata_count}")
     missing = [c for c, k in enumerate(stats["label_histogram"]) if k == 0]
@@ -167,8 +172,8 @@ def split_anomalies(
         found.append(f"{split}: class(es) {', '.join(map(str, missing))} missing (no examples)")
     if stats.get("labels_out_of_range"):
         found.append(f"{split}: {stats['labels_out_of_range']} label(s) outside 0-{num_classes - 1}")
-    if n and stats["image_shape"] != EXPECTED_SHAPE:
-        found.append(f"{split}: image shape {stats['image_shape']}, expected {EXPECTED_SHAPE}")
+    if n and stats["image_shape"] != expected_shape:
+        found.append(f"{split}: image shape {stats['image_shape']}, expected {expected_shape}")
     if n and stats["image_dtype"] != EXPECTED_DTYPE:
         found.append(f"{split}: image dtype {stats['image_dtype']}, expected {EXPECTED_DTYPE}")
     return found

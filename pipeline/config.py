@@ -12,8 +12,8 @@ The TOML file has one table per section, plus `workdir` at the top:
 
 The sections are the components' own types (`components.params`: data, train, evaluate, push;
 `components.score.options.ScoreConfig`), so a stage never reaches up here for its parameters; `[serve]` is
-below. Some defaults depend on the dataset (`components.datasets`): `push.model_name`, `score.server_model`
-and `evaluate.accuracy_threshold` are None until `resolve_defaults` fills them from `data.dataset`, after the
+below. Some defaults depend on the dataset (`components.datasets`): `push.model_name`, `score.server_model`,
+`train.architecture` and `evaluate.accuracy_threshold` are None until `resolve_defaults` fills them from `data.dataset`, after the
 TOML file and the flags, so `--dataset fashion_mnist` alone changes them and a value given by flag or TOML
 wins. `load_config` and the runner resolve; a component is always handed resolved sections.
 
@@ -144,8 +144,8 @@ def resolve_defaults(config: Config) -> Config:
     """`config` with every per-dataset default that is still None filled from `data.dataset` (idempotent).
 
     The one place where a dataset's defaults (`components.datasets`) enter the configuration."""
-    push, evaluate, score = config.push, config.evaluate, config.score
-    if push.model_name is not None and evaluate.accuracy_threshold is not None and score.server_model is not None:
+    push, evaluate, score, train = config.push, config.evaluate, config.score, config.train
+    if None not in (push.model_name, evaluate.accuracy_threshold, score.server_model, train.architecture):
         return config
     entry = datasets.dataset(config.data.dataset)
     if push.model_name is None:
@@ -154,7 +154,9 @@ def resolve_defaults(config: Config) -> Config:
         evaluate = dataclasses.replace(evaluate, accuracy_threshold=entry.accuracy_threshold)
     if score.server_model is None:
         score = dataclasses.replace(score, server_model=entry.model_name)
-    return dataclasses.replace(config, push=push, evaluate=evaluate, score=score)
+    if train.architecture is None:
+        train = dataclasses.replace(train, architecture=entry.architecture)
+    return dataclasses.replace(config, push=push, evaluate=evaluate, score=score, train=train)
 
 
 def model_base_path(config: Config) -> Path:

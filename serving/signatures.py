@@ -12,6 +12,8 @@ MODEL_NAME = "mnist"
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
+# (height, width, channels) of a model that records no shape (exported before shapes were recorded): MNIST's.
+DEFAULT_IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 
 # serving_default: float32 [batch, 28, 28, 1] in [0, 1] -> probabilities, classes. Method tensorflow/serving/predict.
 SERVING_DEFAULT = "serving_default"
@@ -49,6 +51,12 @@ WARMUP_FILE = "tf_serving_warmup_requests"  # under <SavedModel>/assets.extra/
 CLASS_NAMES_FILE = "class_names.txt"
 
 
+# The input image shape "height width channels" (one line, e.g. "32 32 3"), under <SavedModel>/assets.extra/:
+# the dataset's (TFDS info), so that the server, the client and the scorer check and decode images as the model
+# takes them without loading the graph. A model without the file takes DEFAULT_IMAGE_SHAPE.
+IMAGE_SHAPE_FILE = "image_shape.txt"
+
+
 def default_class_names(num_classes: int = NUM_CLASSES) -> list[str]:
     """"0".."9": MNIST's names, and the names of a model exported before class names were recorded."""
     return [str(i) for i in range(num_classes)]
@@ -69,32 +77,72 @@ def format_class_names(names) -> str:
     return "".join(f"{n}\n" for n in names)
 
 
-def read_class_names(saved_model_dir) -> list[str]:
-    """The class names a SavedModel (an export or a pushed version) records, index order; "0".."9" when it
-    records none (exported before class names existed) or the file is unusable (logged). Local paths and
+def _read_asset_text(path: str) -> str | None:
+    """The text of a file under assets.extra, or None when it is absent or unusable (logged). Local paths and
     TensorFlow file system URLs both work."""
-    path = class_names_path(saved_model_dir)
     try:
         if "://" in path:
             import tensorflow as tf
 
             if not tf.io.gfile.exists(path):
-                return default_class_names()
+                return None
             with tf.io.gfile.GFile(path, "rb") as fh:
-                text = fh.read().decode("utf-8")
-        else:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
+                return fh.read().decode("utf-8")
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
     except FileNotFoundError:
-        return default_class_names()
+        return None
     except (OSError, UnicodeDecodeError) as exc:
-        log.warning("cannot read class names %s (%s); using 0..9", path, exc)
+        log.warning("cannot read %s (%s); using the default", path, exc)
+        return None
+
+
+def read_class_names(saved_model_dir) -> list[str]:
+    """The class names a SavedModel (an export or a pushed version) records, index order; "0".."9" when it
+    records none (exported before class names existed) or the file is unusable (logged)."""
+    path = class_names_path(saved_model_dir)
+    text = _read_asset_text(path)
+    if text is None:
         return default_class_names()
     names = text.splitlines()
     if len(names) != NUM_CLASSES or not all(names):
         log.warning("%s holds %d names, not %d; using 0..9", path, len(names), NUM_CLASSES)
         return default_class_names()
     return names
+
+
+def image_shape_path(saved_model_dir) -> str:
+    return f"{str(saved_model_dir).rstrip('/')}/assets.extra/{IMAGE_SHAPE_FILE}"
+
+
+def format_image_shape(shape) -> str:
+    """The file's text; a ValueError unless `shape` is (height, width, channels) with 1 or 3 channels."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
+        raise ValueError(f"image shape must be (height, width, 1 or 3 channels), got {shape}")
+    return " ".join(str(d) for d in shape) + "\n"
+
+
+def read_image_shape(saved_model_dir) -> tuple[int, int, int]:
+    """(height, width, channels) of the images a SavedModel takes; DEFAULT_IMAGE_SHAPE (28, 28, 1) when it
+    records none (exported before shapes were recorded) or the file is unusable (logged)."""
+    path = image_shape_path(saved_model_dir)
+    text = _read_asset_text(path)
+    if text is None:
+        return DEFAULT_IMAGE_SHAPE
+    try:
+        format_image_shape(text.split())
+        height, width, channels = (int(d) for d in text.split())
+    except ValueError:
+        log.warning("%s holds %r, not 'height width channels'; using %s", path, text.strip(), DEFAULT_IMAGE_SHAPE)
+        return DEFAULT_IMAGE_SHAPE
+    return height, width, channels
+
+
+def describe_image(shape) -> str:
+    """ "28x28 grey", "32x32 colour": how errors name an image shape."""
+    height, width, channels = shape
+    return f"{height}x{width} {'grey' if channels == 1 else 'colour (RGB)' if channels == 3 else f'{channels}-channel'}"
 
 
 def read_signature_defs(saved_model_dir: str) -> dict:

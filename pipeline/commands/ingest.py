@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from components import datasets
 from pipeline.cli import config_flag, dataset_flag
 from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
 NAME = "ingest"
-HELP = "prepare MNIST (or fashion_mnist) as a TFDS dataset in the workdir and validate it"
+HELP = "prepare the dataset (mnist, fashion_mnist, cifar10) as a TFDS dataset in the workdir and validate it"
 DESCRIPTION = """\
 Prepare the dataset as a regular TFDS dataset in <workdir>/data (tfds.load(name, data_dir=...) reads it),
 then compute its statistics and check them for anomalies (<workdir>/data/<dataset>/statistics.json).
@@ -19,6 +20,8 @@ then compute its statistics and check them for anomalies (<workdir>/data/<datase
   offline:  mnist-pipeline ingest --source-dir ../shared/data/mnist
             (a folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
              t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)
+  CIFAR-10: mnist-pipeline ingest --dataset cifar10 --source-dir cifar-10-binary.tar.gz
+            (TFDS's archive, the folder holding it, or its extracted cifar-10-batches-bin/ folder)
 
 A second ingest of the same data reuses what is prepared."""
 
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     dataset_flag(parser, "the TFDS dataset to prepare")
     config_flag(parser, "--source-dir", key="data.source_dir", metavar="DIR",
-                help="folder of the four IDX .gz files (offline); default: the TFDS download")
+                help=datasets.SOURCE_DIR_HELP)
     add_stage_arguments(parser, needs=None)
 
 
@@ -49,7 +52,13 @@ def run(config: Config, args: argparse.Namespace) -> int:
     p = ds.properties
     reused = ingest.status == "cached" or ingest.properties.get("reused")
     state = "reused (already prepared from the same data)" if reused else "prepared"
-    source = f"IDX files in {p['source_dir']}" if p.get("source_dir") else "the TFDS download"
+    if p.get("source_dir"):
+        import importlib
+
+        label = importlib.import_module(datasets.dataset(p["name"]).source_reader).SOURCE_LABEL
+        source = f"{label} in {p['source_dir']}"
+    else:
+        source = "the TFDS download"
     print(f"run {run_id}: {p['name']} {p['version']}: {state} from {source}")
     print(f"  TFDS data_dir: {p['data_dir']}  (tfds.load({p['name']!r}, data_dir={p['data_dir']!r}))")
     print(f"  dataset dir:   {ds.uri}")

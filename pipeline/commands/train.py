@@ -16,7 +16,7 @@ DESCRIPTION = """\
 Train on the ingested dataset (run `mnist-pipeline ingest` first) and write, under
 <workdir>/runs/<run id>/train/: model.keras, history.json, checkpoints/best.keras, tensorboard/.
 
-  mnist-pipeline train                              a new run, the default architecture and its recipe
+  mnist-pipeline train                              a new run, the dataset's architecture and its recipe
   mnist-pipeline train --architecture seed          the TensorFlow tutorial CNN (5 epochs, batch 32)
   mnist-pipeline train --run-id 20261123T212400Z-3f9a1c
                                                     resume that run where it stopped (after a kill)
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--architecture", key="train.architecture", choices=architectures(),
-                help="default (batch norm, augmentation, one-cycle schedule) or seed (the tutorial CNN)")
+                help="default: the dataset's (default: batch norm, augmentation, one-cycle schedule, for MNIST "
+                     "and Fashion-MNIST; resnet: ResNet-9, flips and crops, for cifar10); seed: the tutorial CNN")
     config_flag(parser, "--epochs", key="train.epochs", type=int, metavar="N", help="default: the recipe's")
     config_flag(parser, "--batch-size", key="train.batch_size", type=int, metavar="N", help="default: the recipe's")
     config_flag(parser, "--learning-rate", key="train.learning_rate", type=float, metavar="LR",

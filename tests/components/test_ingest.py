@@ -54,7 +54,7 @@ def test_stored_images_are_the_idx_pixels_encoded_as_tfds_would(idx_dir: Path, t
     # The PNG bytes are those TFDS's Image feature writes for each array (as a TFDS download would hold).
     feature = tfds.features.Image(shape=(28, 28, 1))
     expected = [feature.encode_example(image[..., None]) for image in source.images]
-    assert ingest._encode_pngs(source.images) == expected
+    assert idx.encode_pngs(source.images) == expected
     # And the prepared split decodes to exactly the IDX pixels, each with its label.
     ds = tfds.load("mnist", split="test", data_dir=str(data_dir), as_supervised=True)
     stored = sorted((image.tobytes(), int(label)) for image, label in tfds.as_numpy(ds))
@@ -130,8 +130,8 @@ def test_bad_input_is_named_and_leaves_nothing(case: str, idx_dir: Path, tmp_pat
 
 
 def test_unknown_dataset_lists_the_supported_ones(idx_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"unknown dataset 'cifar10'.*mnist, fashion_mnist"):
-        ingest.run(DataConfig(dataset="cifar10", source_dir=str(idx_dir)), paths.data_dir(tmp_path / "work"))
+    with pytest.raises(DataError, match=r"unknown dataset 'cifar100'.*mnist, fashion_mnist, cifar10"):
+        ingest.run(DataConfig(dataset="cifar100", source_dir=str(idx_dir)), paths.data_dir(tmp_path / "work"))
     assert _files(tmp_path / "work") == []
 
 

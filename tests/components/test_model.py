@@ -101,11 +101,11 @@ def test_one_cycle_schedule_warms_up_then_decays():
     assert float(model_lib.learning_rate_schedule(r, total_steps=1000, learning_rate=0.01)(warmup)) == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("call", [lambda: model_lib.build_model("resnet", seed=0), lambda: model_lib.recipe("resnet")])
+@pytest.mark.parametrize("call", [lambda: model_lib.build_model("vgg", seed=0), lambda: model_lib.recipe("vgg")])
 def test_unknown_architecture_names_it_and_the_known_ones(call):
     with pytest.raises(ConfigError) as err:
         call()
-    assert "'resnet'" in str(err.value)
+    assert "'vgg'" in str(err.value)
     assert "default" in str(err.value) and "seed" in str(err.value)
 
 

@@ -63,7 +63,7 @@ def test_counts_that_do_not_match_the_idx_header(idx_dir: Path, tmp_path: Path) 
     record = json.loads(record_path.read_text())
     record["header_counts"]["train"] = 60000
     record_path.write_text(json.dumps(record))
-    with pytest.raises(ValidationError, match="train: 200 examples but the IDX header announces 60000"):
+    with pytest.raises(ValidationError, match="train: 200 examples but the source files announce 60000"):
         _validate(config, workdir)
 
 

@@ -37,8 +37,8 @@ def test_the_dataset_sets_the_model_name_and_threshold_unless_given(tmp_path: Pa
     assert mixed.push.model_name == "fashion_mnist" and mixed.evaluate.accuracy_threshold == 0.5
     named = load_config(None, {"data.dataset": "fashion_mnist", "push.model_name": "clothes"})
     assert named.push.model_name == "clothes" and resolve_defaults(named) == named
-    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar10'.*mnist, fashion_mnist"):
-        load_config(None, {"data.dataset": "cifar10"})
+    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar100'.*mnist, fashion_mnist, cifar10"):
+        load_config(None, {"data.dataset": "cifar100"})
     with pytest.raises(ConfigError, match=r"push.model_name '../x' is not a usable name"):
         load_config(None, {"push.model_name": "../x"})
 
@@ -123,8 +123,8 @@ def test_a_bad_value_is_refused_by_its_section_from_the_file_as_from_a_flag(tmp_
         load_config(None, {"score.output_format": "xml"})
     with pytest.raises(ConfigError, match=r"score.output_format 'xml' is unknown"):
         ScoreConfig(output_format="xml").check()
-    path.write_text('[train]\narchitecture = "resnet"\n')
-    with pytest.raises(ConfigError, match=r"unknown architecture 'resnet'; known architectures: seed, default"):
+    path.write_text('[train]\narchitecture = "vgg"\n')
+    with pytest.raises(ConfigError, match=r"unknown architecture 'vgg'; known architectures: seed, default, resnet"):
         load_config(path)
     path.write_text("[score]\nserver_timeout = nan\n")
     with pytest.raises(ConfigError, match=r"score.server_timeout must be a finite number, got nan"):
