@@ -126,3 +126,5 @@ def test_no_record_or_report_in_the_workdir_names_it_by_absolute_path(moved):
             "report.html"} <= {p.name for p in found}
     absolute = [os.fspath(p.relative_to(copy)) for p in found if os.fspath(original) in p.read_text(errors="replace")]
     assert not absolute
+    report = next(p for p in found if p.name == "report.html").read_text()
+    assert os.fspath(moved["source"]) in report  # outside the workdir: named as given
