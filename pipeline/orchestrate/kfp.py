@@ -2,9 +2,12 @@
 
     compile_pipeline(config, tasks, Path("pipeline.yaml"), image="europe-docker.pkg.dev/p/r/mnist-pipeline:1")
 
-One container component per stage, generated from the stage table: the image (built from
-pipeline/orchestrate/Dockerfile) runs `mnist-pipeline orchestrate task --stage STAGE` with the pipeline job's
-name as the DAG run and the task's name, so every task of a job works in one pipeline run. The workdir and
+One component per stage, generated from the stage table, each a container of the project's image (built from
+pipeline/orchestrate/Dockerfile) that runs `mnist-pipeline orchestrate task --stage STAGE` with the pipeline
+job's name as the DAG run and the task's name, so every task of a job works in one pipeline run. They are
+lightweight Python components (`stage_task` starts the command) rather than `dsl.container_component`s
+because kfp.local's SubprocessRunner, the way to run the YAML without Kubernetes or Docker, runs only those;
+on KFP and Vertex AI both are one container with a command. The workdir and
 the configuration (JSON sections) are pipeline parameters. Tasks pass no artifacts: the workdir and its run
 store carry them, as in `run`. KFP's own caching is off for every task: it would key on the parameters alone
 and skip a stage whose inputs changed in the workdir; the runner's cache keys on the inputs' contents.
@@ -12,6 +15,7 @@ and skip a stage whose inputs changed in the workdir; the runner's cache keys on
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,33 +37,41 @@ def _kfp():
     return compiler, dsl
 
 
-def _component(dsl, stage: str, image: str, command: str):
-    """A container component running `stage`; its name (the function's) is the stage's."""
+def stage_task(stage: str, workdir: str, config: str, dag_run: str, task: str):
+    """Run one stage as this task (`mnist-pipeline orchestrate task`); its source is copied into the YAML and
+    runs in the project's image, so it imports nothing but the standard library."""
+    import subprocess
+    import sys
 
-    def component(workdir: str, config: str):
-        return dsl.ContainerSpec(
-            image=image,
-            command=[command],
-            args=["orchestrate", "task", "--stage", stage, "--orchestrator", "kfp",
-                  "--dag-run", dsl.PIPELINE_JOB_NAME_PLACEHOLDER, "--task", dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
-                  "--workdir", workdir, "--config-json", config],
-        )
-
-    component.__name__ = component.__qualname__ = stage
-    component.__annotations__ = {"workdir": str, "config": str}  # kfp reads types, not this module's strings
-    return dsl.container_component(component)
+    done = subprocess.run(["mnist-pipeline", "orchestrate", "task", "--stage", stage, "--orchestrator", "kfp",
+                           "--dag-run", dag_run, "--task", task, "--workdir", workdir, "--config-json", config])
+    if done.returncode != 0:
+        print(f"stage {stage} failed (exit status {done.returncode}): see its error above", file=sys.stderr)
+        sys.exit(done.returncode)
 
 
-def build_pipeline(config: Config, tasks: Sequence[Task], *, name: str, image: str = DEFAULT_IMAGE, retries: int = 2,
-                   command: str = "mnist-pipeline"):
+def _components(dsl, stages: Sequence[str], image: str) -> dict:
+    """One component per stage, named after it (so the YAML's tasks are the stages), all running `stage_task`."""
+    stage_task.__annotations__ = {"stage": str, "workdir": str, "config": str, "dag_run": str, "task": str}
+    generic = dsl.component(stage_task, base_image=image, install_kfp_package=False)  # kfp is in the image
+    made = {}
+    for stage in stages:
+        component = copy.deepcopy(generic)
+        component.component_spec.name = component.name = stage
+        made[stage] = component
+    return made
+
+
+def build_pipeline(config: Config, tasks: Sequence[Task], *, name: str, image: str = DEFAULT_IMAGE, retries: int = 2):
     """The `@dsl.pipeline` function: parameters workdir and config (defaults: this configuration's)."""
     _, dsl = _kfp()
-    components = {t.stage: _component(dsl, t.stage, image, command) for t in tasks}
+    components = _components(dsl, [t.stage for t in tasks], image)
 
     def pipeline_func(workdir: str = os.fspath(config.workdir), config: str = config_json(config)):
         made = {}
         for t in tasks:
-            task = components[t.stage](workdir=workdir, config=config)
+            task = components[t.stage](stage=t.stage, workdir=workdir, config=config,
+                                       dag_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
             task.set_display_name(t.stage)
             task.set_caching_options(False)
             if retries:
