@@ -38,8 +38,8 @@ def _kfp():
 
 
 def stage_task(stage: str, workdir: str, config: str, dag_run: str, task: str):
-    """Run one stage as this task (`mnist-pipeline orchestrate task`); its source is copied into the YAML and
-    runs in the project's image, so it imports nothing but the standard library."""
+    """Run one stage as this task (`mnist-pipeline orchestrate task`). Its source is copied into the YAML and
+    called by kfp's executor in the project's image, so it imports only the standard library."""
     import subprocess
     import sys
 
