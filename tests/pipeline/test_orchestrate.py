@@ -124,3 +124,22 @@ def test_help_and_generation_import_no_orchestrator_sdk_nor_tensorflow(tmp_path)
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_cache_hit_keeps_what_the_stage_produced_but_not_who_ran_the_earlier_execution(tmp_path):
+    from pipeline.orchestrate import PROPERTY
+    from pipeline.runner import run_pipeline
+    from pipeline.store import RunStore
+    from tests.pipeline.test_runner import FakeStages, _config
+
+    fake = FakeStages()
+    first = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    with RunStore(paths.store_path(tmp_path / "w")) as store:
+        for record in first.stages:
+            store.add_execution_properties(record.execution_id, {PROPERTY: {"name": "airflow", "task": record.name}})
+        assert store.executions(first.run_id)[0].properties == {"lines": 1, PROPERTY: {"name": "airflow", "task": "a"}}
+    second = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    with RunStore(paths.store_path(tmp_path / "w")) as store:
+        cached = store.executions(second.run_id)
+    assert [ex.status for ex in cached] == ["cached"] * 3
+    assert [ex.properties for ex in cached] == [{"lines": 1}, {"lines": 2}, {"lines": 3}]
