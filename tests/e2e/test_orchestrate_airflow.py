@@ -60,7 +60,8 @@ def test_airflow_dag_runs_every_stage_and_a_rerun_reuses_the_stages_that_finishe
 
     failed = _airflow(env, "dags", "test", "mnist_pipeline")
     log = failed.stdout + failed.stderr
-    assert "stage push failed:" in log, log[-5000:]
+    assert failed.returncode != 0, "the DAG run must fail"
+    assert "mnist-pipeline orchestrate: error: stage push failed:" in log, log[-5000:]  # the push task's log
     assert "state=failed" in log, log[-3000:]
     with RunStore(paths.store_path(workdir)) as store:
         (run,) = store.list_runs()
