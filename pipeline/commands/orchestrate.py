@@ -81,6 +81,11 @@ def _generate(config: Config, args: argparse.Namespace) -> int:
     if not args.output:
         raise ConfigError(f"orchestrate {args.target} needs --output PATH (where to write the "
                           f"{'DAG file' if args.target == 'airflow' else 'pipeline YAML'})")
+    wrong = "--image" if args.target == "airflow" and args.image else \
+        "--schedule" if args.target == "kfp" and args.schedule else None
+    if wrong:
+        raise ConfigError(f"{wrong} does not apply to orchestrate {args.target} (--image: kfp; --schedule: airflow; "
+                          "a KFP schedule is made where the YAML is submitted)")
     if args.retries < 0:
         raise ConfigError(f"--retries must be 0 or more, got {args.retries}")
     tasks = stage_graph(default_stages(), args.stages, args.skip)

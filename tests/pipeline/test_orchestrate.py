@@ -102,6 +102,7 @@ def test_the_airflow_dag_file_lists_the_stage_graph_and_imports_only_airflow(tmp
     (["orchestrate", "airflow", "--output", "OUT", "--stages", "ingest,trian"], "unknown stage 'trian'"),
     (["orchestrate", "kfp", "--output", "OUT/p.yaml", "--config", "CONFIG"], "train.epochz"),
     (["orchestrate", "airflow"], "needs --output"),
+    (["orchestrate", "airflow", "--output", "OUT", "--image", "x:1"], "--image does not apply to orchestrate airflow"),
     (["orchestrate", "airflow", "--output", "OUT", "--name", "../dags"], "not a usable name"),
     (["orchestrate", "task", "--stage", "train"], "needs --orchestrator, --dag-run"),
     (["orchestrate", "task", "--stage", "nope", "--orchestrator", "airflow", "--dag-run", "r"], "unknown stage 'nope'"),
