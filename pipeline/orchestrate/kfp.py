@@ -7,10 +7,10 @@ pipeline/orchestrate/Dockerfile) that runs `mnist-pipeline orchestrate task --st
 job's name as the DAG run and the task's name, so every task of a job works in one pipeline run. They are
 lightweight Python components (`stage_task` starts the command) rather than `dsl.container_component`s
 because kfp.local's SubprocessRunner, the way to run the YAML without Kubernetes or Docker, runs only those;
-on KFP and Vertex AI both are one container with a command. The workdir and
-the configuration (JSON sections) are pipeline parameters. Tasks pass no artifacts: the workdir and its run
-store carry them, as in `run`. KFP's own caching is off for every task: it would key on the parameters alone
-and skip a stage whose inputs changed in the workdir; the runner's cache keys on the inputs' contents.
+on KFP and Vertex AI both are one container with a command. The workdir and the configuration (JSON
+sections) are pipeline parameters. Tasks pass no artifacts: the workdir and its run store carry them, as in
+`run`. KFP's own caching is off for every task: it would key on the parameters alone and skip a stage whose
+inputs changed in the workdir; the runner's cache keys on the inputs' contents.
 """
 
 from __future__ import annotations
