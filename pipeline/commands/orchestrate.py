@@ -92,7 +92,7 @@ def _generate(config: Config, args: argparse.Namespace) -> int:
     config = _absolute(config)
     output = Path(args.output)
     if args.target == "airflow":
-        from pipeline.config import check_name
+        from components.params import check_name
         from pipeline.orchestrate.airflow import write_dag
 
         dag_id = check_name("--name (the DAG id)", args.name or "mnist_pipeline")

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import Config, validate
+from pipeline.config import Config
+from pipeline.config_check import validate
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.stage_api import StageSpec
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.atomic import atomic_write
+from components.atomic import atomic_write
 from pipeline.config import Config
 from pipeline.orchestrate import Task, config_json
 

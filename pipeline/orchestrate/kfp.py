@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.atomic import atomic_path
+from components.atomic import atomic_path
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.orchestrate import Task, config_json
