@@ -26,6 +26,7 @@ import numpy as np
 
 from components.atomic import atomic_write_json
 from components.params import DataConfig
+from components.portable import portable
 from pipeline.errors import DataError, ValidationError
 from serving.signatures import DEFAULT_IMAGE_SHAPE, NUM_CLASSES
 
@@ -43,8 +44,11 @@ class ValidateOutput:
     anomalies: tuple[str, ...]  # empty: valid (run() raises otherwise)
 
 
-def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | os.PathLike) -> ValidateOutput:
-    """Compute statistics of every split of the prepared `config.dataset`, write them, stop on anomalies."""
+def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | os.PathLike, *,
+        record_root: str | os.PathLike | None = None) -> ValidateOutput:
+    """Compute statistics of every split of the prepared `config.dataset`, write them, stop on anomalies.
+
+    `record_root`: the statistics name the dataset folder relative to it when inside it (None: absolute)."""
     import tensorflow_datasets as tfds
 
     dataset = config.dataset
@@ -88,7 +92,7 @@ def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | 
     statistics = {
         "dataset": dataset,
         "version": str(builder.info.version),
-        "dataset_dir": str(registered.data_dir),
+        "dataset_dir": portable(registered.data_dir, record_root),
         "computed_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "schema": {"image_shape": expected_shape, "image_dtype": EXPECTED_DTYPE, "num_classes": num_classes},
         "header_counts": header_counts,

@@ -41,6 +41,7 @@ COMMAND_MODULES = (
     "pipeline.commands.run",
     "pipeline.commands.runs",
     "pipeline.commands.lineage",
+    "pipeline.commands.orchestrate",
 )
 
 log = logging.getLogger(__name__)

@@ -313,7 +313,9 @@ def _run_stage(
             outputs = store.output_artifacts(hit.id)
             problem = outputs_intact(outputs)
             if problem is None:
-                store.finish_execution(ex_id, "cached", outputs=outputs, properties=hit.properties, reused_execution=hit.id)
+                # What the stage produced, not who ran that execution (an orchestrator's task: pipeline.orchestrate).
+                produced = {k: v for k, v in hit.properties.items() if k != "orchestrator"}
+                store.finish_execution(ex_id, "cached", outputs=outputs, properties=produced, reused_execution=hit.id)
                 for art in outputs.values():
                     log.info("stage %s: cached: reusing %s", spec.name, art.uri)
                 if not outputs:

@@ -73,7 +73,7 @@ def validate_stage(ctx: StageContext) -> StageResult:
     from components import validate
 
     name, data_dir = _dataset(ctx)
-    out = validate.run(ctx.config.data, data_dir, paths.statistics_path(ctx.workdir, name))
+    out = validate.run(ctx.config.data, data_dir, paths.statistics_path(ctx.workdir, name), record_root=ctx.workdir)
     splits = {s: v.get("num_examples") for s, v in out.statistics.get("splits", {}).items()}
     return StageResult({"statistics": artifact(out.statistics_path, "Statistics", dataset=name)},
                        {"num_examples": splits, "anomalies": list(out.anomalies)})
@@ -117,7 +117,7 @@ def evaluate_stage(ctx: StageContext) -> StageResult:
     history = ctx.inputs.get("history")
     out = evaluate.run(ctx.config.evaluate, Path(ctx.inputs["model"].uri), data_dir, name, ctx.out_dir,
                        baseline_dir=Path(baseline.uri) if baseline else None,
-                       history_path=Path(history.uri) if history else None)
+                       history_path=Path(history.uri) if history else None, record_root=ctx.workdir)
     plots = {p.stem: p for p in out.plot_paths}
     outputs = {"evaluation": artifact(out.metrics_path, "ModelEvaluation", accuracy=out.accuracy),
                "blessing": artifact(out.blessing_path, "ModelBlessing", blessed=out.blessed)}
@@ -155,14 +155,12 @@ def push_stage(ctx: StageContext) -> StageResult:
     blessing = _blessing(ctx)
     accuracy = blessing.get("accuracy") if blessing else None
     dataset = ctx.inputs["dataset"].properties.get("name") if "dataset" in ctx.inputs else ctx.config.data.dataset
-    source = ctx.inputs["model"].uri
-    # The version's record names its source relative to the workdir when the version is inside it too: a
-    # copied workdir must not point at the original's folder.
-    base = model_base_path(ctx.config)
-    inside = ctx.store.uris.relative(base) is not None and ctx.store.uris.relative(source)
-    out = push.run(ctx.config.push, Path(source), base, blessing=blessing, dataset=dataset,
-                   metadata={"run_id": ctx.run_id, "accuracy": accuracy, **({"source": inside} if inside else {})},
-                   record_path=ctx.out_dir / push.RECORD_FILE, check_images=_test_images(ctx, 8))
+    # Records name files inside the workdir relative to it (the version's own record too, when the model base
+    # path is inside it): a copied workdir must not point at the original's folder.
+    out = push.run(ctx.config.push, Path(ctx.inputs["model"].uri), model_base_path(ctx.config), blessing=blessing,
+                   dataset=dataset, metadata={"run_id": ctx.run_id, "accuracy": accuracy},
+                   record_path=ctx.out_dir / push.RECORD_FILE, check_images=_test_images(ctx, 8),
+                   record_root=ctx.workdir)
     outputs: dict[str, Artifact] = {}
     if out.record_path is not None:
         outputs["push_record"] = artifact(out.record_path, "PushResult")
@@ -189,8 +187,8 @@ def rollback_stage(ctx: StageContext) -> StageResult:
         metadata={"run_id": meta.get("run_id"), "accuracy": meta.get("accuracy"), "dataset": meta.get("dataset"),
                   "blessed": meta.get("blessed"), "forced": meta.get("forced"),
                   "blessing_reason": meta.get("blessing_reason"), "rollback_run_id": ctx.run_id,
-                  "rolled_back_from": served.version, "copy_of_version": target.version,
-                  "source": ctx.store.uris.relative(target.path) or os.fspath(target.path.resolve())},
+                  "rolled_back_from": served.version, "copy_of_version": target.version},
+        record_root=ctx.workdir,  # the copy's record names its source (the version copied) as push does
     )
     copied = {"rolled_back_from": served.version, "copy_of_version": target.version}
     pushed = artifact(out.version_dir, "PushedModel", version=out.version, model_name=ctx.config.push.model_name,
@@ -220,7 +218,7 @@ def score_stage(ctx: StageContext) -> StageResult:
         name, data_dir = _dataset(ctx)
         pattern = examples.split_file_pattern(data_dir, name, cfg.split)
     out = score.run(cfg, model=None if cfg.server else ctx.inputs["model"].uri, input_pattern=pattern,
-                    output_dir=cfg.output or ctx.out_dir, beam_args=list(cfg.beam_args))
+                    output_dir=cfg.output or ctx.out_dir, beam_args=list(cfg.beam_args), record_root=ctx.workdir)
     local = "://" not in str(out.output_dir)
     outputs = ({"predictions": artifact(out.output_dir, "Predictions", format=cfg.output_format,
                                         model_version=out.model.version)} if local else {})
@@ -255,7 +253,7 @@ def serving_check_stage(ctx: StageContext) -> StageResult:
         if sc.get("model_version") == version and sc.get("model_name") == model.name:
             expected, expected_n = sc.get("accuracy"), sc.get("num_predictions")
     out = serving_check.run(model, data_dir, name, ctx.out_dir, max_examples=ctx.config.evaluate.max_test_examples,
-                            expected_accuracy=expected, expected_examples=expected_n)
+                            expected_accuracy=expected, expected_examples=expected_n, record_root=ctx.workdir)
     return StageResult({"result": artifact(out.result_path, "ServingCheck")},
                        {"passed": out.passed, "model_version": out.model_version, "num_examples": out.num_examples,
                         "accuracy": out.accuracy, "expected_accuracy": out.expected_accuracy})
@@ -287,7 +285,7 @@ def report_stage(ctx: StageContext) -> StageResult:
     score_dir = out("score", "predictions")
     inputs = report.ReportInputs(
         run={"id": ctx.run_id, "status": run.status if run else "running", "started": run.started if run else None,
-             "code_version": ctx.code_version, "workdir": os.fspath(ctx.workdir), "config": ctx.config.to_dict()},
+             "code_version": ctx.code_version, "config": ctx.config.to_dict()},
         stages=stages,
         statistics_path=out("validate", "statistics"),
         history_path=out("train", "history"),
@@ -301,7 +299,7 @@ def report_stage(ctx: StageContext) -> StageResult:
         lineage=lineage,
         figures=figures,
     )
-    result = report.run(inputs, ctx.out_dir)
+    result = report.run(inputs, ctx.out_dir, record_root=ctx.workdir)
     return StageResult({"report": artifact(result.report_path, "Report")}, {"plots": [p.name for p in result.plot_paths]})
 
 

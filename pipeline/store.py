@@ -231,6 +231,14 @@ class RunStore:
             )
         return stored
 
+    def add_execution_properties(self, execution_id: int, properties: dict[str, Any]) -> None:
+        """Merge `properties` into an execution's, e.g. which orchestrator task ran it (pipeline.orchestrate)."""
+        with self._tx() as c:
+            row = c.execute("SELECT properties FROM executions WHERE id=?", (execution_id,)).fetchone()
+            merged = {**json.loads(row["properties"] or "{}"), **self.uris.stored_value(properties)}
+            c.execute("UPDATE executions SET properties=? WHERE id=?",
+                      (json.dumps(merged, sort_keys=True, default=str), execution_id))
+
     def _insert_artifact(self, c: sqlite3.Connection, art: Artifact, producer: int | None) -> int:
         props = json.dumps(self.uris.stored_value(art.properties), sort_keys=True, default=str)
         cur = c.execute(

@@ -15,32 +15,16 @@ a path inside the workdir is written there as "{workdir}/<relative path>" and re
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from components.portable import relative_to_any
 
 WORKDIR_TOKEN = "{workdir}"
 
 
 def is_remote(uri: str) -> bool:
     return "://" in uri
-
-
-def relative_to_any(path: str, roots: Iterable[str]) -> str | None:
-    """`path` relative to the first of `roots` it is inside ("." for a root itself), as a POSIX path; else None.
-
-    Pure string work on normalized paths (no file system): a relative path only matches a relative root."""
-    norm = os.path.normpath(path)
-    for root in sorted(roots, key=len, reverse=True):
-        if root == ".":
-            if not os.path.isabs(norm):
-                return Path(norm).as_posix()
-            continue
-        if norm == root:
-            return "."
-        if norm.startswith(root.rstrip(os.sep) + os.sep):
-            return Path(norm[len(root.rstrip(os.sep)) + 1:]).as_posix()
-    return None
 
 
 class WorkdirURIs:

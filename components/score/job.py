@@ -32,6 +32,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from components.portable import portable_value, root_holding
 from components.score.graph import build_pipeline
 from components.score.inputs import Inputs, check_inputs
 from components.score.model import ModelRef, check_saved_model, check_server, resolve_model
@@ -209,11 +210,13 @@ def run(
     output_dir: str | os.PathLike,
     beam_args: Sequence[str] = (),
     options: JobOptions | None = None,
+    record_root: str | os.PathLike | None = None,
 ) -> ScoreOutput:
     """Score every row of `input_pattern` with `model` (a SavedModel dir or a model base path), or with the
     model `options.server` serves, into `output_dir`. `config` is the `score` section (format, batch sizes;
     and the job options when `options` is None). Checks everything before the job starts; bad rows never
-    fail it (they go to `failed`)."""
+    fail it (they go to `failed`). `record_root` (the workdir): summary.json, when written inside it, names
+    files inside it relative to it (None: absolute paths)."""
     config.check()
     if options is None:
         options = from_config(config)
@@ -258,7 +261,7 @@ def run(
     summary["accounted"] = not problems
     summary["seconds"] = round(seconds, 3)
     summary["metrics"] = metrics
-    write_json_atomic(summary_path, summary)
+    write_json_atomic(summary_path, portable_value(summary, root_holding(output_dir, record_root)))
     if problems:
         raise DataError(f"not every input row was predicted or failed ({'; '.join(problems[:5])}); see "
                         f"{summary_path}")

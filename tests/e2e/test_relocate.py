@@ -4,6 +4,7 @@ there, and a file the store names but the copy lacks is a one-line error naming 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -114,3 +115,16 @@ def test_a_missing_recorded_file_names_the_stage_that_makes_it_again(workdir, mo
     assert code == 1
     assert str(model) in err and "is not on disk" in err and "`mnist-pipeline train`" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_no_record_or_report_in_the_workdir_names_it_by_absolute_path(moved):
+    """Every JSON record and the HTML report a stage writes names files inside the workdir relative to it, so
+    the copy's records point at nothing of the original's (and still name the IDX source outside it)."""
+    copy, original = moved["copy"], moved["original"]
+    found = sorted(p for p in copy.rglob("*") if p.suffix in (".json", ".html") and p.is_file())
+    assert {"statistics.json", "metrics.json", "blessing.json", "pushed.json", "summary.json", "serving_check.json",
+            "report.html"} <= {p.name for p in found}
+    absolute = [os.fspath(p.relative_to(copy)) for p in found if os.fspath(original) in p.read_text(errors="replace")]
+    assert not absolute
+    report = next(p for p in found if p.name == "report.html").read_text()
+    assert os.fspath(moved["source"]) in report  # outside the workdir: named as given
