@@ -98,7 +98,8 @@ def confusion_matrix(matrix: np.ndarray, path: Path, *, class_names: Sequence[st
 def image_grid(images: np.ndarray, labels: Sequence[int], predictions: Sequence[int], path: Path, *,
                title: str, columns: int = 5, class_names: Sequence[str] | None = None) -> Path:
     """Images (float [n, h, w, 1 or 3] in [0, 1]: grey or colour) with "predicted (true)" under each, as class
-    names when given and they are not the indices themselves ("Coat (Shirt)"); wrong predictions in red. An empty set draws a note."""
+    names when given and they are not the indices themselves ("Coat (Shirt)"); wrong predictions in red.
+    An empty set draws a note."""
     images = np.asarray(images)
     count = len(images)
     rows = max(1, -(-count // columns))
