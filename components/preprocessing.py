@@ -28,16 +28,20 @@ def decode_png(png_bytes: tf.Tensor, shape=DEFAULT_IMAGE_SHAPE) -> tf.Tensor:
     (grey+alpha counts as grey, RGBA as colour)."""
     height, width, channels = shape
     image = tf.io.decode_image(png_bytes, channels=0, dtype=tf.uint8, expand_animations=False)
-    found = tf.shape(image)[2]
-    tf.debugging.assert_equal(
-        found <= 2, channels == 1,
-        message=f"image channels do not match the model, which takes {describe_image(shape)} images "
-                f"({channels} channel{'s' if channels > 1 else ''}); grey and colour images are not converted",
-    )
-    tf.debugging.assert_equal(
-        tf.shape(image)[:2], [height, width], message=f"image must be {height}x{width} pixels"
-    )
-    return tf.ensure_shape(image[..., :channels], [height, width, channels])
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(image)[2] <= 2, channels == 1,
+            message=f"image channels do not match the model, which takes {describe_image(shape)} images "
+                    f"({channels} channel{'s' if channels > 1 else ''}); grey and colour images are not converted",
+        ),
+        tf.debugging.assert_equal(
+            tf.shape(image)[:2], [height, width], message=f"image must be {width}x{height} pixels"
+        ),
+    ]
+    # The checks run before the shape is asserted, so a wrong image fails with their message, not EnsureShape's.
+    with tf.control_dependencies([c for c in checks if c is not None]):  # None: run eagerly, already checked
+        image = tf.identity(image[..., :channels])
+    return tf.ensure_shape(image, [height, width, channels])
 
 
 def decode_and_scale_pngs(png_batch: tf.Tensor, shape=DEFAULT_IMAGE_SHAPE) -> tf.Tensor:

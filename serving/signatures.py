@@ -140,9 +140,9 @@ def read_image_shape(saved_model_dir) -> tuple[int, int, int]:
 
 
 def describe_image(shape) -> str:
-    """ "28x28 grey", "32x32 colour": how errors name an image shape."""
+    """ "28x28 grey", "32x32 colour (RGB)" (width x height): how errors name an image shape."""
     height, width, channels = shape
-    return f"{height}x{width} {'grey' if channels == 1 else 'colour (RGB)' if channels == 3 else f'{channels}-channel'}"
+    return f"{width}x{height} {'grey' if channels == 1 else 'colour (RGB)' if channels == 3 else f'{channels}-channel'}"
 
 
 def read_signature_defs(saved_model_dir: str) -> dict:

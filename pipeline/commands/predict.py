@@ -13,12 +13,16 @@ from pipeline.config import Config
 NAME = "predict"
 HELP = "classify PNG files, or measure accuracy and latency on the test set, through a gRPC or REST server"
 DESCRIPTION = """\
-Send PNG images (28x28, grayscale or not) to the server's classify signature (TF Serving's Classify API,
-which answers the model's class names) and print the class of each, its name beside the index:
+Send PNG images to the server's classify signature (TF Serving's Classify API, which answers the model's class
+names) and print the class of each, its name beside the index. The images must be of the model's shape, which
+the server's metadata gives (serving_default's input): 28x28 grey for MNIST, 32x32 colour for CIFAR-10; a file
+of another size, or grey for a colour model or the reverse, is refused with its reason (exit 1), the others
+are classified:
 
   mnist-pipeline predict --server localhost:8500 a.png b.png                            # a.png: 7 (p=0.998)
   mnist-pipeline predict --server localhost:8500 --model-name fashion_mnist coat.png    # coat.png: 4 Coat (p=0.675)
   mnist-pipeline predict --rest http://localhost:8501 a.png b.png     # TF Serving's REST API
+  mnist-pipeline predict --model-name cifar10 ship.png                 # ship.png: 8 ship (p=0.912)
 
 Or send N test images (from the workdir's TFDS data) from K concurrent clients, and report the accuracy
 (of the answers received) and the RPC error rate separately, with latency p50/p95/p99 and throughput:
@@ -31,14 +35,15 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="*", metavar="PNG", help="PNG files of 28x28 images")
+    parser.add_argument("images", nargs="*", metavar="PNG", help="PNG files of the model's image shape")
     parser.add_argument("--server", default="localhost:8500", metavar="HOST:PORT", help="gRPC address (default localhost:8500)")
     parser.add_argument("--rest", metavar="URL", help="use TF Serving's REST API at this URL (http://localhost:8501; "
                         "https:// with --tls-ca) instead of gRPC at --server")
     config_flag(parser, "--dataset", key="data.dataset", metavar="NAME",
-                help="mnist (default) or fashion_mnist: the default model name, and the test set of --test-set")
+                help="mnist (default), fashion_mnist or cifar10: the default model name, and the test set of "
+                     "--test-set")
     parser.add_argument("--model-name", default=None, metavar="NAME",
-                        help="model name (default: push.model_name, the dataset's: mnist, fashion_mnist)")
+                        help="model name (default: push.model_name, the dataset's: mnist, fashion_mnist, cifar10)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, metavar="N", help="ask this model version (default: the newest)")
     which.add_argument("--label", metavar="LABEL", help="ask the version with this label (models.config), e.g. stable")
@@ -53,22 +58,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-server-name", metavar="NAME", help="expected server name in its certificate, if not the host")
 
 
-def read_png(path: str | Path) -> bytes:
-    """The bytes of a 28x28 PNG file; a DataError naming the file otherwise (checked from the PNG header)."""
+# PNG colour types (the IHDR byte after the bit depth): grey and grey+alpha are grey; RGB, palette and RGBA colour.
+_PNG_GREY_TYPES = (0, 4)
+
+
+def read_png_file(path: str | Path) -> bytes:
+    """The bytes of a PNG file; a DataError naming the file when it cannot be read or is no PNG."""
     from pipeline.errors import DataError
-    from serving.signatures import IMAGE_SIZE
 
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as exc:
         raise DataError(f"image {str(p)!r} cannot be read: {exc}") from exc
-    if not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR" or len(data) < 24:
-        raise DataError(f"image {str(p)!r} is not a PNG file; pass 28x28 PNG images")
-    width, height = struct.unpack(">II", data[16:24])
-    if (width, height) != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(f"image {str(p)!r} is {width}x{height} pixels; the model takes {IMAGE_SIZE}x{IMAGE_SIZE} images")
+    if not data.startswith(_PNG_MAGIC) or data[12:16] != b"IHDR" or len(data) < 26:
+        raise DataError(f"image {str(p)!r} is not a PNG file; pass PNG images")
     return data
+
+
+def check_png(path: str | Path, data: bytes, shape=None) -> bytes:
+    """`data` when the PNG is of `shape` (height, width, channels; default MNIST's 28x28x1): a DataError naming
+    the file, its size or its grey/colour kind, and what the model takes otherwise (from the PNG header)."""
+    from pipeline.errors import DataError
+    from serving.signatures import DEFAULT_IMAGE_SHAPE, describe_image
+
+    height, width, channels = shape or DEFAULT_IMAGE_SHAPE
+    found_width, found_height = struct.unpack(">II", data[16:24])
+    found_channels = 1 if data[25] in _PNG_GREY_TYPES else 3
+    if (found_height, found_width, found_channels) != (height, width, channels):
+        kind = "grey" if found_channels == 1 else "colour"
+        note = " (grey and colour images are not converted)" if found_channels != channels else ""
+        raise DataError(f"image {str(path)!r} is {found_width}x{found_height} pixels, {kind}; the model takes "
+                        f"{describe_image((height, width, channels))} images{note}")
+    return data
+
+
+def read_png(path: str | Path, shape=None) -> bytes:
+    """The bytes of a PNG file of `shape` (default 28x28 grey); a DataError naming the file otherwise."""
+    return check_png(path, read_png_file(path), shape)
+
+
+def model_image_shape(client, *, version: int | None = None, version_label: str | None = None):
+    """(height, width, channels) of the served model's serving_default input, from GetModelMetadata (TF
+    Serving's own answer); MNIST's when the signature does not say."""
+    from serving import signatures as sig
+
+    meta = client.get_model_metadata(version=version, version_label=version_label)
+    signature = meta.signature_defs.get(sig.SERVING_DEFAULT)
+    if signature is None or sig.IMAGE_INPUT not in signature.inputs:
+        return sig.DEFAULT_IMAGE_SHAPE
+    dims = [d.size for d in signature.inputs[sig.IMAGE_INPUT].tensor_shape.dim]
+    return tuple(dims[1:]) if len(dims) == 4 and min(dims[1:]) > 0 else sig.DEFAULT_IMAGE_SHAPE
 
 
 def _client(config: Config, args: argparse.Namespace):
@@ -101,17 +141,31 @@ def run(config: Config, args: argparse.Namespace) -> int:
     if args.test_set is not None:
         return _run_test_set(config, args)
     from components.examples import make_example
+    from pipeline.errors import DataError
 
-    pngs = [read_png(p) for p in args.images]  # every file checked before anything is sent
+    files = [read_png_file(p) for p in args.images]  # every file read before anything is sent
     with _client(config, args) as client:
-        out = client.classify([make_example(png) for png in pngs], version=args.version, version_label=args.label)
-    for path, names, scores in zip(args.images, out["classes"], out["scores"]):
+        shape = model_image_shape(client, version=args.version, version_label=args.label)
+        checked, refused = {}, {}
+        for path, data in zip(args.images, files):
+            try:
+                checked[path] = check_png(path, data, shape)
+            except DataError as exc:  # a file of the wrong shape or kind is refused alone
+                refused[path] = str(exc)
+        out = client.classify([make_example(png) for png in checked.values()], version=args.version,
+                              version_label=args.label) if checked else None
+    answers = dict(zip(checked, zip(out["classes"], out["scores"]))) if out is not None else {}
+    for path in args.images:
+        if path in refused:
+            print(f"{path}: refused: {refused[path]}")
+            continue
+        names, scores = answers[path]
         index = int(scores.argmax())
         print(f"{path}: {class_label(index, str(names[index]))} (p={float(scores[index]):.3f})")
     version = getattr(out, "model_version", None)  # gRPC's answer names it; REST's does not
     answered = f"version {version}" if version is not None else "(REST answers name no version)"
-    print(f"model {client.model_name} {answered} at {client.address}")
-    return 0
+    print(f"model {client.model_name} {answered if out is not None else '(no image sent)'} at {client.address}")
+    return 1 if refused else 0
 
 
 def class_label(index: int, name: str) -> str:
