@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
+from serving.options import ServerOptions
 
 
 @dataclass(frozen=True)
@@ -120,14 +121,9 @@ class ScoreConfig:
     job_timeout: float | None = None  # fail a job that has not finished after this many seconds
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8500
-    poll_interval: float = 1.0
-    models_config: str | None = None  # a TF Serving models.config (version labels, version policy)
-    max_message_bytes: int = 64 * 1024 * 1024  # serving.DEFAULT_MAX_MESSAGE_BYTES
-    max_batch_size: int = 1024  # serving.DEFAULT_MAX_BATCH_SIZE: examples one request may carry
+# [serve]: the local server's options are serving's own type, so that its flags (TF Serving's names) and these
+# keys are one list, checked in one place (ServerOptions.__post_init__).
+ServeConfig = ServerOptions
 
 
 @dataclass(frozen=True)
@@ -327,23 +323,7 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"score batch sizes must satisfy 1 <= min_batch_size <= max_batch_size, got {s.min_batch_size}, {s.max_batch_size}"
         )
-    v = config.serve
-    if not 0 <= v.port <= 65535:
-        raise ConfigError(f"serve.port must be in 0..65535, got {v.port}")
-    _check_range("serve.poll_interval", v.poll_interval, 0.0, MAX_POLL_INTERVAL, low_open=True)
-    _check_range("serve.max_message_bytes", v.max_message_bytes, 1, 2**31 - 1)  # gRPC's option is an int32
-    _check_range("serve.max_batch_size", v.max_batch_size, 1, 2**31 - 1)
-
-
-MAX_POLL_INTERVAL = 86400.0  # a day; threading's waits overflow past about 9e9 s, and nan never waits
-
-
-def _check_range(key: str, value: float | int, low: float, high: float, *, low_open: bool = False) -> None:
-    """One check for a number from a flag or the TOML file alike: finite, and within [low, high] (or (low, high])."""
-    if (isinstance(value, float) and not math.isfinite(value)) or value > high or value < low \
-            or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{key} must be a finite number in {bracket}{low:g}, {high:g}], got {value}")
+    # [serve] checks itself on construction (serving.options.ServerOptions), from a flag or the TOML file alike.
 
 
 def model_base_path(config: Config) -> Path:
