@@ -33,10 +33,8 @@ is re-read when it changes.
   mnist-pipeline predict --server localhost:8500 digit.png
 
 TF Serving's flags are accepted as the container takes them (docker-compose.yml's command line runs as is):
---port, --rest_api_port, --grpc_max_threads, --tensorflow_intra_op_parallelism,
---tensorflow_inter_op_parallelism, --model_name, --model_base_path, --model_config_file,
---model_config_file_poll_wait_seconds, --file_system_poll_wait_seconds, --enable_batching,
---batching_parameters_file, --monitoring_config_file, --allow_version_labels_for_unavailable_models.
+--port, --model_config_file and those listed below. Every option is also a key of the config file's [serve]
+table, named as its flag (rest_api_port, enable_batching, tls_cert, ...); a flag overrides the file.
 A config file path under /config/ (the container's mount of serving/deploy/) that does not exist here is read
 from serving/deploy/; a model base path under /models/ maps to <model base path>/<model>.
 
@@ -59,14 +57,33 @@ UNSUPPORTED_TF_SERVING_FLAGS = frozenset("""
     tensorflow_session_config_file enable_grpc_healthcheck_service version
 """.split())
 
+# tensorflow_model_server's flags the local server takes; each fills the ServerOptions field of its name, so the
+# [serve] TOML key is the flag's name too. (flag, metavar, help)
+TF_SERVING_FLAGS = (
+    ("rest_api_port", "PORT", "REST port (default 8501; 0 turns REST off), on --host like the gRPC port"),
+    ("grpc_max_threads", "N", "threads answering gRPC calls (default 64: with batching, every waiting call holds one)"),
+    ("tensorflow_intra_op_parallelism", "N", "threads one TensorFlow op may use (default 0: TensorFlow picks)"),
+    ("tensorflow_inter_op_parallelism", "N", "TensorFlow ops run at once (default 0: TensorFlow picks)"),
+    ("model_name", "NAME", "with --model_base_path: the one model served (TF Serving's default: 'default')"),
+    ("model_base_path", "DIR", "the folder holding <version>/ of one model (TF Serving's meaning; not --model-base-path)"),
+    ("model_config_file_poll_wait_seconds", "SECONDS",
+     "re-read the models config this often (0: never; default: at every base path poll)"),
+    ("file_system_poll_wait_seconds", "SECONDS",
+     "as --poll-interval, but 0 reads the base path once, at start-up (TF Serving's meaning)"),
+    ("enable_batching", "BOOL", "merge concurrent requests into batches (default false)"),
+    ("batching_parameters_file", "FILE",
+     "BatchingParameters text proto (serving/deploy/batching_parameters.txt); needs --enable_batching"),
+    ("monitoring_config_file", "FILE", "MonitoringConfig text proto: Prometheus metrics on the REST port at its path"),
+    ("allow_version_labels_for_unavailable_models", "BOOL", "labels may name versions not loaded yet (default true, "
+     "the local server's behaviour; false makes start-up refuse them, as TF Serving does)"),
+)
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option is a `[serve]` key (serving.options.ServerOptions): a flag replaces the TOML value, and the
     value is checked in one place whichever way it came."""
-    from serving.options import parse_bool
-
     config_flag(parser, "--model-base-path", key="push.model_base_path", metavar="DIR",
                 help="the folder holding <model>/<version>/ (default: <workdir>/serving/models)")
     config_flag(parser, "--host", key="serve.host", metavar="HOST",
@@ -88,33 +105,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(parser, "--grace", key="serve.grace", type=float, metavar="SECONDS",
                 help="on SIGTERM, how long running calls may take to finish (default 5)")
     tfs = parser.add_argument_group("TF Serving's flags (tensorflow_model_server), as the container takes them")
-    config_flag(tfs, "--rest_api_port", "--rest-api-port", key="serve.rest_api_port", type=int, metavar="PORT",
-                help="REST port (default 8501; 0 turns REST off), on --host like the gRPC port")
-    config_flag(tfs, "--grpc_max_threads", key="serve.grpc_max_threads", type=int, metavar="N",
-                help="threads answering gRPC calls (default 64: with batching, every waiting call holds one)")
-    config_flag(tfs, "--tensorflow_intra_op_parallelism", key="serve.tensorflow_intra_op_parallelism", type=int,
-                metavar="N", help="threads one TensorFlow op may use (default 0: TensorFlow picks, one per core)")
-    config_flag(tfs, "--tensorflow_inter_op_parallelism", key="serve.tensorflow_inter_op_parallelism", type=int,
-                metavar="N", help="TensorFlow ops run at once (default 0: TensorFlow picks)")
-    config_flag(tfs, "--model_name", key="serve.model_name", metavar="NAME",
-                help="with --model_base_path: the one model served (TF Serving's default: 'default')")
-    config_flag(tfs, "--model_base_path", key="serve.model_base_path", metavar="DIR",
-                help="the folder holding <version>/ of one model (TF Serving's meaning; not --model-base-path)")
-    config_flag(tfs, "--model_config_file_poll_wait_seconds", key="serve.model_config_file_poll_wait_seconds",
-                type=float, metavar="SECONDS",
-                help="re-read the models config this often (0: never; default: at every base path poll)")
-    config_flag(tfs, "--file_system_poll_wait_seconds", key="serve.file_system_poll_wait_seconds", type=float,
-                metavar="SECONDS", help="as --poll-interval, but 0 reads the base path once, at start-up (TF Serving's meaning)")
-    config_flag(tfs, "--enable_batching", key="serve.enable_batching", nargs="?", const=True, type=parse_bool,
-                metavar="BOOL", help="merge concurrent requests into batches (default false)")
-    config_flag(tfs, "--batching_parameters_file", key="serve.batching_parameters_file", metavar="FILE",
-                help="BatchingParameters text proto (serving/deploy/batching_parameters.txt); needs --enable_batching")
-    config_flag(tfs, "--monitoring_config_file", key="serve.monitoring_config_file", metavar="FILE",
-                help="MonitoringConfig text proto: Prometheus metrics on the REST port at its path")
-    config_flag(tfs, "--allow_version_labels_for_unavailable_models", key="serve.allow_version_labels_for_unavailable_models",
-                nargs="?", const=True, type=parse_bool, metavar="BOOL",
-                help="labels may name versions not loaded yet (default true, the local server's behaviour; false "
-                "makes start-up refuse them, as TF Serving does)")
+    tfs.add_argument("--rest-api-port", dest="serve.rest_api_port", type=int, default=argparse.SUPPRESS,
+                     help=argparse.SUPPRESS)  # the spelling of the project's other flags
+    for name, metavar, help_text in TF_SERVING_FLAGS:
+        config_flag(tfs, f"--{name}", key=f"serve.{name}", metavar=metavar, help=help_text, **_value_kind(name))
+
+
+def _value_kind(name: str) -> dict:
+    """How argparse reads the ServerOptions field `name`: its type; a boolean as TF Serving's `--flag[=BOOL]`."""
+    import typing
+
+    from serving.options import ServerOptions, parse_bool
+
+    hint = typing.get_type_hints(ServerOptions)[name]
+    (kind,) = [k for k in (typing.get_args(hint) or (hint,)) if k is not type(None)]
+    if kind is bool:
+        return dict(nargs="?", const=True, type=parse_bool)
+    return {} if kind is str else dict(type=kind)
 
 
 def _check_unknown_flags(unknown: list[str]) -> None:
