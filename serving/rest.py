@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import ssl
 import tempfile
 import threading
@@ -61,6 +62,55 @@ class _HTTPServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         log.debug("REST connection from %s ended with an error", client_address, exc_info=True)
 
+    def process_request(self, request, client_address):
+        """Each connection in a thread of its own, as ThreadingHTTPServer does, but a thread whose connection
+        ended waits a while for the next one: starting a thread in a process busy with TensorFlow and gRPC
+        threads costs far more than the stdlib's own figure (its start waits for the new thread to get the
+        GIL), and a client that opens a connection per request (curl, requests) paid it on every request."""
+        self._connection_threads.submit(self._serve_connection, request, client_address)
+
+    def _serve_connection(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+
+class _ThreadReuse:
+    """Runs each job in an idle thread if one waits (for up to `idle_seconds`), else in a new one: unbounded like
+    a thread per job, without a thread start per job."""
+
+    def __init__(self, name: str, idle_seconds: float = 60.0):
+        self._name = name
+        self._idle_seconds = idle_seconds
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn, *args) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put((fn, args))
+                return
+        threading.Thread(target=self._run, args=(fn, args), name=self._name, daemon=True).start()
+
+    def _run(self, fn, args) -> None:
+        while True:
+            fn(*args)
+            with self._lock:
+                self._idle += 1
+            try:
+                fn, args = self._jobs.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:  # a job put meanwhile was counted against this thread's idleness: take it
+                    if self._jobs.empty():
+                        self._idle -= 1
+                        return
+                fn, args = self._jobs.get()
+
 
 def _server_ssl_context(tls_cert: bytes, tls_key: bytes, client_ca: bytes | None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -96,6 +146,7 @@ class RestServer:
         except OSError as exc:
             raise ServingError(f"cannot bind the REST port {host}:{port}: {exc}; choose another --rest_api_port "
                                f"(0 turns REST off) or --host") from exc
+        self._http._connection_threads = _ThreadReuse("rest-connection")
         self._http.manager = manager
         self._http.max_body_bytes = max_body_bytes
         self._http.max_batch_size = max_batch_size  # examples one request may carry, as on the gRPC port
