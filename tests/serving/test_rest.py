@@ -16,7 +16,8 @@ import yaml
 
 from serving import signatures as sig
 from tests.conftest import REPO_ROOT, synthetic_digits
-from tests.serving.test_conformance import _self_signed, free_port, png_bytes, push_version
+from tests.serving.test_conformance import free_port, png_bytes, push_version
+from tests.serving.test_server import _self_signed
 
 pytestmark = pytest.mark.timeout(300)
 
