@@ -9,7 +9,8 @@ batching off and on, each figure printed against its target from one run.
    falls on both alike): p50, p99 and the overhead (request minus model call, the median of the pairs) for
    gRPC (`ServingClient`, and prepared request bytes) and REST (float `instances`; a fresh connection per request
    as curl or requests make it, and one kept-alive connection). Targets: gRPC overhead <= 0.3 ms and p50 <= 1.0
-   ms; REST fresh p50 <= 2 ms; REST kept-alive overhead <= 0.8 ms;
+   ms; REST fresh p50 <= 2 ms; REST kept-alive overhead <= 0.8 ms. Beside them, for reading them: a server
+   started with --tensorflow_intra_op_parallelism=1, and the floor (a Python gRPC server answering without a model);
 3. batch-1 gRPC latency on the server with docker-compose.yml's flags (batching on): p50 <= timeout + 1 ms;
 4. `--clients` concurrent batch-1 gRPC clients for `--seconds` against each server, from one separate load
    process (grpc.aio, one event loop: cheap, so the clients take little of the 2 cores): throughput ratio
@@ -273,7 +274,7 @@ def main() -> int:
     print(host_line(), flush=True)
     started = cpu_times()
     scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    plain = batched = None
+    plain = batched = single = None
     try:
         saved_model, origin = find_saved_model(args, scratch)
         base = scratch / "models"
@@ -281,6 +282,7 @@ def main() -> int:
         push(saved_model, base, 1)
         plain, grpc_port, rest_port = start_server(base, scratch, [])
         batched, b_grpc_port, _ = start_server(base, scratch, compose_flags())
+        single, s_grpc_port, _ = start_server(base, scratch, ["--tensorflow_intra_op_parallelism=1"])
         params = read_batching_parameters(DEPLOY / "batching_parameters.txt")
         address, b_address = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{b_grpc_port}"
         print(f"model: {saved_model} ({origin}); servers: batching off on {address} (REST :{rest_port}), "
@@ -315,6 +317,12 @@ def main() -> int:
             print(f"{'':50}(targets: p50 <= 1.0 ms {verdict(r['p50'] <= 1.0)}, overhead <= 0.3 ms "
                   f"{verdict(r['overhead'] <= 0.3)})")
             channel.close()
+            s_raw, s_channel = grpc_raw(f"127.0.0.1:{s_grpc_port}", request_bytes)
+            with ServingClient(f"127.0.0.1:{s_grpc_port}", timeout=30.0) as s_client:
+                s_client.wait_until_available(timeout=180)
+            report("gRPC prepared bytes, intra-op threads 1", *paired(s_raw, model_call, args.requests),
+                   "(--tensorflow_intra_op_parallelism=1: ops run in the calling thread)")
+            s_channel.close()
             body = json.dumps({"instances": one.tolist()}).encode()
             post, kept = rest_post(rest_port, body, fresh=True)
             f = report(f"REST instances ({len(body)} B), fresh connection", *paired(post, model_call, args.requests))
@@ -371,8 +379,8 @@ def main() -> int:
               f"load average {os.getloadavg()[0]:.1f} at the end")
         return 0 if not failures and not failed else 1
     finally:
-        stop(plain)
-        stop(batched)
+        for proc in (plain, batched, single):
+            stop(proc)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
