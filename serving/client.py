@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 
 import grpc
@@ -35,8 +34,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import DEFAULT_MAX_MESSAGE_BYTES
-from serving import signatures as sig
 from serving.answers import ModelMetadata, VersionStatus
 from serving.client_core import ClientCore, RetryPolicy
 from serving.tensors import fill_tensor_proto, to_ndarray
@@ -55,23 +52,8 @@ def service_config(max_attempts: int = 5) -> str:
 class ServingClient(ClientCore):
     """PredictionService and ModelService calls for one model over one gRPC channel; thread-safe."""
 
-    def __init__(
-        self,
-        address: str,
-        *,
-        model_name: str = sig.MODEL_NAME,
-        timeout: float = 10.0,
-        root_certificates: str | os.PathLike | None = None,
-        certificate_chain: str | os.PathLike | None = None,
-        private_key: str | os.PathLike | None = None,
-        tls_server_name: str | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_batch_size: int = 256,
-        max_attempts: int = 5,
-    ):
-        super().__init__(address, model_name=model_name, timeout=timeout, certificate_chain=certificate_chain,
-                         private_key=private_key, max_message_bytes=max_message_bytes, max_batch_size=max_batch_size,
-                         max_attempts=max_attempts)
+    def _connect(self, root_certificates, certificate_chain, private_key, tls_server_name: str | None) -> None:
+        address, max_message_bytes = self.address, self.max_message_bytes
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -7,6 +7,7 @@ the calls' loops and answers, and the wording of errors. A transport supplies fi
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,9 +63,20 @@ class ClientCore:
     envelope = 64 * 1024  # room for a request's names and shapes beside its tensors, in wire bytes
     unit = "bytes"
 
-    def __init__(self, address: str, *, model_name: str = sig.MODEL_NAME, timeout: float = 10.0,
-                 certificate_chain=None, private_key=None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_batch_size: int = 256, max_attempts: int = 5):
+    def __init__(
+        self,
+        address: str,
+        *,
+        model_name: str = sig.MODEL_NAME,
+        timeout: float = 10.0,
+        root_certificates: str | os.PathLike | None = None,
+        certificate_chain: str | os.PathLike | None = None,
+        private_key: str | os.PathLike | None = None,
+        tls_server_name: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch_size: int = 256,
+        max_attempts: int = 5,
+    ):
         if timeout <= 0:
             raise ServingError(f"timeout must be positive, got {timeout}")
         if (certificate_chain is None) != (private_key is None):
@@ -75,8 +87,13 @@ class ClientCore:
         self.max_message_bytes = max_message_bytes
         self.max_batch_size = max_batch_size
         self.retry = RetryPolicy(max_attempts=max(1, max_attempts))
+        self._connect(root_certificates, certificate_chain, private_key, tls_server_name)
 
     # -- the transport's part ---------------------------------------------------------------------------
+
+    def _connect(self, root_certificates, certificate_chain, private_key, tls_server_name: str | None) -> None:
+        """Open the transport to self.address (TLS when given certificates); called once by __init__."""
+        raise NotImplementedError
 
     def _predict_once(self, arrays: Mapping[str, np.ndarray], version, version_label, signature_name: str):
         """One Predict request: (outputs by name, the version that answered or None)."""

@@ -31,8 +31,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-from serving import DEFAULT_MAX_MESSAGE_BYTES
-from serving import signatures as sig
 from serving.answers import ModelMetadata, VersionStatus
 from serving.client_core import ClientCore
 from serving.errors import ServingError
@@ -49,23 +47,8 @@ class RestClient(ClientCore):
     unit = "bytes of JSON"
     _nbytes = staticmethod(json_bytes)
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        model_name: str = sig.MODEL_NAME,
-        timeout: float = 10.0,
-        root_certificates: str | os.PathLike | None = None,
-        certificate_chain: str | os.PathLike | None = None,
-        private_key: str | os.PathLike | None = None,
-        tls_server_name: str | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_batch_size: int = 256,
-        max_attempts: int = 5,
-    ):
-        super().__init__(url.rstrip("/"), model_name=model_name, timeout=timeout, certificate_chain=certificate_chain,
-                         private_key=private_key, max_message_bytes=max_message_bytes, max_batch_size=max_batch_size,
-                         max_attempts=max_attempts)
+    def _connect(self, root_certificates, certificate_chain, private_key, tls_server_name: str | None) -> None:
+        url = self.address
         if "://" not in url:
             url = ("https://" if root_certificates is not None else "http://") + url
         parsed = urllib.parse.urlsplit(url)
