@@ -54,14 +54,9 @@ def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | 
     dataset = config.dataset
     data_dir = Path(data_dir)
     statistics_path = Path(statistics_path)
-    try:
-        registered = tfds.builder(dataset, data_dir=os.fspath(data_dir))
-    except Exception as exc:  # tfds raises DatasetNotFoundError and friends
-        raise DataError(f"unknown dataset {dataset!r}: {exc}") from exc
-    if not registered.is_prepared():
-        raise DataError(
-            f"dataset {dataset!r} is not prepared in {str(data_dir)!r}; run `mnist-pipeline ingest` first"
-        )
+    from components.data import prepared_builder
+
+    registered = prepared_builder(data_dir, dataset, "train")
     # Read what is on disk, with the features recorded there: that is what validation must check.
     builder = tfds.builder_from_directory(registered.data_dir)
     # The shape TFDS's builder declares in code (28x28x1, 32x32x3), against what the files on disk hold.

@@ -41,19 +41,15 @@ from components.score.options import ScoreConfig
 from pipeline.config_check import coerce, field_types, validate
 from pipeline.errors import ConfigError
 from pipeline.paths import DEFAULT_WORKDIR
+from serving.options import ServerOptions
 
 __all__ = ["Config", "DataConfig", "EvaluateConfig", "PushConfig", "ScoreConfig", "ServeConfig", "TrainConfig",
            "apply_overrides", "load_config", "load_toml", "model_base_path", "resolve_defaults", "validate"]
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8500
-    poll_interval: float = 1.0
-    models_config: str | None = None  # a TF Serving models.config (version labels, version policy)
-    max_message_bytes: int = 64 * 1024 * 1024  # serving.DEFAULT_MAX_MESSAGE_BYTES
-    max_batch_size: int = 1024  # serving.DEFAULT_MAX_BATCH_SIZE: examples one request may carry
+# [serve]: the local server's options are serving's own type, so that its flags (TF Serving's names) and these
+# keys are one list, checked in one place (ServerOptions.__post_init__).
+ServeConfig = ServerOptions
 
 
 @dataclass(frozen=True)

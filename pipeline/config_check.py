@@ -3,7 +3,8 @@ values (`validate`), the same way whether a flag or the TOML file gave them (`pi
 calls both).
 
 Each section checks its own values (`check()` of `components.params` and `components.score.options` types,
-beside the fields they check); `[serve]`'s checks are below. Nothing here needs TensorFlow.
+beside the fields they check; `[serve]` is `serving.options.ServerOptions`, which checks itself when built).
+Nothing here needs TensorFlow.
 """
 
 from __future__ import annotations
@@ -61,20 +62,3 @@ def validate(config) -> None:
             for name, item in dataclasses.asdict(value).items():
                 if isinstance(item, float) and not math.isfinite(item):
                     raise ConfigError(f"{section}.{name} must be a finite number, got {item}")
-    v = config.serve
-    if not 0 <= v.port <= 65535:
-        raise ConfigError(f"serve.port must be in 0..65535, got {v.port}")
-    _check_range("serve.poll_interval", v.poll_interval, 0.0, MAX_POLL_INTERVAL, low_open=True)
-    _check_range("serve.max_message_bytes", v.max_message_bytes, 1, 2**31 - 1)  # gRPC's option is an int32
-    _check_range("serve.max_batch_size", v.max_batch_size, 1, 2**31 - 1)
-
-
-MAX_POLL_INTERVAL = 86400.0  # a day; threading's waits overflow past about 9e9 s, and nan never waits
-
-
-def _check_range(key: str, value: float | int, low: float, high: float, *, low_open: bool = False) -> None:
-    """One check for a number from a flag or the TOML file alike: finite, and within [low, high] (or (low, high])."""
-    if (isinstance(value, float) and not math.isfinite(value)) or value > high or value < low \
-            or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{key} must be a finite number in {bracket}{low:g}, {high:g}], got {value}")

@@ -20,6 +20,7 @@ an older store is migrated on open (`pipeline.store_schema`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -372,32 +373,17 @@ class RunStore:
         return Artifact(self.uris.resolved(row["uri"]), row["type"], props, row["id"])
 
     def _run(self, row: sqlite3.Row) -> Run:
-        return Run(
-            id=row["id"],
-            started=row["started"],
-            ended=row["ended"],
-            status=row["status"],
-            config=self.uris.resolved_value(json.loads(row["config"])),
-            code_version=row["code_version"],
-            failed_stage=row["failed_stage"],
-            error=row["error"],
-        )
+        return _from_row(Run, row, config=self.uris.resolved_value(json.loads(row["config"])))
 
     def _execution(self, row: sqlite3.Row) -> Execution:
-        return Execution(
-            id=row["id"],
-            run_id=row["run_id"],
-            stage=row["stage"],
-            status=row["status"],
-            started=row["started"],
-            ended=row["ended"],
-            duration=row["duration"],
-            config_fingerprint=row["config_fingerprint"],
-            code_version=row["code_version"],
+        return _from_row(
+            Execution, row,
             inputs=self._resolved_artifacts_json(row["inputs"]),
             outputs=self._resolved_artifacts_json(row["outputs"]),
             properties=self.uris.resolved_value(json.loads(row["properties"])),
-            cache_key=row["cache_key"],
-            reused_execution=row["reused_execution"],
-            error=row["error"],
         )
+
+
+def _from_row(cls, row: sqlite3.Row, **decoded: Any):
+    """A row type built from the columns of the same names; `decoded` gives the columns stored as JSON."""
+    return cls(**{f.name: decoded[f.name] if f.name in decoded else row[f.name] for f in dataclasses.fields(cls)})
