@@ -140,7 +140,7 @@ SAMPLE_FORMATS = INPUT_FORMATS  # every format `score --input` reads, no other
 
 
 def _rows(files: list[str], split: str, limit: int | None):
-    """(key, label, PNG bytes, uint8 [28, 28]) per record of the split, in order."""
+    """(key, label, PNG bytes, uint8 [h, w, c]) per record of the split, in order (the dataset's shape)."""
     import tensorflow as tf
 
     spec = {sig.EXAMPLE_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string),
@@ -149,7 +149,7 @@ def _rows(files: list[str], split: str, limit: int | None):
     def parse(record):
         f = tf.io.parse_single_example(record, spec)
         png = f[sig.EXAMPLE_IMAGE_FEATURE]
-        return png, f[sig.EXAMPLE_LABEL_FEATURE], tf.io.decode_png(png, channels=1)[..., 0]
+        return png, f[sig.EXAMPLE_LABEL_FEATURE], tf.io.decode_png(png)  # as stored: grey or colour
 
     records = tf.data.TFRecordDataset(files)
     records = records.take(limit) if limit is not None else records
@@ -165,7 +165,9 @@ def write_sample(
     tfrecord  <prefix>-NNNNN-of-MMMMM.tfrecord   tf.Example image (PNG), label, key
     parquet   <prefix>-NNNNN-of-MMMMM.parquet    columns key, label, image (PNG bytes)
     csv       <prefix>-NNNNN-of-MMMMM.csv        Kaggle's train layout plus a key column: key,label,pixel0..783
-    images    <prefix>/<key>.png                 one grey 28x28 PNG per row (keys: file names; no labels)
+                                                 (h*w*c columns: 3,072 for CIFAR-10, in row, column, channel order)
+    images    <prefix>/<key>.png                 one PNG per row as the dataset stores it: 28x28 grey (MNIST),
+                                                 32x32 colour (CIFAR-10); keys: file names; no labels
     Files are written beside their final names (a folder for images) and renamed into place."""
     if output_format not in SAMPLE_FORMATS:
         raise DataError(f"unknown sample format {output_format!r}; choose one of {', '.join(SAMPLE_FORMATS)}")
@@ -197,7 +199,7 @@ def _write_parquet(path: Path, rows: list) -> None:
 def _write_csv(path: Path, rows: list) -> None:
     import numpy as np
 
-    size = sig.IMAGE_SIZE * sig.IMAGE_SIZE
+    size = int(np.asarray(rows[0][3]).size) if rows else sig.IMAGE_SIZE * sig.IMAGE_SIZE  # h*w*c
     header = ",".join([sig.EXAMPLE_KEY_FEATURE, sig.EXAMPLE_LABEL_FEATURE, *(f"pixel{i}" for i in range(size))])
     with open(path, "w", newline="") as fh:
         fh.write(header + "\n")

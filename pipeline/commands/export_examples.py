@@ -15,8 +15,9 @@ DESCRIPTION = """\
 Write the split's rows (keys <split>-<index>) in a format `mnist-pipeline score --input` reads:
   tfrecord  <prefix>-NNNNN-of-MMMMM.tfrecord  tf.Example: image (PNG bytes), label (int64), key
   parquet   <prefix>-NNNNN-of-MMMMM.parquet   columns key, label, image (PNG bytes)
-  csv       <prefix>-NNNNN-of-MMMMM.csv       Kaggle's digit-recognizer layout plus a key column
-  images    <prefix>/<key>.png                one grey 28x28 PNG per row
+  csv       <prefix>-NNNNN-of-MMMMM.csv       Kaggle's digit-recognizer layout plus a key column (colour:
+                                              h*w*c pixel columns in row, column, channel order)
+  images    <prefix>/<key>.png                one PNG per row: 28x28 grey (MNIST), 32x32 colour (CIFAR-10)
 
   mnist-pipeline export-examples --split test --output samples/test
   mnist-pipeline score --input 'samples/test-*.tfrecord'
