@@ -139,6 +139,16 @@ def read_image_shape(saved_model_dir) -> tuple[int, int, int]:
     return height, width, channels
 
 
+def image_shape_of(signature_defs) -> tuple[int, int, int]:
+    """(height, width, channels) of serving_default's image input in SignatureDefs (a SavedModel's, or a server's
+    GetModelMetadata answer: TF Serving's own record of the shape); DEFAULT_IMAGE_SHAPE when it does not say."""
+    signature = signature_defs.get(SERVING_DEFAULT)
+    if signature is None or IMAGE_INPUT not in signature.inputs:
+        return DEFAULT_IMAGE_SHAPE
+    dims = [d.size for d in signature.inputs[IMAGE_INPUT].tensor_shape.dim]
+    return tuple(dims[1:]) if len(dims) == 4 and min(dims[1:]) > 0 else DEFAULT_IMAGE_SHAPE
+
+
 def describe_image(shape) -> str:
     """ "28x28 grey", "32x32 colour (RGB)" (width x height): how errors name an image shape."""
     height, width, channels = shape

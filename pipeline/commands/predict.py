@@ -98,19 +98,6 @@ def read_png(path: str | Path, shape=None) -> bytes:
     return check_png(path, read_png_file(path), shape)
 
 
-def model_image_shape(client, *, version: int | None = None, version_label: str | None = None):
-    """(height, width, channels) of the served model's serving_default input, from GetModelMetadata (TF
-    Serving's own answer); MNIST's when the signature does not say."""
-    from serving import signatures as sig
-
-    meta = client.get_model_metadata(version=version, version_label=version_label)
-    signature = meta.signature_defs.get(sig.SERVING_DEFAULT)
-    if signature is None or sig.IMAGE_INPUT not in signature.inputs:
-        return sig.DEFAULT_IMAGE_SHAPE
-    dims = [d.size for d in signature.inputs[sig.IMAGE_INPUT].tensor_shape.dim]
-    return tuple(dims[1:]) if len(dims) == 4 and min(dims[1:]) > 0 else sig.DEFAULT_IMAGE_SHAPE
-
-
 def _client(config: Config, args: argparse.Namespace):
     from serving.client import ServingClient
 
@@ -145,7 +132,10 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
     files = [read_png_file(p) for p in args.images]  # every file read before anything is sent
     with _client(config, args) as client:
-        shape = model_image_shape(client, version=args.version, version_label=args.label)
+        from serving.signatures import image_shape_of
+
+        # The served model's shape, from its serving_default input in TF Serving's GetModelMetadata answer.
+        shape = image_shape_of(client.get_model_metadata(version=args.version, version_label=args.label).signature_defs)
         checked, refused = {}, {}
         for path, data in zip(args.images, files):
             try:

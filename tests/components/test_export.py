@@ -178,3 +178,37 @@ def test_class_names_file_round_trips_and_bad_names_are_refused(saved_model_dir,
     for bad in (names[:9], [*names[:9], "two\nlines"]):
         with pytest.raises(ModelError, match="class names"):
             export.run(trained_keras_model_path, tmp_path / "x", class_names=bad)
+
+
+def test_the_image_shape_is_recorded_with_the_model_and_read_without_loading_it(saved_model_dir, tmp_path):
+    # MNIST's model: 28x28 grey, in the file and in serving_default's input, as the server's metadata shows it.
+    assert Path(sig.image_shape_path(saved_model_dir)).read_text() == "28 28 1\n"
+    assert sig.read_image_shape(saved_model_dir) == (28, 28, 1)
+    assert sig.image_shape_of(sig.read_signature_defs(str(saved_model_dir))) == (28, 28, 1)
+    assert sig.read_image_shape(tmp_path) == (28, 28, 1)  # a model from before the file
+    (tmp_path / "assets.extra").mkdir()
+    Path(sig.image_shape_path(tmp_path)).write_text(sig.format_image_shape((32, 32, 3)))
+    assert sig.read_image_shape(tmp_path) == (32, 32, 3)
+    Path(sig.image_shape_path(tmp_path)).write_text("32 32 5\n")  # unusable: logged, the default
+    assert sig.read_image_shape(tmp_path) == (28, 28, 1)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        sig.format_image_shape((32, 32, 4))
+
+
+def test_a_colour_model_exports_colour_signatures_that_refuse_grey_images(tmp_path):
+    import tensorflow as tf
+
+    from components.model import build_model
+
+    model = build_model("seed", seed=0, input_shape=(32, 32, 3))
+    model.save(tmp_path / "model.keras")
+    out = export.run(tmp_path / "model.keras", tmp_path / "export")
+    assert out.image_shape == (32, 32, 3) and sig.read_image_shape(out.saved_model_dir) == (32, 32, 3)
+    loaded = tf.saved_model.load(str(out.saved_model_dir))
+    colour = tf.io.encode_png(np.zeros((32, 32, 3), np.uint8))
+    jpeg = tf.io.encode_jpeg(np.zeros((32, 32, 3), np.uint8))
+    answer = loaded.signatures[sig.PNG_SIGNATURE](**{sig.PNG_INPUT: tf.stack([colour, jpeg])})
+    assert answer[sig.CLASSES_OUTPUT].shape == (2,)  # PNG and JPEG both decode
+    grey = tf.io.encode_png(np.zeros((32, 32, 1), np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="takes 32x32 colour"):
+        loaded.signatures[sig.PNG_SIGNATURE](**{sig.PNG_INPUT: tf.stack([grey])})
