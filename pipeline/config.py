@@ -118,6 +118,8 @@ class ScoreConfig:
     server_cert: str | None = None  # mutual TLS
     server_key: str | None = None
     job_timeout: float | None = None  # fail a job that has not finished after this many seconds
+    engine: str = "beam"  # beam (RunInference) or spark (the [spark] extra)
+    spark_master: str | None = None  # engine spark: local[N] or spark://HOST:PORT; None: local[*]
 
 
 @dataclass(frozen=True)

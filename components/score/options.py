@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from serving import signatures as sig
 
 INPUT_FORMATS = ("tfrecord", "parquet", "csv", "images")
+ENGINES = ("beam", "spark")  # Beam RunInference (any Beam runner), or Spark (components/score/spark_job.py)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class JobOptions:
     columns: Columns = Columns()
     server: ServerRef | None = None
     timeout_s: float | None = None  # the whole job, after its checks; None: no limit
+    engine: str = "beam"
+    spark_master: str | None = None  # --engine spark: a Spark master URL; None: local[*]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--server-key", default=None, metavar="PEM", help="mutual TLS: client private key")
     parser.add_argument("--job-timeout", type=float, default=None, metavar="S",
                         help="fail the job when it has not finished after S seconds (e.g. no SDK worker started)")
+    e = parser.add_argument_group("engine")
+    e.add_argument("--engine", choices=ENGINES, default="beam",
+                   help="beam (RunInference on any Beam runner; default) or spark (pip install \"mnist-pipeline[spark]\")")
+    e.add_argument("--spark-master", default=None, metavar="URL",
+                   help="--engine spark: local[N] or spark://HOST:PORT (default local[*])")
 
 
 def from_args(args: argparse.Namespace) -> JobOptions:
@@ -87,7 +95,7 @@ def from_args(args: argparse.Namespace) -> JobOptions:
                            certificate_chain=args.server_cert, private_key=args.server_key)
     return JobOptions(input_format=args.input_format,
                       columns=Columns(args.image_column, args.label_column, args.key_column),
-                      server=server, timeout_s=args.job_timeout)
+                      server=server, timeout_s=args.job_timeout, engine=args.engine, spark_master=args.spark_master)
 
 
 def from_config(config) -> JobOptions:
@@ -105,4 +113,5 @@ def from_config(config) -> JobOptions:
     return JobOptions(input_format=get("input_format"),
                       columns=Columns(get("image_column", Columns.image), get("label_column", Columns.label),
                                       get("key_column", Columns.key)),
-                      server=server, timeout_s=get("job_timeout"))
+                      server=server, timeout_s=get("job_timeout"), engine=get("engine", "beam") or "beam",
+                      spark_master=get("spark_master"))

@@ -15,6 +15,7 @@ from apache_beam.metrics import Metrics
 
 from components.score.decode import FAILED, IMAGES, READ, default_key, readable  # noqa: F401 (re-exported)
 from components.score.inputs import Inputs
+from components.score.progress import TALLY
 from components.score.readers import (
     CsvReader,
     ExampleDecoder,
@@ -43,9 +44,11 @@ class _EventsDoFn(beam.DoFn):
                 yield event[1], event[2]
             elif kind == FAILED:
                 self._failed_counter.inc()
+                TALLY.add(failed=1)
                 yield beam.pvalue.TaggedOutput(FAILED_TAG, event[1])
             else:
                 self._read_counter.inc(event[2])
+                TALLY.add(read=event[2])
                 yield beam.pvalue.TaggedOutput(READ_TAG, (event[1], event[2]))
 
 

@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from components.score.progress import TALLY
 from components.score.read import FAILED_TAG, METRICS_NAMESPACE, READ_TAG
 from components.score.rows import (  # noqa: F401 (FORMATS, CSV_COLUMNS, parquet_schema: re-exported)
     CSV_COLUMNS,
@@ -63,6 +64,7 @@ class FormatPredictions(beam.DoFn):
         probabilities, classes, version = result.inference
         add_batch(self._stats, metas, classes)
         self._predictions.inc(len(metas))
+        TALLY.add(predicted=len(metas))
         if self._formatter.format == "parquet":
             yield self._formatter.table(metas, probabilities, classes, version)
         else:
@@ -110,6 +112,20 @@ class _SummaryFn(beam.CombineFn):
 
     def extract_output(self, acc):
         return summary_figures(*acc)
+
+
+def summary_header(model, server, inputs, output_format: str, output_dir: str) -> dict:
+    """summary.json's description of the job (model, inputs, output names), the same for both engines."""
+    return {
+        "model": {"saved_model_dir": model.saved_model_dir, "name": model.name, "version": model.version,
+                  "server": server.address if server else None},
+        "class_names": list(model.class_names),
+        "input_pattern": inputs.pattern,
+        "input_format": inputs.format,
+        "format": output_format,
+        "predictions_pattern": FileSystems.join(output_dir, f"{PREDICTIONS_PREFIX}-*.{output_format}"),
+        "failed_pattern": FileSystems.join(output_dir, f"{FAILED_PREFIX}-*.jsonl"),
+    }
 
 
 def write_json_atomic(path: str, payload: dict) -> None:

@@ -80,6 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_flag(s, "--server-key", key="score.server_key", metavar="PEM", help="mutual TLS: client key")
     config_flag(parser, "--job-timeout", key="score.job_timeout", type=float, metavar="S",
                 help="fail the job when it has not finished after S seconds (e.g. no SDK worker started)")
+    e = parser.add_argument_group("engine (README: Batch scoring on Spark)")
+    config_flag(e, "--engine", key="score.engine", choices=("beam", "spark"),
+                help="beam (RunInference on any Beam runner; default) or spark (pip install \"mnist-pipeline[spark]\")")
+    config_flag(e, "--spark-master", key="score.spark_master", metavar="URL",
+                help="--engine spark: local[N] or spark://HOST:PORT (default local[*])")
     add_stage_arguments(parser, needs=None)
 
 
