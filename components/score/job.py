@@ -235,6 +235,9 @@ def run(
             f"got {config.min_batch_size} and {config.max_batch_size}"
         )
     server = options.server
+    spark = options.engine == "spark"
+    if spark:  # before any other check: a missing pyspark or Java is the first thing to say
+        _check_spark_options(options, beam_args)
     if server is not None:
         ref = check_server(server)
     else:
@@ -244,10 +247,7 @@ def run(
         check_saved_model(ref.saved_model_dir)
         ref = dataclasses.replace(ref, class_names=tuple(sig.read_class_names(ref.saved_model_dir)))
     inputs = check_inputs(input_pattern, options.input_format, options.columns)
-    spark = options.engine == "spark"
-    if spark:
-        _check_spark_options(options, beam_args)
-    else:
+    if not spark:
         check_worker_pool(beam_args)
     output_dir = os.fspath(output_dir)
     check_output(output_dir)

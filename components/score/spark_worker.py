@@ -68,6 +68,13 @@ def predict(saved_model_dir: str, images: np.ndarray) -> tuple[np.ndarray, np.nd
     return outputs[sig.PROBABILITIES_OUTPUT].numpy(), outputs[sig.CLASSES_OUTPUT].numpy().astype(np.int64)
 
 
+def image_decoder():
+    """The scoring job's PNG/JPEG decoder, built once per process (it traces a TF graph)."""
+    from components.score.decode import ImageDecoder
+
+    return _decoders().get("image", ImageDecoder)
+
+
 def _decoders():
     from components.score.readers import Decoders
 
