@@ -52,9 +52,10 @@ def prediction_udf(model: str):
     schema = ", ".join(f"{name} {kind}" for name, kind in fields)
     saved_model_dir, class_names = ref.saved_model_dir, tuple(sig.read_class_names(ref.saved_model_dir))
 
-    def predict(images: pd.Series) -> pd.DataFrame:
+    def predict(images):
         return predict_series(saved_model_dir, class_names, images)
 
+    predict.__annotations__ = {"images": pd.Series, "return": pd.DataFrame}  # Series -> struct: a scalar pandas UDF
     return pandas_udf(predict, returnType=schema)
 
 
