@@ -166,6 +166,7 @@ class Cluster:
 
         self.spark_class = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-class")
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.ui_port = _free_port()
         self.master_url = f"spark://127.0.0.1:{self.port}"
@@ -233,18 +234,20 @@ def spark_cluster(tmp_path):
 
 @pytest.fixture(scope="module")
 def test_set_parquet(tmp_path_factory) -> Path:
-    """The 10,000 real MNIST test images as PNG bytes in Parquet (key, label, image); skipped without them."""
+    """The 10,000 MNIST test images as PNG bytes in Parquet (key, label, image): the real ones where the IDX
+    files are (../shared/data/mnist), else 10,000 synthetic digits."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import tensorflow as tf
 
     from components import idx
     from tests.conftest import REAL_MNIST_DIR
 
-    if not (REAL_MNIST_DIR / IDX_FILES["test_images"]).is_file():
-        pytest.skip(f"real MNIST IDX files not found in {REAL_MNIST_DIR}")
-    images = idx.read_images(REAL_MNIST_DIR / IDX_FILES["test_images"])
-    labels = idx.read_labels(REAL_MNIST_DIR / IDX_FILES["test_labels"])
-    import tensorflow as tf
+    if (REAL_MNIST_DIR / IDX_FILES["test_images"]).is_file():
+        images = idx.read_images(REAL_MNIST_DIR / IDX_FILES["test_images"])
+        labels = idx.read_labels(REAL_MNIST_DIR / IDX_FILES["test_labels"])
+    else:
+        images, labels = synthetic_digits(10_000, seed=35)
 
     pngs = [tf.io.encode_png(x[..., None]).numpy() for x in images]
     path = tmp_path_factory.mktemp("testset") / "test.parquet"
