@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -152,80 +151,13 @@ def test_spark_parquet_output_reads_back_with_the_beam_schema(saved_model_dir, t
 # ---------------------------------------------------------------------------------------------- the cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """A standalone Spark master and workers on 127.0.0.1, started from pyspark's own jars (spark-class)."""
-
-    def __init__(self, work: Path, workers: int = 2):
-        import pyspark
-
-        self.spark_class = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-class")
-        self.work = work
-        work.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        self.ui_port = _free_port()
-        self.master_url = f"spark://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
-        self.master = self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                  "--port", str(self.port), "--webui-port", str(self.ui_port))
-        self.workers = [self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.master_url,
-                                    "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-                                    "--webui-port", str(_free_port()), "--work-dir", str(work / f"worker{i}"))
-                        for i in range(workers)]
-        self.wait_for_workers(workers)
-
-    def _start(self, name: str, cls: str, *args: str) -> subprocess.Popen:
-        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        return subprocess.Popen([self.spark_class, cls, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-    def alive_workers(self) -> int:
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=5) as r:
-                return int(json.load(r).get("aliveworkers", 0))
-        except OSError:
-            return 0
-
-    def wait_for_workers(self, n: int, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while self.alive_workers() < n:
-            if time.monotonic() > deadline:
-                logs = {p.name: p.read_text()[-1500:] for p in self.work.glob("*.log")}
-                raise RuntimeError(f"the Spark cluster did not get {n} workers in {timeout} s: {logs}")
-            time.sleep(1)
-
-    def kill_worker(self, i: int) -> None:
-        """SIGKILL the worker and its executor (its process group): a machine lost mid-job."""
-        import signal
-
-        os.killpg(self.workers[i].pid, signal.SIGKILL)
-        self.workers[i].wait(30)
-
-    def stop(self) -> None:
-        import signal
-
-        for proc in [*self.workers, self.master]:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in [*self.workers, self.master]:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def spark_cluster(tmp_path):
     if _spark_missing():
         pytest.skip(_spark_missing())
-    cluster = Cluster(tmp_path / "cluster")
+    from components.score.spark_cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path / "cluster")
     try:
         yield cluster
     finally:
