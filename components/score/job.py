@@ -17,6 +17,7 @@ Without `--runner` the job runs on `FnApiRunner` (Beam's default runner would fe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -261,20 +262,13 @@ def run(
 
     start = time.perf_counter()
     TALLY.reset()
-    try:
-        with Progress(total, TALLY.snapshot):
-            p = make_pipeline(beam_args)
-            build_pipeline(
-                p, inputs=inputs, output_dir=output_dir, model=ref, output_format=output_format,
-                min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size, server=server,
-            )
-            result = _run_with_timeout(p, options.timeout_s)
-    except BaseException as exc:
-        _remove_outputs(output_dir)
-        if isinstance(exc, PipelineError) or not isinstance(exc, Exception):
-            raise
-        log.debug("the scoring job failed", exc_info=True)
-        raise PipelineError(f"the scoring job failed: {readable(exc)} (run with -v for its traceback)") from exc
+    with _cleanly(output_dir, "the scoring job"), Progress(total, TALLY.snapshot):
+        p = make_pipeline(beam_args)
+        build_pipeline(
+            p, inputs=inputs, output_dir=output_dir, model=ref, output_format=output_format,
+            min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size, server=server,
+        )
+        result = _run_with_timeout(p, options.timeout_s)
     seconds = time.perf_counter() - start
     summary_path = _join(output_dir, SUMMARY_FILE)
     with FileSystems.open(summary_path) as fh:
@@ -297,17 +291,24 @@ def _run_spark(config, options: JobOptions, ref: ModelRef, inputs: Inputs, outpu
     """The Spark job; (summary, seconds, output_dir). A failed job leaves no outputs behind."""
     from components.score import spark_job
 
-    try:
+    with _cleanly(output_dir, "the Spark scoring job"):
         summary, seconds = spark_job.run(model=ref, inputs=inputs, output_dir=output_dir,
                                          output_format=config.output_format, batch_size=config.max_batch_size,
                                          master=options.spark_master, header=header)
+    return summary, seconds, output_dir
+
+
+@contextlib.contextmanager
+def _cleanly(output_dir: str, what: str):
+    """A job that fails leaves no outputs behind, and fails as a one-line PipelineError."""
+    try:
+        yield
     except BaseException as exc:
         _remove_outputs(output_dir)
         if isinstance(exc, PipelineError) or not isinstance(exc, Exception):
             raise
-        log.debug("the Spark scoring job failed", exc_info=True)
-        raise PipelineError(f"the Spark scoring job failed: {readable(exc)} (run with -v for its traceback)") from exc
-    return summary, seconds, output_dir
+        log.debug("%s failed", what, exc_info=True)
+        raise PipelineError(f"{what} failed: {readable(exc)} (run with -v for its traceback)") from exc
 
 
 def _finish(summary: dict, seconds: float, output_dir: str, inputs: Inputs, ref: ModelRef,
