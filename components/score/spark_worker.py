@@ -46,26 +46,21 @@ def output_schema():
 
 
 def loaded_model(saved_model_dir: str):
-    """The SavedModel at `saved_model_dir`, loaded once per process (the loaded object owns the variables the
-    signature uses: keep it, not just the function)."""
+    """The SavedModel at `saved_model_dir` as a `beam_model.BatchPredictor`, loaded once per process."""
     with _LOCK:
         model = _MODELS.get(saved_model_dir)
         if model is None:
-            import tensorflow as tf
+            from components.beam_model import BatchPredictor
 
             log.info("loading SavedModel %s", saved_model_dir)
-            model = _MODELS[saved_model_dir] = tf.saved_model.load(saved_model_dir)
+            model = _MODELS[saved_model_dir] = BatchPredictor(saved_model_dir, sig.SERVING_DEFAULT)
         return model
 
 
 def predict(saved_model_dir: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [n, 28, 28, 1] -> (probabilities float32 [n, 10], classes int64 [n]) with serving_default, after
-    the project's one scaling function."""
-    from components.preprocessing import scale_images
-
-    fn = loaded_model(saved_model_dir).signatures[sig.SERVING_DEFAULT]
-    outputs = fn(**{sig.IMAGE_INPUT: scale_images(images)})
-    return outputs[sig.PROBABILITIES_OUTPUT].numpy(), outputs[sig.CLASSES_OUTPUT].numpy().astype(np.int64)
+    the project's one scaling function (in the same graph call)."""
+    return loaded_model(saved_model_dir)(images)
 
 
 def image_decoder():
