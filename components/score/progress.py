@@ -89,9 +89,12 @@ class Progress:
             return
         self._start = time.perf_counter()
         if self._tty:
+            import shutil
+
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, unit="rows", desc="score", file=self._stream, dynamic_ncols=True)
+            width = shutil.get_terminal_size((100, 20)).columns or 100  # a pty without a size reports 0
+            self._bar = tqdm(total=self.total, unit="rows", desc="score", file=self._stream, ncols=width)
         self._thread = threading.Thread(target=self._run, name="score-progress", daemon=True)
         self._thread.start()
 
