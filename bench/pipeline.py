@@ -6,7 +6,7 @@ Each run is the CLI in a fresh process (as a user starts it) on a fresh temporar
 come from the run store. Both runs use a snapshot of the project's packages taken at the start, so edits
 made to the checkout meanwhile (the cache keys hash the sources) cannot turn the second run into a rerun.
 Targets: the first run (everything, default architecture and recipe) at most 5 minutes with a blessed model at
-test accuracy >= 99.6% (issue 16; it was 15 minutes before); the second run at most 10% of the first's time
+test accuracy >= 99.6% (it was 15 minutes before); the second run at most 10% of the first's time
 (every stage a cache hit but the report).
 """
 

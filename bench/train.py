@@ -1,7 +1,7 @@
 """Train the default and the seed architecture on real MNIST, once per seed, in one run; print per seed test
 accuracy, training seconds, examples per second, peak memory, the time to 99.0% validation accuracy and the
 batch-1 latency of the exported `serving_default` called in process (median of 300 calls), then the default's
-mean/min/max and the default/seed time ratio, each against the targets of issue 16.
+mean/min/max and the default/seed time ratio, each against the recipe's targets.
 
     .venv/bin/python bench/train.py --seeds 0,1,2         # both recipes, three seeds each (about 22 min on 2 cores)
     .venv/bin/python bench/train.py --epochs 1            # a quick look (one seed, the config's)
@@ -34,7 +34,7 @@ from hoststat import cpu_times, describe, steal_share  # bench/, the script's fo
 REPO = Path(__file__).resolve().parent.parent
 MNIST = REPO.parent / "shared" / "data" / "mnist"
 
-# Issue 16's targets for the default recipe.
+# The default recipe's targets.
 TARGET_MEAN_ACCURACY = 0.9965
 TARGET_MIN_ACCURACY = 0.9960
 TARGET_TIME_RATIO = 2.0  # default's training time / the seed CNN's, same run (aim: 1.0)
@@ -167,7 +167,7 @@ def _parse_seeds(text: str | None) -> list[int | None]:
 
 
 def summarize(results: list[dict]) -> None:
-    """The per-seed table and, where both architectures ran, the default's figures against issue 16's targets."""
+    """The per-seed table and, where both architectures ran, the default's figures against its targets."""
     header = (f"{'architecture':<13}{'seed':>5}{'params':>9}{'epochs':>7}{'batch':>6}{'precision':>16}{'test acc':>10}"
               f"{'train s':>9}{'ex/s':>8}{'s to 99%':>10}{'peak RSS MiB':>14}{'serve ms':>10}{'cpu steal':>11}")
     print(header)
@@ -188,7 +188,7 @@ def summarize(results: list[dict]) -> None:
     if not d:
         return
     acc = [Fraction(r["test_correct"], r["test_examples"]) for r in d]
-    print("\ndefault against issue 16's targets:")
+    print("\ndefault against its targets:")
     mean_target, min_target = Fraction(str(TARGET_MEAN_ACCURACY)), Fraction(str(TARGET_MIN_ACCURACY))
     print(f"  mean test accuracy {float(statistics.mean(acc)):.4f} >= {TARGET_MEAN_ACCURACY}: "
           f"{_against(statistics.mean(acc), mean_target, at_most=False, unit=' points', scale=100)}")

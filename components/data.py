@@ -11,7 +11,6 @@ runs), never from `test`. Images are cached as uint8 after TFDS decodes them and
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -19,12 +18,6 @@ from components.preprocessing import scale_images
 from pipeline.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-@dataclass(frozen=True)
-class SplitInfo:
-    name: str
-    num_examples: int
 
 
 def prepared_builder(data_dir: str | os.PathLike, dataset: str, split: str):

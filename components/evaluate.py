@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from components import plots
-from pipeline.atomic import atomic_write_json
-from pipeline.config import EvaluateConfig
+from components.atomic import atomic_write_json
+from components.params import EvaluateConfig
+from components.portable import portable
 from pipeline.errors import ConfigError, DataError, ModelError
 from serving import signatures as sig
 
@@ -75,10 +76,12 @@ def run(
     *,
     baseline_dir: Path | None = None,
     history_path: Path | None = None,
+    record_root: Path | None = None,
 ) -> EvaluateOutput:
     """Metrics and blessing of the SavedModel at `saved_model_dir`; see the module docstring.
 
     `history_path`: the trainer's history.json (Keras History.history); if it exists, training_curves.png too.
+    `record_root`: metrics and blessing name the models relative to it when inside it (None: absolute).
     """
     from components import data
 
@@ -102,13 +105,13 @@ def run(
 
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     record: dict[str, Any] = {
-        "saved_model_dir": os.fspath(saved_model_dir),
+        "saved_model_dir": portable(saved_model_dir, record_root),
         "dataset": dataset,
         "split": "test",
         "evaluated_at": now,
         **metrics,
         "baseline": None if baseline_dir is None else {
-            "saved_model_dir": os.fspath(baseline_dir), "accuracy": baseline_accuracy,
+            "saved_model_dir": portable(baseline_dir, record_root), "accuracy": baseline_accuracy,
         },
     }
     blessing = {
@@ -118,8 +121,8 @@ def run(
         "accuracy_threshold": config.accuracy_threshold,
         "tolerance": config.tolerance,
         "baseline_accuracy": baseline_accuracy,
-        "baseline_dir": None if baseline_dir is None else os.fspath(baseline_dir),
-        "saved_model_dir": os.fspath(saved_model_dir),
+        "baseline_dir": None if baseline_dir is None else portable(baseline_dir, record_root),
+        "saved_model_dir": portable(saved_model_dir, record_root),
         "evaluated_at": now,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.score.options import INPUT_FORMATS
 from pipeline.errors import DataError
 from serving import signatures as sig
 
@@ -135,7 +136,7 @@ def _shards(prefix: Path, num_shards: int, suffix: str) -> Iterator[_Shards]:
         log.info("wrote %s", f)
 
 
-SAMPLE_FORMATS = ("tfrecord", "parquet", "csv", "images")
+SAMPLE_FORMATS = INPUT_FORMATS  # every format `score --input` reads, no other
 
 
 def _rows(files: list[str], split: str, limit: int | None):

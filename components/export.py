@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_write
+from components.atomic import atomic_write
 from pipeline.errors import ModelError
 from serving import signatures as sig
 

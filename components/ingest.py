@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -31,14 +32,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.atomic import atomic_write_json
-from pipeline.config import DataConfig
+from components import datasets
+from components.atomic import atomic_write_json
+from components.params import DataConfig
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# Datasets that ship as the four standard IDX files, and the TFDS builder class each one subclasses.
-SUPPORTED_DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 CONNECT_TIMEOUT_S = 3.0
 
 
@@ -59,8 +59,8 @@ class IngestOutput:
 
 def check_config(config: DataConfig) -> None:
     """What can be refused before anything is written (the command calls it before a run is recorded)."""
-    if config.dataset not in SUPPORTED_DATASETS:
-        raise DataError(f"unknown dataset {config.dataset!r}; supported: {', '.join(SUPPORTED_DATASETS)}")
+    if config.dataset not in datasets.DATASETS:
+        raise DataError(f"unknown dataset {config.dataset!r}; supported: {', '.join(datasets.DATASETS)}")
     source_dir = Path(config.source_dir) if config.source_dir is not None else None
     if source_dir is not None and source_dir.exists() and not source_dir.is_dir():
         raise DataError(f"source dir {str(source_dir)!r} is a file, not a folder; "
@@ -77,17 +77,21 @@ def run(config: DataConfig, data_dir: str | os.PathLike) -> IngestOutput:
 
 
 def _tfds_base_class(dataset: str) -> type:
-    from tensorflow_datasets.image_classification import mnist
+    """TFDS's builder class of `dataset` (components.datasets), which the offline builder subclasses."""
+    module, _, name = datasets.dataset(dataset).tfds_class.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
-    return getattr(mnist, SUPPORTED_DATASETS[dataset])
+
+def _source_reader(dataset: str):
+    """The module reading `dataset`'s offline files (components.datasets): read_source_dir, check_split_sizes,
+    SPLIT_FILES."""
+    return importlib.import_module(datasets.dataset(dataset).source_reader)
 
 
-def _fingerprint(source_dir: Path) -> str:
-    """sha256 over the four IDX files (name and bytes); a missing file is left to the reader's error."""
-    from components.idx import SPLIT_FILES
-
+def _fingerprint(source_dir: Path, reader) -> str:
+    """sha256 over the source files (name and bytes); a missing file is left to the reader's error."""
     digest = hashlib.sha256()
-    for pair in SPLIT_FILES.values():
+    for pair in reader.SPLIT_FILES.values():
         for name in pair:
             path = source_dir / name
             digest.update(name.encode())
@@ -169,9 +173,8 @@ def class_names(info) -> tuple[str, ...]:
 
 
 def _ingest_idx(dataset: str, source_dir: Path, data_dir: Path) -> IngestOutput:
-    from components import idx
-
-    fingerprint = _fingerprint(source_dir) if source_dir.is_dir() else None
+    idx = _source_reader(dataset)
+    fingerprint = _fingerprint(source_dir, idx) if source_dir.is_dir() else None
     base = _tfds_base_class(dataset)
     version = str(base.VERSION)
     record = _read_record(data_dir, dataset)

@@ -24,9 +24,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.config import check_precision
 from pipeline.errors import ConfigError
 from serving.signatures import IMAGE_SIZE, KERAS_INPUT_NAME, NUM_CLASSES
+
+# Training's compute dtype (train.precision, Recipe.precision): "auto" is mixed_bfloat16 where the hardware
+# computes bfloat16 natively (resolve_precision), else float32; mixed_bfloat16 is Keras's mixed precision.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ class Recipe:
     # Keep an exponential moving average of the weights and use it as the final weights (Keras's use_ema).
     ema_momentum: float = 0.0  # 0: no averaging
     steps_per_execution: int = 1  # optimizer steps per call into the compiled train function
-    # The compute dtype in training (pipeline.config.PRECISIONS); the trained model is saved computing in float32.
+    # The compute dtype in training (PRECISIONS); the trained model is saved computing in float32.
     precision: str = "float32"
 
 
@@ -76,7 +84,7 @@ def architectures() -> tuple[str, ...]:
     return tuple(_RECIPES)
 
 
-def _check(architecture: str) -> None:
+def check_architecture(architecture: str) -> None:
     if architecture not in _RECIPES:
         known = ", ".join(_RECIPES)
         raise ConfigError(f"unknown architecture {architecture!r}; known architectures: {known}")
@@ -118,7 +126,7 @@ def resolve_precision(precision: str, *, cpu_flags: set[str] | None = None, gpus
 
 def recipe(architecture: str) -> Recipe:
     """The training recipe of `architecture`; a ConfigError naming it if it is unknown."""
-    _check(architecture)
+    check_architecture(architecture)
     return _RECIPES[architecture]
 
 
@@ -183,7 +191,7 @@ def build_model(architecture: str, *, seed: int, precision: str = "float32"):
     `precision` "mixed_bfloat16" builds it with Keras's mixed precision: the hidden layers compute in bfloat16
     and keep float32 weights; the input, the augmentation and the softmax output stay float32.
     """
-    _check(architecture)
+    check_architecture(architecture)
     if precision not in ("float32", "mixed_bfloat16"):
         raise ConfigError(f"precision {precision!r} cannot build a model; resolve it first (resolve_precision)")
     import keras

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_path
+from components.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_json
-from pipeline.config import PushConfig
+from components.atomic import atomic_write_json
+from components.params import PushConfig
+from components.portable import portable, root_holding
 from pipeline.errors import ConfigError, ModelError
 from serving import model_registry
 from serving import signatures as sig
@@ -70,6 +71,7 @@ def run(
     metadata: Mapping[str, Any] | None = None,
     record_path: Path | None = None,
     check_images: np.ndarray | None = None,
+    record_root: Path | None = None,
 ) -> PushOutput:
     """Push `saved_model_dir` under `base_path` if `blessing["blessed"]` (or `config.force`).
 
@@ -78,6 +80,8 @@ def run(
     `metadata`: extra fields for the version's record (run_id, accuracy, rolled_back_from, ...).
     `record_path`: where to write the outcome (pushed.json), pushed or not.
     `check_images`: float32 [n, 28, 28, 1] images for the prediction check; seeded random images when None.
+    `record_root` (the workdir): pushed.json, and the version's record when `base_path` is inside it, name
+    files inside it relative to it (None: absolute paths).
     """
     saved_model_dir, base_path = Path(saved_model_dir), Path(base_path)
     if not config.model_name:
@@ -88,7 +92,7 @@ def run(
     if not blessed and not config.force:
         why = blessing.get("reason", "no reason recorded") if blessing else "it was not evaluated"
         out = PushOutput(False, f"not pushed: the model is not blessed ({why}); push it anyway with --force")
-        return _record(out, record_path, saved_model_dir)
+        return _record(out, record_path, saved_model_dir, record_root)
 
     model_dir = _writable_model_dir(base_path, config.model_name)
     images = _check_images(check_images)
@@ -102,7 +106,7 @@ def run(
             "model_name": config.model_name,
             "version": version,
             "pushed_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "source": os.fspath(saved_model_dir.resolve()),
+            "source": portable(saved_model_dir.resolve(), root_holding(base_path, record_root)),
             "blessed": blessed,
             "forced": not blessed,
             "blessing_reason": blessing.get("reason") if blessing else None,
@@ -124,7 +128,7 @@ def run(
     removed = _keep_newest(model_dir, config.keep_versions, config.model_name, base_path)
     reason = "pushed (blessed)" if blessed else "pushed with --force (not blessed)"
     out = PushOutput(True, reason, int(version_dir.name), version_dir, removed)
-    return _record(out, record_path, saved_model_dir)
+    return _record(out, record_path, saved_model_dir, record_root)
 
 
 def check_same_dataset(base_path: Path, model_name: str, dataset: str) -> None:
@@ -254,18 +258,19 @@ def _keep_newest(model_dir: Path, keep: int, model_name: str, base_path: Path) -
     return tuple(removed)
 
 
-def _record(out: PushOutput, record_path: Path | None, source: Path) -> PushOutput:
+def _record(out: PushOutput, record_path: Path | None, source: Path, record_root: Path | None) -> PushOutput:
     if record_path is None:
         log.info("%s", out.reason)
         return out
     record_path = Path(record_path)
+    root = root_holding(record_path, record_root)
     payload = {
         "pushed": out.pushed,
         "reason": out.reason,
         "version": out.version,
-        "version_dir": os.fspath(out.version_dir) if out.version_dir else None,
+        "version_dir": portable(out.version_dir, root) if out.version_dir else None,
         "removed_versions": list(out.removed_versions),
-        "source": os.fspath(source),
+        "source": portable(source, root),
         "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     atomic_write_json(record_path, payload)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import atomic_path, atomic_write
+from components.atomic import atomic_path, atomic_write
+from components.portable import portable_value
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,13 @@ class ReportOutput:
     plot_paths: tuple[Path, ...]
 
 
-def run(inputs: ReportInputs, out_dir: str | os.PathLike) -> ReportOutput:
-    """Draw the plots into `out_dir`, then write `out_dir/report.html` embedding them."""
+def run(inputs: ReportInputs, out_dir: str | os.PathLike, *, record_root: str | os.PathLike | None = None) -> ReportOutput:
+    """Draw the plots into `out_dir`, then write `out_dir/report.html` embedding them. `record_root` (the
+    workdir): the page shows paths inside it relative to it, so a moved workdir's report is still true of it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = _draw(inputs, out_dir)
-    page = _page(inputs, figures)
+    page = _page(inputs, figures, record_root)
     target = atomic_write(out_dir / REPORT_FILE, page)
     plots = tuple(p for p in figures.values() if p is not None)
     log.info("wrote report %s", target)
@@ -161,14 +163,22 @@ def final_status(run: Mapping[str, Any], stages: Sequence[Mapping[str, Any]]) ->
     return "failed" if any(s.get("status") == "failed" for s in stages) else "succeeded"
 
 
-def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
-    run = {**inputs.run, "status": final_status(inputs.run, inputs.stages)}
+def _page(inputs: ReportInputs, figures: Mapping[str, Path | None], root: str | os.PathLike | None) -> str:
+    def load(path: Path | None) -> Any:
+        return portable_value(_load(path), root)
+
+    def rel(value: Any) -> Any:
+        return portable_value(value, root)
+
+    run = rel({**inputs.run, "status": final_status(inputs.run, inputs.stages)})
     parts: list[str] = []
     parts.append(f"<h1>mnist-pipeline run {_e(run.get('id'))}</h1>")
     parts.append(_kv_table({k: run.get(k) for k in ("status", "started", "code_version", "workdir") if run.get(k)}))
+    if root is not None:
+        parts.append("<p class='muted'>Paths inside the workdir are shown relative to it.</p>")
 
     rows = []
-    for s in inputs.stages:
+    for s in rel(inputs.stages):
         dur = s.get("duration")
         outs = "<br>".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in (s.get("outputs") or {}).items())
         note = _e(s.get("reason") or "")
@@ -178,7 +188,7 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
                  + "".join(rows) + "</table>")
 
     parts.append("<h2>Data statistics</h2>")
-    stats = _load(inputs.statistics_path)
+    stats = load(inputs.statistics_path)
     if stats:
         splits = stats.get("splits", {})
         keys = ["num_examples", "image_shape", "image_dtype", "pixel_min", "pixel_max", "pixel_mean", "pixel_std"]
@@ -191,12 +201,12 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
         anomalies = stats.get("anomalies") or []
         parts.append(f"<p>Anomalies: {'<span class=ok>none</span>' if not anomalies else _e('; '.join(anomalies))}</p>")
-        parts.append(f"<p class='muted'>{_e(inputs.statistics_path)}</p>")
+        parts.append(f"<p class='muted'>{_e(rel(os.fspath(inputs.statistics_path)))}</p>")
     else:
         parts.append(_absent("No statistics: the validate stage did not run."))
 
     parts.append("<h2>Training</h2>")
-    history = _load(inputs.history_path)
+    history = load(inputs.history_path)
     if history:
         last = {k: v[-1] for k, v in history.items() if isinstance(v, list) and v and isinstance(v[-1], (int, float))}
         epochs = max((len(v) for v in history.values() if isinstance(v, list)), default=0)
@@ -206,7 +216,7 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
         parts.append(_absent("No training history: the train stage did not run."))
 
     parts.append("<h2>Evaluation and blessing</h2>")
-    metrics = _load(inputs.metrics_path)
+    metrics = load(inputs.metrics_path)
     if metrics:
         flat = {k: v for k, v in metrics.items() if k != "confusion_matrix" and not isinstance(v, (dict, list))}
         parts.append(_kv_table(flat))
@@ -225,9 +235,10 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
     else:
         parts.append(_absent("No metrics: the evaluate stage did not run."))
     if inputs.blessing is not None:
-        blessed = inputs.blessing.get("blessed")
+        blessing = rel(inputs.blessing)
+        blessed = blessing.get("blessed")
         parts.append(f"<p>Blessing: <span class='{'ok' if blessed else 'bad'}'>{'blessed' if blessed else 'not blessed'}"
-                     f"</span></p>" + _kv_table({k: v for k, v in inputs.blessing.items() if k != "blessed"}))
+                     f"</span></p>" + _kv_table({k: v for k, v in blessing.items() if k != "blessed"}))
     parts.append("<h3>Confusion matrix</h3>")
     parts.append(_img(figures.get("confusion_matrix"), "confusion matrix (rows: true label, columns: predicted)")
                  or _absent("No confusion matrix."))
@@ -238,18 +249,18 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
                  or _absent("No misclassified images (none found, or no predictions)."))
 
     parts.append("<h2>Push</h2>")
-    parts.append(_kv_table(inputs.push) if inputs.push else _absent("The push stage did not run."))
+    parts.append(_kv_table(rel(inputs.push)) if inputs.push else _absent("The push stage did not run."))
 
     parts.append("<h2>Batch scoring (Beam RunInference)</h2>")
-    summary = _load(inputs.score_summary_path)
+    summary = load(inputs.score_summary_path)
     if summary:
         shown = {k: v for k, v in summary.items() if k != "confusion_matrix"}
-        parts.append(_kv_table(shown) + f"<p class='muted'>{_e(inputs.score_summary_path)}</p>")
+        parts.append(_kv_table(shown) + f"<p class='muted'>{_e(rel(os.fspath(inputs.score_summary_path)))}</p>")
     else:
         parts.append(_absent("No scoring summary: the score stage did not run or was skipped."))
 
     parts.append("<h2>Serving check (local server, gRPC client)</h2>")
-    check = _load(inputs.serving_check_path)
+    check = load(inputs.serving_check_path)
     if check:
         ok = check.get("passed")
         parts.append(f"<p>Result: <span class='{'ok' if ok else 'bad'}'>{'passed' if ok else 'FAILED'}</span></p>")
@@ -259,7 +270,7 @@ def _page(inputs: ReportInputs, figures: Mapping[str, Path | None]) -> str:
 
     parts.append("<h2>Lineage of the pushed version</h2>")
     if inputs.lineage:
-        lin = inputs.lineage
+        lin = rel(inputs.lineage)
         parts.append(_kv_table({"model": lin.get("model"), "run": lin.get("run"), "data": lin.get("data"),
                                 "metrics": lin.get("metrics")}))
         rows = "".join(

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_json
+from components.atomic import atomic_write_json
+from components.portable import portable
 from pipeline.errors import PipelineError
 from serving import signatures as sig
 from serving.model_registry import ModelVersion
@@ -62,8 +63,11 @@ def run(
     expected_examples: int | None = None,
     tolerance: float = 1e-3,
     timeout: float = 60.0,
+    record_root: str | os.PathLike | None = None,
 ) -> ServingCheckOutput:
     """Check pushed version `model` over gRPC; see the module docstring.
+
+    `record_root`: the result names the model base path relative to it when inside it (None: absolute).
 
     `expected_accuracy` applies only when the check sees `expected_examples` examples (the same set)."""
     from components import data
@@ -129,7 +133,7 @@ def run(
         "problems": problems,
         "model_name": model_name,
         "model_version": int(version),
-        "model_base_path": os.fspath(model.path.parent.parent),
+        "model_base_path": portable(model.path.parent.parent, record_root),
         "server": address,
         "num_examples": int(len(y)),
         "accuracy": accuracy,

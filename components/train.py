@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import atomic_path, atomic_write_json
-from pipeline.config import DataConfig, TrainConfig
+from components.atomic import atomic_path, atomic_write_json
+from components.params import DataConfig, TrainConfig
 from pipeline.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_json
-from pipeline.config import DataConfig
+from components.atomic import atomic_write_json
+from components.params import DataConfig
+from components.portable import portable
 from pipeline.errors import DataError, ValidationError
 from serving.signatures import IMAGE_SIZE, NUM_CLASSES
 
@@ -43,21 +44,19 @@ class ValidateOutput:
     anomalies: tuple[str, ...]  # empty: valid (run() raises otherwise)
 
 
-def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | os.PathLike) -> ValidateOutput:
-    """Compute statistics of every split of the prepared `config.dataset`, write them, stop on anomalies."""
+def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | os.PathLike, *,
+        record_root: str | os.PathLike | None = None) -> ValidateOutput:
+    """Compute statistics of every split of the prepared `config.dataset`, write them, stop on anomalies.
+
+    `record_root`: the statistics name the dataset folder relative to it when inside it (None: absolute)."""
     import tensorflow_datasets as tfds
 
     dataset = config.dataset
     data_dir = Path(data_dir)
     statistics_path = Path(statistics_path)
-    try:
-        registered = tfds.builder(dataset, data_dir=os.fspath(data_dir))
-    except Exception as exc:  # tfds raises DatasetNotFoundError and friends
-        raise DataError(f"unknown dataset {dataset!r}: {exc}") from exc
-    if not registered.is_prepared():
-        raise DataError(
-            f"dataset {dataset!r} is not prepared in {str(data_dir)!r}; run `mnist-pipeline ingest` first"
-        )
+    from components.data import prepared_builder
+
+    registered = prepared_builder(data_dir, dataset, "train")
     # Read what is on disk, with the features recorded there: that is what validation must check.
     builder = tfds.builder_from_directory(registered.data_dir)
     label_feature = builder.info.features["label"]
@@ -85,7 +84,7 @@ def run(config: DataConfig, data_dir: str | os.PathLike, statistics_path: str | 
     statistics = {
         "dataset": dataset,
         "version": str(builder.info.version),
-        "dataset_dir": str(registered.data_dir),
+        "dataset_dir": portable(registered.data_dir, record_root),
         "computed_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "schema": {"image_shape": EXPECTED_SHAPE, "image_dtype": EXPECTED_DTYPE, "num_classes": num_classes},
         "header_counts": header_counts,

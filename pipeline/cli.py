@@ -3,6 +3,11 @@
 Nothing on the `--help` path imports TensorFlow: command modules import their stage lazily in `run`.
 Flags that change configuration write dotted keys (`train.epochs`) that override the `--config` TOML file.
 A `PipelineError` is printed as one line, without a traceback, and the exit status is 1.
+
+A command with `BEAM_OPTIONS = True` (score, run) hands its unknown flags to Beam, once Beam's own option
+classes know each of them (`components.score.beam_flags`; Beam is imported only then):
+`score --formt csv` is refused, naming `--format`, where Beam would log "Unparseable argument" and go on.
+What follows a bare `--` goes to Beam unchecked (options of a runner's own classes).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from components import datasets
 from pipeline.config import Config, load_config
 from pipeline.errors import PipelineError
+from pipeline.paths import DEFAULT_WORKDIR
 from pipeline.workdir import check_workdir
 
 # The order is the order of `--help`. Each module has NAME, HELP, add_arguments(parser), run(config, args).
@@ -34,36 +41,56 @@ COMMAND_MODULES = (
     "pipeline.commands.run",
     "pipeline.commands.runs",
     "pipeline.commands.lineage",
+    "pipeline.commands.orchestrate",
 )
 
 log = logging.getLogger(__name__)
 
 
 def config_flag(parser: argparse.ArgumentParser, *flags: str, key: str, **kwargs: Any) -> None:
-    """A flag that overrides configuration key `key` only when given (its default stays in the config)."""
+    """A flag that overrides configuration key `key` only when given (its default stays in the config). `choices`
+    are shown, not checked by argparse: the config's section checks the value as it checks the TOML key (one
+    line naming the choices, exit 1)."""
     kwargs.setdefault("default", argparse.SUPPRESS)
+    choices = kwargs.pop("choices", None)
+    if choices:
+        kwargs["metavar"] = "{" + ",".join(choices) + "}"
     parser.add_argument(*flags, dest=key, **kwargs)
+
+
+def per_dataset(attribute: str) -> str:
+    """`attribute` of every dataset, for help texts: "mnist 0.99, fashion_mnist 0.9" (a value that is the
+    dataset's name alone: "mnist, fashion_mnist")."""
+    values = [(d.name, str(getattr(d, attribute))) for d in datasets.DATASETS.values()]
+    return ", ".join(value if value == name else f"{name} {value}" for name, value in values)
+
+
+def dataset_flag(parser, help: str = "sets the default model name and blessing threshold") -> None:
+    """`--dataset` (data.dataset): one of components.datasets, checked as the TOML key is (one line, exit 1)."""
+    names = datasets.names()
+    config_flag(parser, "--dataset", key="data.dataset", metavar="NAME",
+                help=f"{names[0]} (default) or {' or '.join(names[1:])}: {help}")
 
 
 def model_name_flag(parser, *, dataset: bool = True) -> None:
     """`--model-name` (push.model_name) and, unless the command has its own, `--dataset` (data.dataset), whose
-    default model name and blessing threshold apply where those are not given (pipeline.config.DATASET_DEFAULTS)."""
+    default model name and blessing threshold apply where those are not given (components.datasets)."""
     if dataset:
-        config_flag(parser, "--dataset", key="data.dataset", metavar="NAME",
-                    help="mnist (default) or fashion_mnist: sets the default model name and blessing threshold")
+        dataset_flag(parser)
     config_flag(parser, "--model-name", key="push.model_name", metavar="NAME",
-                help="the model's name under the base path (default: the dataset's: mnist, fashion_mnist)")
+                help=f"the model's name under the base path (default: the dataset's: {per_dataset('model_name')})")
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("common options")
     group.add_argument("--config", metavar="FILE", help="TOML configuration file; flags override it")
-    config_flag(group, "--workdir", key="workdir", metavar="DIR", help="where all outputs go (default: ./artifacts)")
+    config_flag(group, "--workdir", key="workdir", metavar="DIR", help=f"where all outputs go (default: ./{DEFAULT_WORKDIR})")
     group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
+    """The parser, and each command's module by name (its own parser as `module_parsers[name]` of the first)."""
     parser = argparse.ArgumentParser(
         prog="mnist-pipeline",
         description="MNIST from raw data to a model served over TF Serving's gRPC API.",
@@ -80,8 +107,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
         )
         module.add_arguments(p)
         _common_arguments(p)
+        p.set_defaults(command_parser=p)
         modules[module.NAME] = module
     return parser, modules
+
+
+def _beam_args(args: argparse.Namespace, unknown: list[str], unchecked: list[str]) -> tuple[str, ...]:
+    """The command's unknown flags, each one Beam knows, then those after `--`; a ConfigError naming the first
+    that neither the command nor Beam knows, and the closest known flag."""
+    from components.score.beam_flags import check_beam_args
+
+    check_beam_args(unknown, args.command_parser._option_string_actions)
+    return (*unknown, *unchecked)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,14 +141,23 @@ def _print_error(command: str, message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from components.score.beam_flags import split_at_dashes
+
     parser, modules = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if getattr(modules[args.command], "PASSTHROUGH_UNKNOWN_ARGS", False):
-        args.beam_args = unknown  # e.g. Beam pipeline options, passed through unchanged
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, unchecked = split_at_dashes(argv)  # for a Beam command, what follows `--` is Beam's, unchecked
+    args, unknown = parser.parse_known_args(own)
+    beam = getattr(modules[args.command], "BEAM_OPTIONS", False)
+    if not beam:
+        args, unknown = parser.parse_known_args(argv)  # `--` means what argparse makes of it
+        if getattr(modules[args.command], "PASSTHROUGH_UNKNOWN_ARGS", False):
+            args.beam_args = unknown  # handed to the command unchecked (serve checks them itself)
+        elif unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(args)
     try:
+        if beam and (unknown or unchecked):
+            setattr(args, "score.beam_args", _beam_args(args, unknown, unchecked))  # overrides the TOML list
         config: Config = load_config(args.config, _overrides(args))
         check_workdir(config.workdir)
         return int(modules[args.command].run(config, args) or 0)

@@ -22,23 +22,29 @@ def lineage_record(store: RunStore, version: int | str, model_name: str,
     With `base_path`, the version pushed there is preferred (a store may have seen several base paths).
 
     Follows the events from the PushedModel back: push <- export (SavedModel) and evaluate (metrics, blessing)
-    <- train (model) <- validate (statistics) and ingest (dataset) <- the source data.
+    <- train (model) <- validate (statistics) and ingest (dataset) <- the source data. A rollback's copy leads
+    through the rollback to the version it copies, and from there on the same way.
     """
     found = store.find_pushed(version, model_name)
     if not found:
         return None
-    here = os.fspath(model_registry.version_dir(base_path, model_name, int(version))) if base_path else None
+    here = os.path.abspath(model_registry.version_dir(base_path, model_name, int(version))) if base_path else None
     pushed = next((a for a in found if a.uri == here), found[0])
     chain = store.lineage(pushed.id)
-    by_stage = {ex.stage: (ex, ins, outs) for ex, ins, outs in chain}
+    # Nearest first, so a rollback's copy keeps the run that pushed the version it copies (and its configuration).
+    by_stage: dict[str, Any] = {}
+    for ex, ins, outs in chain:
+        by_stage.setdefault(ex.stage, (ex, ins, outs))
     push_ex = chain[0][0] if chain else None
     run = store.get_run(push_ex.run_id) if push_ex else None
+    made_by = store.get_run(by_stage["push"][0].run_id) if "push" in by_stage else run
     record: dict[str, Any] = {
         "model": {"name": model_name, "version": int(version), "uri": pushed.uri,
-                  "fingerprint": pushed.fingerprint, "exists": Path(pushed.uri).is_dir()},
+                  "fingerprint": pushed.fingerprint, "exists": Path(pushed.uri).is_dir(),
+                  **{k: pushed.properties[k] for k in ("copy_of_version", "rolled_back_from") if k in pushed.properties}},
         "run": None if run is None else {"id": run.id, "status": run.status, "started": run.started,
                                          "ended": run.ended, "code_version": run.code_version},
-        "config": run.config if run else None,
+        "config": made_by.config if made_by else None,
         "executions": [
             {"stage": ex.stage, "run_id": ex.run_id, "execution": ex.id, "status": ex.status,
              "code_version": ex.code_version, "config_fingerprint": ex.config_fingerprint,

@@ -13,11 +13,12 @@ calls the component (`pipeline.stage_api`). The runner is handed its stages and 
 `pipeline.stages` implements the pipeline's; tests pass their own. `mnist-pipeline run` and every stage
 command (`train`, `export`, ...) go through `run_pipeline`: one wiring, one lock, one record, one cache.
 
-Cache key of an execution = sha256(stage name, the fingerprint of its config sections, the identity of each
-input artifact (URI + content fingerprint), the code version). A succeeded execution with the same key whose
-outputs still exist unchanged is reused ("cached: reusing <uri>") instead of run; `use_cache=False` reruns
-everything. Because finished stages are cache hits, starting a run again after a failure or an interrupt
-continues where it stopped; `resume=` does the same inside the same run id and record.
+Cache key of an execution (`pipeline.cache`) = sha256(stage name, the fingerprint of its config sections,
+the identity of each input artifact (URI as the store keeps it + content fingerprint), the code version). A
+succeeded execution with the same key whose outputs still exist unchanged is reused ("cached: reusing <uri>")
+instead of run; `use_cache=False` reruns everything. Because finished stages are cache hits, starting a run
+again after a failure or an interrupt continues where it stopped; `resume=` does the same inside the same run
+id and record.
 
 A stage that raises stops the run: the execution and the run are marked failed with the stage's name and
 the error, and `StageFailed` carries both. Push is atomic (a temp folder renamed into place), so a failure
@@ -27,12 +28,8 @@ never touches a version already pushed. Only one run writes to a workdir at a ti
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import json
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.cache import cache_key, code_version, outputs_intact
 from pipeline.config import Config, apply_overrides, resolve_defaults
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.lock import WorkdirLock
@@ -48,14 +46,10 @@ from pipeline.stage_api import (
     StageContext,
     StageRecord,
     StageSpec,
-    fingerprint_path,
-    hash_file,
 )
 from pipeline.store import Artifact, Execution, RunStore
 
 log = logging.getLogger(__name__)
-
-STAGE_ORDER = ("ingest", "validate", "train", "export", "evaluate", "push", "score", "serving_check", "report")
 
 
 class StageFailed(PipelineError):
@@ -77,57 +71,6 @@ class RunResult:
 
     def stage(self, name: str) -> StageRecord | None:
         return next((s for s in self.stages if s.name == name), None)
-
-
-PACKAGES = ("pipeline", "components", "serving")
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """`src:<hash of the project's Python sources> git:<commit>` (or the package version without git).
-
-    The source hash is what the cache keys use: a commit that touches only tests or docs, or another
-    engineer's unrelated commit, does not invalidate cached stages, while any edit to the code does. The
-    commit (or package version) is there for people reading the record.
-    """
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for package in PACKAGES:
-        for f in sorted((root / package).rglob("*.py")):
-            h.update(f.relative_to(root).as_posix().encode() + b"\0")
-            hash_file(h, f)
-    source = f"src:{h.hexdigest()[:12]}"
-    try:
-        out = subprocess.run(
-            ["git", "-C", os.fspath(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-        commit = out.stdout.strip()
-        if commit:
-            return f"{source} git:{commit[:12]}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"{source} mnist-pipeline=={version('mnist-pipeline')}"
-    except PackageNotFoundError:
-        return source
-
-
-def _code_identity(code: str) -> str:
-    """The part of a code version that keys the cache: the source hash when there is one."""
-    first = code.split()[0] if code.split() else code
-    return first if first.startswith("src:") else code
-
-
-def cache_key(stage: str, config_fingerprint: str, inputs: Mapping[str, Artifact], code: str) -> str:
-    payload = {
-        "stage": stage,
-        "config": config_fingerprint,
-        "inputs": {name: [a.uri, a.fingerprint] for name, a in sorted(inputs.items())},
-        "code": _code_identity(code),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
@@ -182,6 +125,8 @@ def run_pipeline(
         raise ConfigError("give either resume or run_id, not both")
     if run_id is not None:
         paths.check_run_id(run_id)
+    # Absolute, so every path a stage writes into its records is one the store can make workdir-relative.
+    config = dataclasses.replace(config, workdir=os.path.abspath(config.workdir))
     workdir = Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     code = code or code_version()
@@ -224,7 +169,7 @@ def latest_run_with(workdir: str | os.PathLike, stage: str) -> str | None:
     if not path.is_file():
         return None
     with RunStore(path) as store:
-        ex = store.latest_finished(stage)
+        ex = next(store.finished(stage), None)
         return ex.run_id if ex is not None else None
 
 
@@ -303,6 +248,8 @@ def _resolve_inputs(
             if rec is not None:
                 upstream.setdefault(inp.stage, rec)
                 found = rec.outputs.get(inp.output or inp.name)
+                if found is not None:
+                    _check_on_disk(store, inp.stage, rec, inp.output or inp.name, found)
             if found is None and inp.required:
                 raise PipelineError(
                     f"needs output {inp.output or inp.name!r} of stage {inp.stage!r}, which no run in "
@@ -319,14 +266,15 @@ def _resolve_inputs(
     return inputs, upstream
 
 
-def _outputs_intact(outputs: Mapping[str, Artifact]) -> str | None:
-    """None if every output still exists with its recorded fingerprint, else what changed."""
-    for name, art in outputs.items():
-        if not Path(art.uri).exists():
-            return f"{name} {art.uri} no longer exists"
-        if art.fingerprint and fingerprint_path(art.uri) != art.fingerprint:
-            return f"{name} {art.uri} changed since it was written"
-    return None
+def _check_on_disk(store: RunStore, stage: str, rec: StageRecord, name: str, art: Artifact) -> None:
+    """A recorded output the disk lacks is the user's to remake, named with the stage that makes it; never
+    looked for anywhere else (a copied workdir must not fall back on the original's files)."""
+    if "://" in art.uri or Path(art.uri).exists():
+        return
+    ex = store.get_execution(rec.execution_id) if rec.execution_id is not None else None
+    where = f" by run {ex.run_id}" if ex is not None else ""
+    raise PipelineError(f"{name} {art.uri!r} (recorded{where} as stage {stage!r}'s output) is not on disk; run "
+                        f"`mnist-pipeline {stage}` (or `mnist-pipeline run`) to make it again")
 
 
 def _run_stage(
@@ -352,8 +300,10 @@ def _run_stage(
         store.finish_execution(ex_id, "failed", error=str(exc))
         log.error("stage %s: failed: %s", spec.name, exc)
         raise StageFailed(run_id, spec.name, str(exc)) from exc
-    keyed = {i.name for i in spec.inputs if i.in_cache_key}
-    key = cache_key(spec.name, fingerprint, {k: a for k, a in inputs.items() if k in keyed}, code) if spec.cacheable else None
+    # Keyed on the stored (workdir-relative) URIs: a moved or copied workdir keeps its cache.
+    keyed = {k: dataclasses.replace(a, uri=store.stored_uri(a.uri)) for k, a in inputs.items()
+             if k in {i.name for i in spec.inputs if i.in_cache_key}}
+    key = cache_key(spec.name, fingerprint, keyed, code) if spec.cacheable else None
     ex_id = store.start_execution(
         run_id, spec.name, config_fingerprint=fingerprint, code_version=code, inputs=inputs, cache_key=key
     )
@@ -361,9 +311,11 @@ def _run_stage(
         hit = store.find_cached(key)
         if hit is not None:
             outputs = store.output_artifacts(hit.id)
-            problem = _outputs_intact(outputs)
+            problem = outputs_intact(outputs)
             if problem is None:
-                store.finish_execution(ex_id, "cached", outputs=outputs, properties=hit.properties, reused_execution=hit.id)
+                # What the stage produced, not who ran that execution (an orchestrator's task: pipeline.orchestrate).
+                produced = {k: v for k, v in hit.properties.items() if k != "orchestrator"}
+                store.finish_execution(ex_id, "cached", outputs=outputs, properties=produced, reused_execution=hit.id)
                 for art in outputs.values():
                     log.info("stage %s: cached: reusing %s", spec.name, art.uri)
                 if not outputs:

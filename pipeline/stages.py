@@ -11,6 +11,7 @@ ServingCheck, Report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,118 +19,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import paths
+from pipeline import paths, resolvers
 from pipeline.config import Config, model_base_path
 from pipeline.errors import PipelineError
 from pipeline.lineage import lineage_record
-from pipeline.stage_api import Input, SkipStage, StageContext, StageResult, StageSpec, artifact, fingerprint_path
-from pipeline.store import Artifact, RunStore
+from pipeline.resolvers import model_identity
+from pipeline.stage_api import Input, StageContext, StageResult, StageSpec, artifact
+from pipeline.store import Artifact
 from serving import model_registry
 
 log = logging.getLogger(__name__)
-
-# -- inputs found in the workdir rather than produced in this run --------------------------------------------
-
-
-def _source(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
-    """The IDX folder ingest reads (offline), fingerprinted by content; None for the TFDS download."""
-    if config.data.source_dir is None:
-        return None
-    source = Path(config.data.source_dir)
-    if not source.is_dir():
-        return None  # ingest itself raises the error that names the folder
-    return artifact(source.resolve(), "ExternalData")
-
-
-def model_identity(saved_model_dir: str | os.PathLike) -> str:
-    """A SavedModel's graph and weights (saved_model.pb + variables/), not the records a push adds beside them."""
-    root = Path(saved_model_dir)
-    parts = [fingerprint_path(root / "saved_model.pb")]
-    if (root / "variables").is_dir():
-        parts.append(fingerprint_path(root / "variables"))
-    return ":".join(parts)
-
-
-def _pushed_artifact(store: RunStore, version) -> Artifact:
-    """The store's record of a pushed version (so lineage links up), or a new one for a version put there by hand."""
-    known = store.artifacts_by_uri(os.fspath(version.path), "PushedModel")
-    if known and known[-1].fingerprint == fingerprint_path(version.path):
-        return known[-1]
-    return artifact(version.path, "PushedModel", version=version.version, model_name=version.name)
-
-
-def _baseline(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
-    """The newest pushed version that is not the candidate itself: comparing a model with itself says nothing,
-    and it keeps a rerun with nothing changed a cache hit (TFX's latest-blessed-model resolver, roughly)."""
-
-    candidate = inputs.get("model")
-    own = model_identity(candidate.uri) if candidate is not None else None
-    ds = inputs.get("dataset")
-    dataset = ds.properties.get("name") if ds is not None else config.data.dataset
-    for version in reversed(model_registry.list_versions(model_base_path(config), config.push.model_name)):
-        if version.metadata.get("dataset") not in (None, dataset):
-            continue  # another dataset's model, judged on this test set, says nothing (push refuses the mix)
-        if version.complete and model_identity(version.path) != own:
-            return _pushed_artifact(store, version)
-    return None
-
-
-def _served_model(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
-    """What is served now: the version this run pushed, else the newest complete version in the base path."""
-
-    push = upstream.get("push")
-    if push is not None and "pushed_model" in push.outputs and Path(push.outputs["pushed_model"].uri).is_dir():
-        return push.outputs["pushed_model"]
-    versions = [v for v in model_registry.list_versions(model_base_path(config), config.push.model_name) if v.complete]
-    return _pushed_artifact(store, versions[-1]) if versions else None
-
-
-def _model_to_serve(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact:
-    found = _served_model(config, workdir, store, upstream, inputs)
-    if found is None:
-
-        where = model_registry.model_dir(model_base_path(config), config.push.model_name)
-        push = upstream.get("push")
-        why = f" (this run's push: {push.properties.get('reason')})" if push is not None and push.properties.get("reason") else ""
-        raise SkipStage(f"no model version is pushed under {where}{why}")
-    return found
-
-
-def _model_to_score(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact:
-    """`score.model` when given (a SavedModel, or `<base>/<model>` for its newest version), else what is served;
-    with `score.server`, the model that server serves (never a cache hit: its versions change behind it)."""
-    if config.score.server:
-        return Artifact(f"grpc://{config.score.server}/{config.score.server_model}", "ServedModel",
-                        {"fingerprint": paths.new_run_id()})
-    if config.score.model:
-        model = Path(config.score.model)
-        if not model.exists():
-            raise SkipStage(f"score.model {config.score.model!r} does not exist; pass a SavedModel folder or "
-                            "<model base path>/<model name>")
-        return artifact(model.resolve(), "SavedModel")
-    return _model_to_serve(config, workdir, store, upstream, inputs)
-
-
-def _score_input(config: Config, workdir: Path, store: RunStore, upstream, inputs) -> Artifact | None:
-    """Files given to score with `score.input_pattern`, fingerprinted by content when they are local, so a
-    changed file is scored again rather than served from the cache; None for a split of the dataset."""
-    pattern = config.score.input_pattern
-    if not pattern:
-        return None
-    import glob
-    import hashlib
-
-    files = sorted(glob.glob(pattern)) if "://" not in pattern else []
-    if len(files) == 1 and os.path.isdir(files[0]):  # a folder of images: its files
-        files = sorted(os.path.join(d, n) for d, _, names in os.walk(files[0]) for n in names)
-    digest = hashlib.sha256(pattern.encode())
-    for f in files:
-        if os.path.isfile(f):
-            digest.update(f.encode() + b"\0" + fingerprint_path(f).encode())
-    if not files:  # remote or nothing matched (score says which): never a cache hit
-        digest.update(paths.new_run_id().encode())
-    return Artifact(pattern, "ExternalData", {"fingerprint": digest.hexdigest()[:32], "files": len(files)})
-
 
 def _test_images(ctx: StageContext, count: int):
     """The first `count` test images of the run's dataset (float32 [n, 28, 28, 1]) for warmup requests and the
@@ -174,7 +73,7 @@ def validate_stage(ctx: StageContext) -> StageResult:
     from components import validate
 
     name, data_dir = _dataset(ctx)
-    out = validate.run(ctx.config.data, data_dir, paths.statistics_path(ctx.workdir, name))
+    out = validate.run(ctx.config.data, data_dir, paths.statistics_path(ctx.workdir, name), record_root=ctx.workdir)
     splits = {s: v.get("num_examples") for s, v in out.statistics.get("splits", {}).items()}
     return StageResult({"statistics": artifact(out.statistics_path, "Statistics", dataset=name)},
                        {"num_examples": splits, "anomalies": list(out.anomalies)})
@@ -218,7 +117,7 @@ def evaluate_stage(ctx: StageContext) -> StageResult:
     history = ctx.inputs.get("history")
     out = evaluate.run(ctx.config.evaluate, Path(ctx.inputs["model"].uri), data_dir, name, ctx.out_dir,
                        baseline_dir=Path(baseline.uri) if baseline else None,
-                       history_path=Path(history.uri) if history else None)
+                       history_path=Path(history.uri) if history else None, record_root=ctx.workdir)
     plots = {p.stem: p for p in out.plot_paths}
     outputs = {"evaluation": artifact(out.metrics_path, "ModelEvaluation", accuracy=out.accuracy),
                "blessing": artifact(out.blessing_path, "ModelBlessing", blessed=out.blessed)}
@@ -256,9 +155,12 @@ def push_stage(ctx: StageContext) -> StageResult:
     blessing = _blessing(ctx)
     accuracy = blessing.get("accuracy") if blessing else None
     dataset = ctx.inputs["dataset"].properties.get("name") if "dataset" in ctx.inputs else ctx.config.data.dataset
+    # Records name files inside the workdir relative to it (the version's own record too, when the model base
+    # path is inside it): a copied workdir must not point at the original's folder.
     out = push.run(ctx.config.push, Path(ctx.inputs["model"].uri), model_base_path(ctx.config), blessing=blessing,
                    dataset=dataset, metadata={"run_id": ctx.run_id, "accuracy": accuracy},
-                   record_path=ctx.out_dir / push.RECORD_FILE, check_images=_test_images(ctx, 8))
+                   record_path=ctx.out_dir / push.RECORD_FILE, check_images=_test_images(ctx, 8),
+                   record_root=ctx.workdir)
     outputs: dict[str, Artifact] = {}
     if out.record_path is not None:
         outputs["push_record"] = artifact(out.record_path, "PushResult")
@@ -268,6 +170,37 @@ def push_stage(ctx: StageContext) -> StageResult:
     return StageResult(outputs, {"pushed": out.pushed, "version": out.version, "reason": out.reason,
                                  "blessed": bool(blessing and blessing.get("blessed")),
                                  "removed_versions": list(out.removed_versions)})
+
+
+def rollback_stage(ctx: StageContext) -> StageResult:
+    """Push the version in input `pushed_model` again, as a copy under a new, higher version (what TF Serving
+    serves); its record keeps the judgement the version got when first pushed."""
+    from components import push
+
+    target = model_registry.version_at(ctx.inputs["pushed_model"].uri)
+    base = model_base_path(ctx.config)
+    served = model_registry.list_versions(base, ctx.config.push.model_name)[-1]
+    meta = target.metadata
+    out = push.run(
+        dataclasses.replace(ctx.config.push, force=True),  # the operator's decision; it was checked when first pushed
+        target.path, base, blessing=None,
+        metadata={"run_id": meta.get("run_id"), "accuracy": meta.get("accuracy"), "dataset": meta.get("dataset"),
+                  "blessed": meta.get("blessed"), "forced": meta.get("forced"),
+                  "blessing_reason": meta.get("blessing_reason"), "rollback_run_id": ctx.run_id,
+                  "rolled_back_from": served.version, "copy_of_version": target.version},
+        record_root=ctx.workdir,  # the copy's record names its source (the version copied) as push does
+    )
+    copied = {"rolled_back_from": served.version, "copy_of_version": target.version}
+    pushed = artifact(out.version_dir, "PushedModel", version=out.version, model_name=ctx.config.push.model_name,
+                      accuracy=meta.get("accuracy"), **copied)
+    return StageResult({"pushed_model": pushed}, {"pushed": True, "version": out.version, **copied,
+                                                  "removed_versions": list(out.removed_versions)})
+
+
+def rollback_spec(to: int | None = None) -> StageSpec:
+    """`mnist-pipeline rollback`'s one stage: serve version `to` (default: the one before the newest) again."""
+    return StageSpec("rollback", rollback_stage, sections=("push",), cacheable=False,
+                     inputs=(Input("pushed_model", resolve=resolvers.version_to_roll_back_to(to)),))
 
 
 def score_stage(ctx: StageContext) -> StageResult:
@@ -285,7 +218,7 @@ def score_stage(ctx: StageContext) -> StageResult:
         name, data_dir = _dataset(ctx)
         pattern = examples.split_file_pattern(data_dir, name, cfg.split)
     out = score.run(cfg, model=None if cfg.server else ctx.inputs["model"].uri, input_pattern=pattern,
-                    output_dir=cfg.output or ctx.out_dir, beam_args=list(cfg.beam_args))
+                    output_dir=cfg.output or ctx.out_dir, beam_args=list(cfg.beam_args), record_root=ctx.workdir)
     local = "://" not in str(out.output_dir)
     outputs = ({"predictions": artifact(out.output_dir, "Predictions", format=cfg.output_format,
                                         model_version=out.model.version)} if local else {})
@@ -320,7 +253,7 @@ def serving_check_stage(ctx: StageContext) -> StageResult:
         if sc.get("model_version") == version and sc.get("model_name") == model.name:
             expected, expected_n = sc.get("accuracy"), sc.get("num_predictions")
     out = serving_check.run(model, data_dir, name, ctx.out_dir, max_examples=ctx.config.evaluate.max_test_examples,
-                            expected_accuracy=expected, expected_examples=expected_n)
+                            expected_accuracy=expected, expected_examples=expected_n, record_root=ctx.workdir)
     return StageResult({"result": artifact(out.result_path, "ServingCheck")},
                        {"passed": out.passed, "model_version": out.model_version, "num_examples": out.num_examples,
                         "accuracy": out.accuracy, "expected_accuracy": out.expected_accuracy})
@@ -352,7 +285,7 @@ def report_stage(ctx: StageContext) -> StageResult:
     score_dir = out("score", "predictions")
     inputs = report.ReportInputs(
         run={"id": ctx.run_id, "status": run.status if run else "running", "started": run.started if run else None,
-             "code_version": ctx.code_version, "workdir": os.fspath(ctx.workdir), "config": ctx.config.to_dict()},
+             "code_version": ctx.code_version, "config": ctx.config.to_dict()},
         stages=stages,
         statistics_path=out("validate", "statistics"),
         history_path=out("train", "history"),
@@ -366,7 +299,7 @@ def report_stage(ctx: StageContext) -> StageResult:
         lineage=lineage,
         figures=figures,
     )
-    result = report.run(inputs, ctx.out_dir)
+    result = report.run(inputs, ctx.out_dir, record_root=ctx.workdir)
     return StageResult({"report": artifact(result.report_path, "Report")}, {"plots": [p.name for p in result.plot_paths]})
 
 
@@ -379,7 +312,7 @@ def default_stages() -> list[StageSpec]:
     optional = dict(required=False)
     dataset = Input("dataset", "ingest", accept=_is_configured_dataset)
     return [
-        StageSpec("ingest", ingest_stage, sections=("data",), inputs=(Input("source", resolve=_source, **optional),)),
+        StageSpec("ingest", ingest_stage, sections=("data",), inputs=(Input("source", resolve=resolvers.source, **optional),)),
         StageSpec("validate", validate_stage, sections=("data",), inputs=(dataset,)),
         StageSpec("train", train_stage, sections=("data", "train"),
                   # The statistics are derived from the dataset (and carry a date): lineage, not cache identity.
@@ -388,18 +321,18 @@ def default_stages() -> list[StageSpec]:
         StageSpec("evaluate", evaluate_stage, sections=("evaluate",),
                   inputs=(Input("model", "export", "saved_model"), dataset,
                           Input("history", "train", **optional),
-                          Input("baseline", resolve=_baseline, **optional))),
+                          Input("baseline", resolve=resolvers.baseline, **optional))),
         StageSpec("push", push_stage, sections=("push",),
                   inputs=(Input("model", "export", "saved_model"), Input("blessing", "evaluate", **optional),
                           Input("dataset", "ingest", accept=_is_configured_dataset, **optional))),
         StageSpec("score", score_stage, sections=("score",),
-                  inputs=(Input("model", resolve=_model_to_score),
+                  inputs=(Input("model", resolve=resolvers.model_to_score),
                           Input("dataset", "ingest", accept=_is_configured_dataset, **optional),
-                          Input("input_files", resolve=_score_input, **optional))),
+                          Input("input_files", resolve=resolvers.score_input, **optional))),
         StageSpec("serving_check", serving_check_stage,
-                  inputs=(Input("model", resolve=_model_to_serve), dataset,
+                  inputs=(Input("model", resolve=resolvers.model_to_serve), dataset,
                           Input("saved_model", "export", **optional), Input("evaluation", "evaluate", **optional),
                           Input("predictions", "score", **optional))),
         StageSpec("report", report_stage, cacheable=False, after_failure=True,
-                  inputs=(Input("served_model", resolve=_served_model, **optional),)),
+                  inputs=(Input("served_model", resolve=resolvers.served_model, **optional),)),
     ]

@@ -1,20 +1,26 @@
 """The run store: the part of ML Metadata users rely on, in SQLite from the standard library.
 
     store = RunStore(paths.store_path(workdir))
-    run = store.start_run(run_id, config_json, code_version)
-    ex = store.start_execution(run_id, "train", fingerprint, code_version, inputs, cache_key)
-    store.finish_execution(ex, "succeeded", outputs=[Artifact(uri, "Model", {...})])
-    store.lineage_of_version("/.../serving/models/mnist/3")
+    run = store.start_run(run_id, config.to_dict(), code_version)
+    ex = store.start_execution(run_id, "train", config_fingerprint=fp, code_version=code_version,
+                               inputs={"dataset": dataset}, cache_key=key)
+    store.finish_execution(ex, "succeeded", outputs={"model": Artifact(uri, "Model", {...})})
+    pushed = store.find_pushed(3, "mnist")[0]          # or store.artifacts_by_uri(".../serving/models/mnist/3")
+    chain = store.lineage(pushed.id)                    # the executions upstream of it, nearest first
 
 Tables: runs, executions (one per stage per run: running, succeeded, failed, cached or skipped), artifacts
 (uri, type, properties; produced by an execution) and events (execution -> artifact, input or output), so
 that "which data, configuration, run and code produced this served version" is one query. The database is
 in WAL mode and every write is one short transaction, so `mnist-pipeline runs` can read while a run writes.
+The store lives at <workdir>/metadata.sqlite and knows its workdir from that: paths inside it are stored
+relative to it and read back as paths in the workdir in use (`pipeline.uris`), so a copy reads its own files;
+an older store is migrated on open (`pipeline.store_schema`).
 (ml-metadata itself needs protobuf 4 and cannot be installed beside TensorFlow 2.21.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -25,54 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    started TEXT NOT NULL,
-    ended TEXT,
-    status TEXT NOT NULL,            -- running, succeeded, failed, interrupted
-    config TEXT NOT NULL,            -- the whole configuration as JSON
-    code_version TEXT NOT NULL,
-    failed_stage TEXT,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS executions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    stage TEXT NOT NULL,
-    status TEXT NOT NULL,            -- running, succeeded, failed, cached, skipped
-    started TEXT NOT NULL,
-    ended TEXT,
-    duration REAL,
-    config_fingerprint TEXT,
-    code_version TEXT,
-    inputs TEXT NOT NULL DEFAULT '{}',
-    outputs TEXT NOT NULL DEFAULT '{}',
-    properties TEXT NOT NULL DEFAULT '{}',
-    cache_key TEXT,
-    reused_execution INTEGER REFERENCES executions(id),
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS executions_by_run ON executions(run_id, id);
-CREATE INDEX IF NOT EXISTS executions_by_key ON executions(cache_key, status);
-CREATE TABLE IF NOT EXISTS artifacts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    uri TEXT NOT NULL,
-    type TEXT NOT NULL,
-    properties TEXT NOT NULL DEFAULT '{}',
-    producer INTEGER REFERENCES executions(id),
-    created TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS artifacts_by_uri ON artifacts(uri);
-CREATE TABLE IF NOT EXISTS events (
-    execution INTEGER NOT NULL REFERENCES executions(id),
-    artifact INTEGER NOT NULL REFERENCES artifacts(id),
-    kind TEXT NOT NULL,              -- input or output
-    name TEXT NOT NULL               -- the stage's name for it: "model", "dataset", ...
-);
-CREATE INDEX IF NOT EXISTS events_by_execution ON events(execution);
-CREATE INDEX IF NOT EXISTS events_by_artifact ON events(artifact);
-"""
+from pipeline import store_schema
+from pipeline.store_schema import Execution, Run
+from pipeline.uris import WorkdirURIs
+
+__all__ = ["FINISHED", "Artifact", "Execution", "Run", "RunStore", "now"]
 
 FINISHED = ("succeeded", "cached")
 
@@ -95,37 +58,6 @@ class Artifact:
         return self.properties.get("fingerprint")
 
 
-@dataclass(frozen=True)
-class Run:
-    id: str
-    started: str
-    ended: str | None
-    status: str
-    config: dict[str, Any]
-    code_version: str
-    failed_stage: str | None
-    error: str | None
-
-
-@dataclass(frozen=True)
-class Execution:
-    id: int
-    run_id: str
-    stage: str
-    status: str
-    started: str
-    ended: str | None
-    duration: float | None
-    config_fingerprint: str | None
-    code_version: str | None
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-    properties: dict[str, Any]
-    cache_key: str | None
-    reused_execution: int | None
-    error: str | None
-
-
 class RunStore:
     """A handle on `metadata.sqlite`; one connection per handle, one short transaction per write."""
 
@@ -137,7 +69,21 @@ class RunStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.executescript(SCHEMA)
+        self._conn.executescript(store_schema.SCHEMA)
+        self.uris = WorkdirURIs(self.path.parent)  # the store lives at <workdir>/metadata.sqlite
+        try:
+            store_schema.migrate(self._conn, self.uris.workdir)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @property
+    def workdir(self) -> Path:
+        return self.uris.workdir
+
+    def stored_uri(self, uri: str | os.PathLike) -> str:
+        """`uri` as this store keeps it: relative to the workdir when inside it (what cache keys use)."""
+        return self.uris.stored(uri)
 
     def close(self) -> None:
         self._conn.close()
@@ -164,7 +110,7 @@ class RunStore:
         with self._tx() as c:
             c.execute(
                 "INSERT INTO runs (id, started, status, config, code_version) VALUES (?, ?, 'running', ?, ?)",
-                (run_id, now(), json.dumps(config, sort_keys=True, default=str), code_version),
+                (run_id, now(), json.dumps(self.uris.stored_value(config), sort_keys=True, default=str), code_version),
             )
         return self.get_run(run_id)  # type: ignore[return-value]
 
@@ -205,18 +151,18 @@ class RunStore:
 
     def get_run(self, run_id: str) -> Run | None:
         row = self._conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-        return _run(row) if row else None
+        return self._run(row) if row else None
 
     def list_runs(self, limit: int | None = None) -> list[Run]:
         sql = "SELECT * FROM runs ORDER BY started DESC, id DESC"
         rows = self._conn.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
-        return [_run(r) for r in rows]
+        return [self._run(r) for r in rows]
 
     def latest_unfinished_run(self) -> Run | None:
         row = self._conn.execute(
             "SELECT * FROM runs WHERE status IN ('failed', 'interrupted', 'running') ORDER BY started DESC, id DESC LIMIT 1"
         ).fetchone()
-        return _run(row) if row else None
+        return self._run(row) if row else None
 
     # -- executions ---------------------------------------------------------------------------------------
 
@@ -234,7 +180,7 @@ class RunStore:
             cur = c.execute(
                 "INSERT INTO executions (run_id, stage, status, started, config_fingerprint, code_version, inputs, "
                 "cache_key) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
-                (run_id, stage, now(), config_fingerprint, code_version, _artifacts_json(inputs), cache_key),
+                (run_id, stage, now(), config_fingerprint, code_version, self._artifacts_json(inputs), cache_key),
             )
             execution_id = int(cur.lastrowid)
             for name, art in inputs.items():
@@ -265,7 +211,8 @@ class RunStore:
                     "INSERT INTO events (execution, artifact, kind, name) VALUES (?, ?, 'output', ?)",
                     (execution_id, art_id, name),
                 )
-                stored[name] = Artifact(art.uri, art.type, dict(art.properties), art_id)
+                uri = self.uris.resolved(self.uris.stored(art.uri))
+                stored[name] = Artifact(uri, art.type, dict(art.properties), art_id)
             started = c.execute("SELECT started FROM executions WHERE id=?", (execution_id,)).fetchone()["started"]
             ended = now()
             duration = (_dt.datetime.fromisoformat(ended) - _dt.datetime.fromisoformat(started)).total_seconds()
@@ -276,8 +223,8 @@ class RunStore:
                     status,
                     ended,
                     duration,
-                    _artifacts_json(stored),
-                    json.dumps(properties or {}, sort_keys=True, default=str),
+                    self._artifacts_json(stored),
+                    json.dumps(self.uris.stored_value(properties or {}), sort_keys=True, default=str),
                     error,
                     reused_execution,
                     execution_id,
@@ -285,17 +232,29 @@ class RunStore:
             )
         return stored
 
-    @staticmethod
-    def _insert_artifact(c: sqlite3.Connection, art: Artifact, producer: int | None) -> int:
+    def add_execution_properties(self, execution_id: int, properties: dict[str, Any]) -> None:
+        """Merge `properties` into an execution's, e.g. which orchestrator task ran it (pipeline.orchestrate)."""
+        with self._tx() as c:
+            row = c.execute("SELECT properties FROM executions WHERE id=?", (execution_id,)).fetchone()
+            merged = {**json.loads(row["properties"] or "{}"), **self.uris.stored_value(properties)}
+            c.execute("UPDATE executions SET properties=? WHERE id=?",
+                      (json.dumps(merged, sort_keys=True, default=str), execution_id))
+
+    def _insert_artifact(self, c: sqlite3.Connection, art: Artifact, producer: int | None) -> int:
+        props = json.dumps(self.uris.stored_value(art.properties), sort_keys=True, default=str)
         cur = c.execute(
             "INSERT INTO artifacts (uri, type, properties, producer, created) VALUES (?, ?, ?, ?, ?)",
-            (art.uri, art.type, json.dumps(art.properties, sort_keys=True, default=str), producer, now()),
+            (self.uris.stored(art.uri), art.type, props, producer, now()),
         )
         return int(cur.lastrowid)
 
+    def get_execution(self, execution_id: int) -> Execution | None:
+        row = self._conn.execute("SELECT * FROM executions WHERE id=?", (execution_id,)).fetchone()
+        return self._execution(row) if row else None
+
     def executions(self, run_id: str) -> list[Execution]:
         rows = self._conn.execute("SELECT * FROM executions WHERE run_id=? ORDER BY id", (run_id,)).fetchall()
-        return [_execution(r) for r in rows]
+        return [self._execution(r) for r in rows]
 
     def finished_stages(self, run_id: str) -> dict[str, Execution]:
         """The last succeeded or cached execution of each stage in a run (what a resumed run keeps)."""
@@ -313,22 +272,14 @@ class RunStore:
             "SELECT * FROM executions WHERE cache_key=? AND status='succeeded' ORDER BY id DESC LIMIT 1",
             (cache_key,),
         ).fetchone()
-        return _execution(row) if row else None
-
-    def latest_finished(self, stage: str) -> Execution | None:
-        """The newest succeeded or cached execution of `stage` in any run."""
-        row = self._conn.execute(
-            "SELECT * FROM executions WHERE stage=? AND status IN ('succeeded', 'cached') ORDER BY id DESC LIMIT 1",
-            (stage,),
-        ).fetchone()
-        return _execution(row) if row else None
+        return self._execution(row) if row else None
 
     def finished(self, stage: str) -> Iterator[Execution]:
         """Every succeeded or cached execution of `stage` in any run, newest first."""
         rows = self._conn.execute(
             "SELECT * FROM executions WHERE stage=? AND status IN ('succeeded', 'cached') ORDER BY id DESC", (stage,),
         ).fetchall()
-        return (_execution(row) for row in rows)
+        return (self._execution(row) for row in rows)
 
     def output_artifacts(self, execution_id: int) -> dict[str, Artifact]:
         return self._event_artifacts(execution_id, "output")
@@ -342,25 +293,31 @@ class RunStore:
             "WHERE e.execution=? AND e.kind=? ORDER BY a.id",
             (execution_id, kind),
         ).fetchall()
-        return {r["name"]: Artifact(r["uri"], r["type"], json.loads(r["properties"]), r["id"]) for r in rows}
+        return {r["name"]: self._artifact(r) for r in rows}
 
     # -- lineage ------------------------------------------------------------------------------------------
 
-    def artifacts_by_uri(self, uri: str, type: str | None = None) -> list[Artifact]:
-        sql = "SELECT * FROM artifacts WHERE uri=?" + (" AND type=?" if type else "") + " ORDER BY id"
-        rows = self._conn.execute(sql, (uri, type) if type else (uri,)).fetchall()
-        return [Artifact(r["uri"], r["type"], json.loads(r["properties"]), r["id"]) for r in rows]
+    def artifacts_by_uri(self, uri: str | os.PathLike, type: str | None = None) -> list[Artifact]:
+        """Artifacts at `uri`: a path (absolute, or relative to the working directory) or the stored form
+        (relative to the workdir), either one."""
+        forms = {self.uris.stored(uri)}
+        if not os.path.isabs(os.fspath(uri)):
+            forms.add(os.fspath(uri))
+        marks = ", ".join("?" for _ in forms)
+        sql = f"SELECT * FROM artifacts WHERE uri IN ({marks})" + (" AND type=?" if type else "") + " ORDER BY id"
+        rows = self._conn.execute(sql, (*forms, type) if type else tuple(forms)).fetchall()
+        return [self._artifact(r) for r in rows]
 
     def producer(self, artifact_id: int) -> Execution | None:
         row = self._conn.execute(
             "SELECT x.* FROM artifacts a JOIN executions x ON x.id = a.producer WHERE a.id=?", (artifact_id,)
         ).fetchone()
-        return _execution(row) if row else None
+        return self._execution(row) if row else None
 
     def pushed_versions(self) -> list[Artifact]:
         """Every pushed model version on record, oldest first."""
         rows = self._conn.execute("SELECT * FROM artifacts WHERE type='PushedModel' ORDER BY id").fetchall()
-        return [Artifact(r["uri"], r["type"], json.loads(r["properties"]), r["id"]) for r in rows]
+        return [self._artifact(r) for r in rows]
 
     def find_pushed(self, version: int | str, model_name: str | None = None) -> list[Artifact]:
         """PushedModel artifacts of this version number (in any base path), newest first."""
@@ -392,43 +349,41 @@ class RunStore:
         return chain
 
 
-def _artifacts_json(artifacts: dict[str, Artifact]) -> str:
-    return json.dumps(
-        {name: {"uri": a.uri, "type": a.type, "id": a.id, **({"properties": a.properties} if a.properties else {})}
-         for name, a in artifacts.items()},
-        sort_keys=True,
-        default=str,
-    )
+    # -- rows <-> objects: paths stored relative to the workdir, read back in the workdir in use ---------------
+
+    def _artifacts_json(self, artifacts: dict[str, Artifact]) -> str:
+        return json.dumps(
+            {name: {"uri": self.uris.stored(a.uri), "type": a.type, "id": a.id,
+                    **({"properties": self.uris.stored_value(a.properties)} if a.properties else {})}
+             for name, a in artifacts.items()},
+            sort_keys=True,
+            default=str,
+        )
+
+    def _resolved_artifacts_json(self, text: str) -> dict[str, Any]:
+        found = json.loads(text)
+        for art in found.values():
+            art["uri"] = self.uris.resolved(art.get("uri") or "")
+            if "properties" in art:
+                art["properties"] = self.uris.resolved_value(art["properties"])
+        return found
+
+    def _artifact(self, row: sqlite3.Row) -> Artifact:
+        props = self.uris.resolved_value(json.loads(row["properties"]))
+        return Artifact(self.uris.resolved(row["uri"]), row["type"], props, row["id"])
+
+    def _run(self, row: sqlite3.Row) -> Run:
+        return _from_row(Run, row, config=self.uris.resolved_value(json.loads(row["config"])))
+
+    def _execution(self, row: sqlite3.Row) -> Execution:
+        return _from_row(
+            Execution, row,
+            inputs=self._resolved_artifacts_json(row["inputs"]),
+            outputs=self._resolved_artifacts_json(row["outputs"]),
+            properties=self.uris.resolved_value(json.loads(row["properties"])),
+        )
 
 
-def _run(row: sqlite3.Row) -> Run:
-    return Run(
-        id=row["id"],
-        started=row["started"],
-        ended=row["ended"],
-        status=row["status"],
-        config=json.loads(row["config"]),
-        code_version=row["code_version"],
-        failed_stage=row["failed_stage"],
-        error=row["error"],
-    )
-
-
-def _execution(row: sqlite3.Row) -> Execution:
-    return Execution(
-        id=row["id"],
-        run_id=row["run_id"],
-        stage=row["stage"],
-        status=row["status"],
-        started=row["started"],
-        ended=row["ended"],
-        duration=row["duration"],
-        config_fingerprint=row["config_fingerprint"],
-        code_version=row["code_version"],
-        inputs=json.loads(row["inputs"]),
-        outputs=json.loads(row["outputs"]),
-        properties=json.loads(row["properties"]),
-        cache_key=row["cache_key"],
-        reused_execution=row["reused_execution"],
-        error=row["error"],
-    )
+def _from_row(cls, row: sqlite3.Row, **decoded: Any):
+    """A row type built from the columns of the same names; `decoded` gives the columns stored as JSON."""
+    return cls(**{f.name: decoded[f.name] if f.name in decoded else row[f.name] for f in dataclasses.fields(cls)})

@@ -1,5 +1,5 @@
 """What both clients (gRPC `serving.client`, REST `serving.rest_client`) share: the answer types, the hint
-each status code gets in an error message, the checks of their common options and how a batch is split."""
+each status code gets in an error message, and how a batch is split (serving.client_core runs the calls)."""
 
 from __future__ import annotations
 
@@ -46,16 +46,6 @@ class VersionStatus:
     state: str  # UNKNOWN, START, LOADING, AVAILABLE, UNLOADING, END
     error_code: int
     error_message: str
-
-
-def check_client_options(timeout: float, certificate_chain, private_key) -> None:
-    """The options both clients refuse alike, before anything is sent."""
-    from serving.errors import ServingError
-
-    if timeout <= 0:
-        raise ServingError(f"timeout must be positive, got {timeout}")
-    if (certificate_chain is None) != (private_key is None):
-        raise ServingError("mutual TLS needs both a client certificate and its private key; pass both or neither")
 
 
 def as_inputs(inputs, input_name: str) -> dict[str, np.ndarray]:

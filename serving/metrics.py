@@ -147,10 +147,20 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: ServingMetrics):
         self._metrics = metrics
+        self._wrapped: dict = {}  # (method, its handler) -> the timed handler: built once, not on every call
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        service, _, method = handler_call_details.method.rpartition("/")
+        if handler is None:  # an unknown method: nothing to time, and nothing kept (clients choose its name)
+            return None
+        key = (handler_call_details.method, handler)
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrapped[key] = self._wrap(handler, handler_call_details.method)
+        return wrapped
+
+    def _wrap(self, handler, full_method: str):
+        service, _, method = full_method.rpartition("/")
         api = self._APIS.get(method)
         if handler is None or handler.unary_unary is None or not service.endswith("tensorflow.serving.PredictionService") \
                 or api is None:

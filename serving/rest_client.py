@@ -18,7 +18,6 @@ JSON carries no dtypes: float answers come back as float32, integers as int64, s
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -26,53 +25,37 @@ import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import numpy as np
-from tensorflow.core.example import example_pb2
 
-from serving import DEFAULT_MAX_MESSAGE_BYTES
-from serving import signatures as sig
-from serving.answers import HINTS as _HINTS
-from serving.answers import ModelMetadata, Prediction, VersionStatus, as_inputs, batch_slices, check_client_options, joined
+from serving.answers import ModelMetadata, VersionStatus
+from serving.client_core import ClientCore
 from serving.errors import ServingError
 from serving.http_status import GRPC_CODE
+from serving.rest_codec import classify_answer, error_text, example_json, from_json, json_bytes, to_json
 
 _RETRY_STATUSES = (503,)
 
 
-class RestClient:
+class RestClient(ClientCore):
     """Predict, Classify, metadata and status calls for one model over TF Serving's REST API; thread-safe."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        model_name: str = sig.MODEL_NAME,
-        timeout: float = 10.0,
-        root_certificates: str | os.PathLike | None = None,
-        certificate_chain: str | os.PathLike | None = None,
-        private_key: str | os.PathLike | None = None,
-        tls_server_name: str | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_batch_size: int = 256,
-        max_attempts: int = 5,
-    ):
-        check_client_options(timeout, certificate_chain, private_key)
+    envelope = 4096
+    unit = "bytes of JSON"
+    _nbytes = staticmethod(json_bytes)
+
+    def _connect(self, root_certificates, certificate_chain, private_key, tls_server_name: str | None) -> None:
+        url = self.address
         if "://" not in url:
             url = ("https://" if root_certificates is not None else "http://") + url
         parsed = urllib.parse.urlsplit(url)
+        self.address = url.rstrip("/")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ServingError(f"REST address {url!r} is not an http:// or https:// URL with a host; "
                                f"pass e.g. http://localhost:8501")
-        self.address = url.rstrip("/")
-        self.model_name = model_name
-        self.timeout = timeout
-        self.max_message_bytes = max_message_bytes
-        self.max_batch_size = max_batch_size
-        self.max_attempts = max(1, max_attempts)
         self._host = parsed.hostname
         self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._prefix = parsed.path.rstrip("/")
@@ -96,12 +79,6 @@ class RestClient:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
-
-    def __enter__(self) -> RestClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- HTTP ---------------------------------------------------------------------------------------------
 
@@ -128,8 +105,6 @@ class RestClient:
             self._local.connection = None
 
     def _path(self, version: int | None, version_label: str | None, suffix: str = "") -> str:
-        if version is not None and version_label is not None:
-            raise ServingError(f"name a version ({version}) or a version label ({version_label!r}), not both")
         path = f"{self._prefix}/v1/models/{urllib.parse.quote(self.model_name, safe='')}"
         if version is not None:
             path += f"/versions/{int(version)}"
@@ -137,18 +112,18 @@ class RestClient:
             path += f"/labels/{urllib.parse.quote(version_label, safe='')}"
         return path + suffix
 
-    def _request(self, method: str, path: str, body: Any, what: str) -> Any:
+    def _request(self, method: str, path: str, body: Any, what: str, timeout: float | None = None) -> Any:
+        """One call with the retry policy, all attempts within the deadline; the answer's JSON."""
         payload = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
         if payload is not None and len(payload) > self.max_message_bytes:
             raise ServingError(f"{what}: the request body is {len(payload)} bytes, more than max_message_bytes "
                                f"({self.max_message_bytes}); send smaller batches", grpc.StatusCode.RESOURCE_EXHAUSTED)
-        deadline = time.monotonic() + self.timeout
-        backoff = 0.1
+        timeout = timeout or self.timeout
+        deadline = time.monotonic() + timeout
         last: ServingError | None = None
-        for attempt in range(self.max_attempts):
-            if attempt:
+        for backoff in self.retry.backoffs():
+            if backoff:
                 time.sleep(min(backoff, max(deadline - time.monotonic(), 0)))
-                backoff = min(backoff * 2, 2.0)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -159,8 +134,7 @@ class RestClient:
                 break
             except OSError as exc:  # refused, reset, TLS failures: UNAVAILABLE, as gRPC reports them; retried
                 self._drop_connection()
-                last = ServingError(self._message(what, grpc.StatusCode.UNAVAILABLE, None, f"{type(exc).__name__}: {exc}"),
-                                    grpc.StatusCode.UNAVAILABLE)
+                last = self._failure(what, grpc.StatusCode.UNAVAILABLE, f"{type(exc).__name__}: {exc}")
                 continue
             if status == 200:
                 try:
@@ -168,14 +142,12 @@ class RestClient:
                 except ValueError as exc:
                     raise ServingError(f"{what} at {self.address}: the answer is not JSON: {exc}",
                                        grpc.StatusCode.INTERNAL, http_status=status) from None
-            code = GRPC_CODE.get(status, grpc.StatusCode.UNKNOWN)
-            last = ServingError(self._message(what, code, status, _error_text(data)), code, http_status=status)
+            last = self._failure(what, GRPC_CODE.get(status, grpc.StatusCode.UNKNOWN), error_text(data), status)
             if status not in _RETRY_STATUSES:
                 raise last
         if last is not None:
             raise last
-        raise ServingError(self._message(what, grpc.StatusCode.DEADLINE_EXCEEDED, None,
-                                         f"no answer within {self.timeout:g} s"), grpc.StatusCode.DEADLINE_EXCEEDED)
+        raise self._failure(what, grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout:g} s")
 
     def _once(self, method: str, path: str, payload: bytes | None, timeout: float) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json"} if payload is not None else {}
@@ -205,81 +177,25 @@ class RestClient:
                     raise
         raise AssertionError("unreachable")
 
-    def _message(self, what: str, code: grpc.StatusCode, status: int | None, detail: str) -> str:
-        hint = _HINTS.get(code, "see the server's log").format(address=self.address, timeout=self.timeout)
-        http = f"HTTP {status} " if status is not None else ""
-        return f"{what} of model {self.model_name!r} at {self.address} failed with {http}({code.name}): {detail}; {hint}"
+    # -- the REST transport -------------------------------------------------------------------------------
 
-    # -- calls --------------------------------------------------------------------------------------------
-
-    def predict(
-        self,
-        inputs: np.ndarray | Mapping[str, np.ndarray],
-        *,
-        version: int | None = None,
-        version_label: str | None = None,
-        signature_name: str = sig.SERVING_DEFAULT,
-        input_name: str = sig.IMAGE_INPUT,
-    ) -> Prediction:
-        """Predict on a batch (columnar "inputs"); an array goes to `input_name`. Large batches go as several requests."""
-        arrays = as_inputs(inputs, input_name)
-        path = self._path(version, version_label, ":predict")
-        parts = []
-        for part in self._chunks(arrays):
-            body = {"signature_name": signature_name,
-                    "inputs": {k: _to_json(a[part]) for k, a in arrays.items()}}
-            answer = self._request("POST", path, body, f"Predict ({signature_name})")
-            outputs = answer.get("outputs")
-            if not isinstance(outputs, dict):
-                names = self._outputs_of(signature_name, version, version_label)
-                outputs = {names[0] if len(names) == 1 else "outputs": outputs}
-            parts.append({k: _from_json(v) for k, v in outputs.items()})
+    def _predict_once(self, arrays: Mapping[str, np.ndarray], version, version_label, signature_name: str):
+        body = {"signature_name": signature_name, "inputs": {k: to_json(a) for k, a in arrays.items()}}
+        answer = self._request("POST", self._path(version, version_label, ":predict"), body, f"Predict ({signature_name})")
+        outputs = answer.get("outputs")
+        if not isinstance(outputs, dict):
+            names = self._outputs_of(signature_name, version, version_label)
+            outputs = {names[0] if len(names) == 1 else "outputs": outputs}
         # TF Serving's REST answer does not say which version answered; only an asked-for version is known.
-        return Prediction(joined(parts), version)
+        return {k: from_json(v) for k, v in outputs.items()}, version
 
-    def predict_png(self, pngs: Sequence[bytes], *, version: int | None = None, version_label: str | None = None,
-                    **kwargs) -> Prediction:
-        """Predict on encoded PNG files (bytes), sent as {"b64": ...} instances (row format)."""
-        path = self._path(version, version_label, ":predict")
-        signature_name = kwargs.get("signature_name", sig.PNG_SIGNATURE)
-        pngs = list(pngs)
-        columns: dict[str, list] = {}
-        step = self.max_batch_size
-        for start in range(0, len(pngs), step):
-            body = {"signature_name": signature_name,
-                    "instances": [{"b64": base64.b64encode(p).decode()} for p in pngs[start:start + step]]}
-            answer = self._request("POST", path, body, f"Predict ({signature_name})")
-            for row in answer["predictions"]:
-                row = row if isinstance(row, dict) else {"outputs": row}
-                for k, v in row.items():
-                    columns.setdefault(k, []).append(v)
-        return Prediction({k: _from_json(v) for k, v in columns.items()}, version)
+    def _classify_once(self, examples: list, version, version_label, signature_name: str):
+        body = {"signature_name": signature_name, "examples": [example_json(e) for e in examples]}
+        answer = self._request("POST", self._path(version, version_label, ":classify"), body,
+                               f"Classify ({signature_name})")
+        return (*classify_answer(answer), version)
 
-    def classify(
-        self,
-        examples: Iterable[example_pb2.Example | bytes],
-        *,
-        version: int | None = None,
-        version_label: str | None = None,
-        signature_name: str = sig.CLASSIFY_SIGNATURE,
-    ) -> dict[str, np.ndarray]:
-        """Classify tf.Examples (or their serialized bytes): {"classes": str [b, k], "scores": float32 [b, k]}."""
-        parsed = [e if isinstance(e, example_pb2.Example) else example_pb2.Example.FromString(e) for e in examples]
-        path = self._path(version, version_label, ":classify")
-        classes, scores = [], []
-        step = self.max_batch_size
-        for start in range(0, max(len(parsed), 1), step):
-            body = {"signature_name": signature_name, "examples": [_example_json(e) for e in parsed[start:start + step]]}
-            answer = self._request("POST", path, body, f"Classify ({signature_name})")
-            for row in answer["result"]:
-                classes.append([c[0] for c in row])
-                scores.append([c[1] for c in row])
-        return {
-            sig.CLASSIFY_CLASSES_OUTPUT: np.array(classes, dtype=str),
-            sig.CLASSIFY_SCORES_OUTPUT: np.array(scores, dtype=np.float32),
-        }
-
-    def get_model_metadata(self, *, version: int | None = None, version_label: str | None = None) -> ModelMetadata:
+    def _metadata_once(self, version, version_label) -> ModelMetadata:
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
 
@@ -288,9 +204,8 @@ class RestClient:
                                               ignore_unknown_fields=True)
         return ModelMetadata(int(answer["model_spec"]["version"]), dict(signature_map.signature_def))
 
-    def get_model_status(self, *, version: int | None = None, version_label: str | None = None,
-                         wait_for_ready: bool = False) -> list[VersionStatus]:
-        answer = self._request("GET", self._path(version, version_label), None, "GetModelStatus")
+    def _status_once(self, version, version_label, *, timeout: float, wait_for_ready: bool) -> list[VersionStatus]:
+        answer = self._request("GET", self._path(version, version_label), None, "GetModelStatus", timeout)
         out = []
         for s in answer.get("model_version_status", []):
             status = s.get("status", {})
@@ -299,38 +214,12 @@ class RestClient:
             out.append(VersionStatus(int(s["version"]), s["state"], code, status.get("error_message", "")))
         return out
 
-    def wait_until_available(self, timeout: float = 60.0) -> list[VersionStatus]:
-        """Block until the model has an AVAILABLE version (polling the status, riding out a server not up yet)."""
-        deadline = time.monotonic() + timeout
-        last: ServingError | None = None
-        while time.monotonic() < deadline:
-            try:
-                statuses = self.get_model_status()
-                if any(s.state == "AVAILABLE" for s in statuses):
-                    return statuses
-            except ServingError as exc:
-                if exc.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-                last = exc
-            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
-        why = f" (last answer: {last})" if last else ""
-        raise ServingError(
-            f"model {self.model_name!r} at {self.address} has no available version after {timeout:g} s{why}; "
-            "check the server is running and its model base path holds a version", grpc.StatusCode.DEADLINE_EXCEEDED)
-
-    # -- helpers ------------------------------------------------------------------------------------------
-
     def _outputs_of(self, signature_name: str, version: int | None, version_label: str | None) -> list[str]:
         """A columnar answer with one output carries no name: the signature's metadata has it."""
         if signature_name not in self._output_names:
             meta = self.get_model_metadata(version=version, version_label=version_label)
             self._output_names[signature_name] = sorted(meta.signature_defs[signature_name].outputs)
         return self._output_names[signature_name]
-
-    def _chunks(self, inputs: Mapping[str, np.ndarray]) -> list[slice]:
-        return batch_slices(inputs, max_message_bytes=self.max_message_bytes, max_batch_size=self.max_batch_size,
-                            envelope=4096, nbytes=_json_bytes, unit="bytes of JSON")
 
 
 class _TLSConnection(http.client.HTTPSConnection):
@@ -343,46 +232,3 @@ class _TLSConnection(http.client.HTTPSConnection):
     def connect(self):
         http.client.HTTPConnection.connect(self)
         self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_hostname or self.host)
-
-
-def _error_text(data: bytes) -> str:
-    try:
-        return str(json.loads(data)["error"])
-    except (ValueError, KeyError, TypeError):
-        return data[:500].decode("utf-8", "replace") or "(empty answer)"
-
-
-def _to_json(array: np.ndarray) -> Any:
-    if array.dtype == object or array.dtype.kind == "S":
-        encode = np.vectorize(lambda b: {"b64": base64.b64encode(b if isinstance(b, bytes) else str(b).encode()).decode()},
-                              otypes=[object])
-        return encode(array).tolist() if array.size else array.tolist()
-    return array.tolist()
-
-
-def _from_json(value: Any) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype.kind == "f":
-        return array.astype(np.float32)
-    if array.dtype.kind in "iu":
-        return array.astype(np.int64)
-    return array
-
-
-def _json_bytes(array: np.ndarray) -> float:
-    if array.dtype == object or array.dtype.kind == "S":
-        return sum(len(x) * 4 / 3 + 16 for x in array.ravel())
-    return array.size * 24.0  # a float written in full takes up to ~22 characters
-
-
-def _example_json(example: example_pb2.Example) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        if kind == "bytes_list":
-            out[name] = [{"b64": base64.b64encode(v).decode()} for v in feature.bytes_list.value]
-        elif kind == "int64_list":
-            out[name] = list(feature.int64_list.value)
-        elif kind == "float_list":
-            out[name] = list(feature.float_list.value)
-    return out

@@ -111,8 +111,7 @@ class Servable:
         _check_keys(signature, request.inputs)
         arrays = {key: _to_array(key, request.inputs[key], spec, signature.checks[key], max_batch_size)
                   for key, spec in signature.inputs.items()}
-        return self.predict_arrays(request.model_spec.signature_name, arrays, request.output_filter,
-                                   max_batch_size=max_batch_size)
+        return self._predict_checked(signature, arrays, request.output_filter)
 
     def predict_arrays(self, signature_name: str, arrays: Mapping[str, np.ndarray],
                        output_filter: Sequence[str] = (), *, max_batch_size: int | None = None) -> dict[str, np.ndarray]:
@@ -123,7 +122,11 @@ class Servable:
         for key, spec in signature.inputs.items():
             _check_array(key, arrays[key], spec, signature.checks[key])
             _check_batch(key, arrays[key].shape, max_batch_size)
-        outputs = self._run(signature_name or sig.SERVING_DEFAULT, signature, arrays)
+        return self._predict_checked(signature, arrays, output_filter)
+
+    def _predict_checked(self, signature: _Signature, arrays: Mapping[str, np.ndarray],
+                         output_filter: Sequence[str]) -> dict[str, np.ndarray]:
+        outputs = self._run(signature.name, signature, arrays)
         if output_filter:
             unknown = set(output_filter) - set(outputs)
             if unknown:

@@ -19,14 +19,9 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc as model_service
+from tensorflow_serving.apis import prediction_service_pb2_grpc as prediction_service
 
 from serving import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_BYTES
 from serving.errors import MESSAGE_LIMIT, RequestError, ServingError, echo
@@ -69,29 +64,28 @@ def _errors_as_status(context):
         context.abort(grpc.StatusCode.INTERNAL, echo(f"{type(exc).__name__}: {exc}", MESSAGE_LIMIT))
 
 
-class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+class _PredictionService(prediction_service.PredictionServiceServicer):
     def __init__(self, manager: ModelManager, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
         self._manager = manager
         self._max_batch_size = max_batch_size
 
-    def Predict(self, request, context):
+    def _run(self, request, context, method: str, response):
+        """Resolve the model the request names, run `method` of its servable, and name the answering version."""
         with _errors_as_status(context):
             servable = _resolve(self._manager, request.model_spec)
-            outputs = servable.predict(request, max_batch_size=self._max_batch_size)
-        response = predict_pb2.PredictResponse()
+            answer = getattr(servable, method)(request, max_batch_size=self._max_batch_size)
         _answer_spec(response.model_spec, request.model_spec, servable,
                      request.model_spec.signature_name or "serving_default")
+        return answer, response
+
+    def Predict(self, request, context):
+        outputs, response = self._run(request, context, "predict", predict_pb2.PredictResponse())
         for key, value in outputs.items():
             fill_tensor_proto(response.outputs[key], value)
         return response
 
     def Classify(self, request, context):
-        with _errors_as_status(context):
-            servable = _resolve(self._manager, request.model_spec)
-            result = servable.classify(request, max_batch_size=self._max_batch_size)
-        response = classification_pb2.ClassificationResponse()
-        _answer_spec(response.model_spec, request.model_spec, servable,
-                     request.model_spec.signature_name or "serving_default")
+        result, response = self._run(request, context, "classify", classification_pb2.ClassificationResponse())
         response.result.CopyFrom(result)
         return response
 
@@ -112,7 +106,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
+class _ModelService(model_service.ModelServiceServicer):
     def __init__(self, manager: ModelManager):
         self._manager = manager
 
@@ -160,9 +154,9 @@ class LocalServer:
             ],
             interceptors=interceptors,
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        prediction_service.add_PredictionServiceServicer_to_server(
             _PredictionService(manager, max_batch_size), self._server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(manager), self._server)
+        model_service.add_ModelServiceServicer_to_server(_ModelService(manager), self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         address = f"{host}:{port}"

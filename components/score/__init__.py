@@ -8,7 +8,8 @@ Parquet, CSV or image files, with a local SavedModel or a model TF Serving serve
         --output gs://bucket/scores --runner=DataflowRunner --project P --region R --temp_location gs://bucket/tmp
 
 Modules, one job each:
-  options  the job's options beyond the config section (input layout, --server, --job-timeout); light
+  options  the `score` config section, the flags generated from it, the job's options; light
+  beam_flags  the flags a command hands to Beam, checked against Beam's own option classes
   inputs   formats, layouts, keys; file-level checks and row counts before the job
   model    the model: resolve a base path, check signature and variables, or the server's model status
   decode   images and pixel rows -> uint8 images or the reason they are not (both engines)
@@ -38,7 +39,8 @@ _EXPORTS = {
     "ModelRef": "model", "resolve_model": "model", "check_signature": "model", "check_saved_model": "model",
     "Inputs": "inputs", "check_inputs": "inputs", "detect_format": "inputs",
     "Columns": "options", "ServerRef": "options", "JobOptions": "options", "INPUT_FORMATS": "options",
-    "FORMATS": "write", "SUMMARY_FILE": "write", "write_json_atomic": "write",
+    "ScoreConfig": "options", "OUTPUT_FORMATS": "options",
+    "SUMMARY_FILE": "write", "write_json_atomic": "write",
 }
 
 

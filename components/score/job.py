@@ -33,15 +33,15 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from components.portable import portable_value, root_holding
 from components.score.graph import build_pipeline
 from components.score.inputs import Inputs, check_inputs
 from components.score.model import ModelRef, check_saved_model, check_server, resolve_model
-from components.score.options import JobOptions
+from components.score.options import JobOptions, ScoreConfig, from_config
 from components.score.progress import TALLY, Progress
 from components.score.read import readable
 from components.score.write import (
     FAILED_PREFIX,
-    FORMATS,
     PREDICTIONS_PREFIX,
     SUMMARY_FILE,
     summary_header,
@@ -211,30 +211,24 @@ def account(summary: dict, inputs: Inputs) -> list[str]:
 
 
 def run(
-    config,
+    config: ScoreConfig,
     *,
     model: str | os.PathLike | None = None,
     input_pattern: str,
     output_dir: str | os.PathLike,
     beam_args: Sequence[str] = (),
     options: JobOptions | None = None,
+    record_root: str | os.PathLike | None = None,
 ) -> ScoreOutput:
     """Score every row of `input_pattern` with `model` (a SavedModel dir or a model base path), or with the
     model `options.server` serves, into `output_dir`. `config` is the `score` section (format, batch sizes;
     and the job options when `options` is None). Checks everything before the job starts; bad rows never
-    fail it (they go to `failed`)."""
+    fail it (they go to `failed`). `record_root` (the workdir): summary.json, when written inside it, names
+    files inside it relative to it (None: absolute paths)."""
+    config.check()
     if options is None:
-        from components.score.options import from_config
-
         options = from_config(config)
     output_format = config.output_format
-    if output_format not in FORMATS:
-        raise ConfigError(f"unknown output format {output_format!r}; choose one of {', '.join(FORMATS)}")
-    if not 1 <= config.min_batch_size <= config.max_batch_size:
-        raise ConfigError(
-            f"batch sizes must satisfy 1 <= min_batch_size <= max_batch_size, "
-            f"got {config.min_batch_size} and {config.max_batch_size}"
-        )
     server = options.server
     spark = options.engine == "spark"
     if spark:  # before any other check: a missing pyspark or Java is the first thing to say
@@ -258,7 +252,7 @@ def run(
              f"Spark on {options.spark_master or 'local[*]'}" if spark else "Beam")
     header = summary_header(ref, server, inputs, output_format, output_dir)
     if spark:
-        return _finish(*_run_spark(config, options, ref, inputs, output_dir, header), inputs, ref, {})
+        return _finish(*_run_spark(config, options, ref, inputs, output_dir, header), inputs, ref, {}, record_root)
 
     start = time.perf_counter()
     TALLY.reset()
@@ -273,7 +267,7 @@ def run(
     summary_path = _join(output_dir, SUMMARY_FILE)
     with FileSystems.open(summary_path) as fh:
         summary = json.loads(fh.read())
-    return _finish(summary, seconds, output_dir, inputs, ref, _query_metrics(result))
+    return _finish(summary, seconds, output_dir, inputs, ref, _query_metrics(result), record_root)
 
 
 def _check_spark_options(options: JobOptions, beam_args: Sequence[str]) -> None:
@@ -312,7 +306,7 @@ def _cleanly(output_dir: str, what: str):
 
 
 def _finish(summary: dict, seconds: float, output_dir: str, inputs: Inputs, ref: ModelRef,
-            metrics: dict[str, Any]) -> ScoreOutput:
+            metrics: dict[str, Any], record_root) -> ScoreOutput:
     """The accounting after either engine's job: summary.json completed and written; a DataError when a row
     is unaccounted for."""
     summary_path = _join(output_dir, SUMMARY_FILE)
@@ -320,7 +314,7 @@ def _finish(summary: dict, seconds: float, output_dir: str, inputs: Inputs, ref:
     summary["accounted"] = not problems
     summary["seconds"] = round(seconds, 3)
     summary["metrics"] = metrics
-    write_json_atomic(summary_path, summary)
+    write_json_atomic(summary_path, portable_value(summary, root_holding(output_dir, record_root)))
     if problems:
         raise DataError(f"not every input row was predicted or failed ({'; '.join(problems[:5])}); see "
                         f"{summary_path}")
@@ -345,32 +339,28 @@ def _finish(summary: dict, seconds: float, output_dir: str, inputs: Inputs, ref:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m components.score`: the Beam entry point users submit (Dataflow, Flink, Spark, portable)."""
+    """`python -m components.score`: the Beam entry point users submit (Dataflow, Flink, Spark, portable). Its
+    flags are `mnist-pipeline score`'s (`options.add_arguments`); any other flag must be a Beam pipeline option."""
     import argparse
     import sys
 
     from components.score import options as job_options
-    from pipeline.config import ScoreConfig
+    from components.score.beam_flags import check_beam_args, split_at_dashes
 
     parser = argparse.ArgumentParser(prog="python -m components.score",
                                      description="Batch scoring: an Apache Beam RunInference job.")
-    parser.add_argument("--model", help="SavedModel folder or model base path <base>/<model> (or give --server)")
-    parser.add_argument("--input", required=True,
-                        help="file pattern or folder: TFRecord of tf.Example, Parquet, CSV, or image files")
-    parser.add_argument("--output", required=True, help="output folder (local or gs://...)")
-    parser.add_argument("--format", default="jsonl", choices=FORMATS)
-    parser.add_argument("--min-batch-size", type=int, default=ScoreConfig.min_batch_size)
-    parser.add_argument("--max-batch-size", type=int, default=ScoreConfig.max_batch_size)
-    job_options.add_arguments(parser)
-    args, beam_args = parser.parse_known_args(argv)
+    job_options.add_arguments(parser, skip=("split",), required=("input_pattern", "output"),
+                              defaults={"server_model": sig.MODEL_NAME}, none={"model": "none: give it, or --server"})
+    own, unchecked = split_at_dashes(sys.argv[1:] if argv is None else argv)
+    args, beam_args = parser.parse_known_args(own)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ScoreConfig(output_format=args.format, min_batch_size=args.min_batch_size,
-                         max_batch_size=args.max_batch_size)
     try:
-        out = run(config, model=args.model, input_pattern=args.input, output_dir=args.output, beam_args=beam_args,
-                  options=job_options.from_args(args))
+        check_beam_args(beam_args, parser._option_string_actions)
+        config = job_options.from_args(args, beam_args=(*beam_args, *unchecked))
+        out = run(config, model=config.model, input_pattern=config.input_pattern, output_dir=config.output,
+                  beam_args=config.beam_args)
     except PipelineError as exc:
-        print(f"components.score: error: {exc}", file=sys.stderr)
+        print(f"components.score: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(json.dumps({"read": out.num_read, "predictions": out.num_predictions, "failed": out.num_failed,
                       "accuracy": out.accuracy, "summary": out.summary_path}))

@@ -4,7 +4,7 @@
     check_saved_model(ref.saved_model_dir)                  # signature, and every variable readable
     check_server(ServerRef("localhost:8500"))               # the served model is available
 
-README promises that a bad model is reported before the job starts: a missing or unreadable
+docs/scoring.md promises that a bad model is reported before the job starts: a missing or unreadable
 saved_model.pb, a missing signature, and truncated or corrupt variables (every tensor of the variables
 checkpoint is read, which checks its checksum; a few MB, well under a second) all raise `ModelError`.
 """

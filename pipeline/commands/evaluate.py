@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import config_flag, model_name_flag
+from pipeline.cli import config_flag, model_name_flag, per_dataset
 from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_stage_arguments(parser, needs="export")
     config_flag(parser, "--threshold", key="evaluate.accuracy_threshold", type=float, metavar="ACC",
-                help="least test accuracy to bless (default: the dataset's, 0.99 for mnist)")
+                help=f"least test accuracy to bless (default: the dataset's: {per_dataset('accuracy_threshold')})")
     config_flag(parser, "--tolerance", key="evaluate.tolerance", type=float, metavar="DELTA",
                 help="how much worse than the pushed version is still blessed (default 0.001)")
     config_flag(parser, "--max-test-examples", key="evaluate.max_test_examples", type=int, metavar="N",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from components.score.options import INPUT_FORMATS
 from pipeline.cli import config_flag
 from pipeline.config import Config
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", metavar="PREFIX", required=True, help="path prefix of the files to write")
     parser.add_argument("--num-shards", type=int, default=4, metavar="N", help="number of files (default 4)")
     parser.add_argument("--format", dest="sample_format", default="tfrecord",
-                        choices=("tfrecord", "parquet", "csv", "images"), help="file format (default tfrecord)")
+                        choices=INPUT_FORMATS, help="file format (default tfrecord)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows of the split")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import config_flag
+from pipeline.cli import config_flag, dataset_flag
 from pipeline.commands._runs import add_stage_arguments, run_stages
 from pipeline.config import Config
 
@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    config_flag(parser, "--dataset", key="data.dataset", metavar="NAME",
-                help="TFDS dataset name: mnist (default) or fashion_mnist")
+    dataset_flag(parser, "the TFDS dataset to prepare")
     config_flag(parser, "--source-dir", key="data.source_dir", metavar="DIR",
                 help="folder of the four IDX .gz files (offline); default: the TFDS download")
     add_stage_arguments(parser, needs=None)

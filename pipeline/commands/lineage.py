@@ -42,6 +42,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
         return 0
     m = record["model"]
     print(f"model {m['name']} version {m['version']}: {m['uri']}" + ("" if m["exists"] else "  (no longer on disk)"))
+    if m.get("copy_of_version") is not None:
+        print(f"  rollback:     a copy of version {m['copy_of_version']} (version {m.get('rolled_back_from')} was served)")
     if record.get("run"):
         r = record["run"]
         print(f"  run:          {r['id']} ({r['status']}), code {r['code_version']}")

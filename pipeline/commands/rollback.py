@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from pipeline.cli import config_flag, model_name_flag
 from pipeline.config import Config
@@ -15,11 +14,14 @@ DESCRIPTION = """\
 Make an earlier version the one served. TF Serving (and `mnist-pipeline serve`) serve the newest version,
 so the earlier version is pushed again, as a copy, under a new, higher version number (checked and renamed
 into place like any push) whose record says `rolled_back_from` (the version served until now) and
-`copy_of_version`. Nothing is deleted but what push.keep_versions drops anyway.
+`copy_of_version`. Nothing is deleted but what push.keep_versions drops anyway. Like every stage, it runs
+under the workdir lock and is recorded as a run of its own (`mnist-pipeline runs`), whose lineage leads
+from the copy back to the run that made the version it copies.
 
   mnist-pipeline rollback            # back to the version before the newest
   mnist-pipeline rollback --to 3     # back to version 3
-  mnist-pipeline versions            # check"""
+  mnist-pipeline versions            # check
+  mnist-pipeline lineage N           # N: the new version"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,47 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
-    from components import push
-    from pipeline.config import model_base_path
-    from serving import model_registry
+    from pipeline.config import resolve_defaults
+    from pipeline.resolvers import rollback_choice
+    from pipeline.runner import StageFailed, run_pipeline
+    from pipeline.stages import rollback_spec
 
-    base = model_base_path(config)
-    name = config.push.model_name
-    versions = model_registry.list_versions(base, name)
-    where = model_registry.model_dir(base, name)
-    if len(versions) < 2:
-        raise PipelineError(f"nothing to roll back to in {str(where)!r}: {len(versions)} version(s) pushed")
-    served = versions[-1]
-    if args.to is None:
-        target = versions[-2]
-    else:
-        found = [v for v in versions if v.version == args.to]
-        if not found:
-            known = ", ".join(str(v.version) for v in versions)
-            raise PipelineError(f"version {args.to} is not in {str(where)!r}; it has: {known}")
-        target = found[0]
-        if target.version == served.version:
-            raise PipelineError(f"version {args.to} is the newest and already served; nothing to roll back")
-    meta = target.metadata
-    out = push.run(
-        dataclasses.replace(config.push, force=True),  # the operator's decision; it was checked when first pushed
-        target.path,
-        base,
-        blessing=None,
-        metadata={
-            "run_id": meta.get("run_id"),
-            "accuracy": meta.get("accuracy"),
-            "dataset": meta.get("dataset"),
-            # The copy keeps the judgement the version got when it was first pushed.
-            "blessed": meta.get("blessed"),
-            "forced": meta.get("forced"),
-            "blessing_reason": meta.get("blessing_reason"),
-            "rolled_back_from": served.version,
-            "copy_of_version": target.version,
-        },
-    )
-    print(f"rolled back: version {out.version} (a copy of version {target.version}) is now served "
-          f"instead of version {served.version}: {out.version_dir}")
-    if out.removed_versions:
-        print(f"  removed old versions (keeping {config.push.keep_versions}): " + ", ".join(map(str, out.removed_versions)))
+    config = resolve_defaults(config)
+    rollback_choice(config, args.to)  # nothing to roll back to: said before a run is recorded for it
+    try:
+        result = run_pipeline(config, [rollback_spec(args.to)], owner="mnist-pipeline rollback")
+    except StageFailed as exc:  # the stage's own message first; the run it is recorded in after it
+        raise PipelineError(f"{exc.error} (recorded as failed in run {exc.run_id})") from exc
+    record = result.stage("rollback")
+    p = record.properties
+    print(f"rolled back: version {p['version']} (a copy of version {p['copy_of_version']}) is now served "
+          f"instead of version {p['rolled_back_from']}: {record.outputs['pushed_model'].uri}")
+    if p.get("removed_versions"):
+        print(f"  removed old versions (keeping {config.push.keep_versions}): " + ", ".join(map(str, p["removed_versions"])))
+    print(f"  run {result.run_id}; lineage: mnist-pipeline lineage {p['version']} --workdir {config.workdir}")
     return 0

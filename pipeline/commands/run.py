@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import config_flag, model_name_flag
-from pipeline.config import PRECISIONS, Config
+from components.model import PRECISIONS, architectures
+from components.score.options import OUTPUT_FORMATS
+from pipeline.cli import config_flag, dataset_flag, model_name_flag, per_dataset
+from pipeline.config import Config
 
 NAME = "run"
 HELP = "the whole pipeline: ingest, validate, train, export, evaluate, push, score, serving check, report"
@@ -23,7 +25,14 @@ Run every stage in order, each recorded in <workdir>/metadata.sqlite (see `mnist
 A stage whose configuration and inputs are unchanged since an earlier run reuses that run's outputs
 ("cached: reusing ..."); --no-cache reruns everything. A run that failed or was interrupted continues from
 its last finished stage with --resume (or, as a new run, through the cache). Open
-<workdir>/runs/<run id>/report/report.html afterwards."""
+<workdir>/runs/<run id>/report/report.html afterwards.
+
+Any other flag must be a Beam pipeline option, for the score stage (--direct_num_workers=2, --runner=...);
+one that Beam's option classes do not know is refused, naming the closest known flag. Arguments after a
+bare -- go to Beam unchecked."""
+
+# Unknown flags are Beam pipeline options of the score stage: pipeline.cli checks them and sets score.beam_args.
+BEAM_OPTIONS = True
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stages.add_argument("--wait", action="store_true",
                         help="if another run holds the workdir, wait for it instead of refusing")
     data = parser.add_argument_group("data")
-    config_flag(data, "--dataset", key="data.dataset", metavar="NAME",
-                help="TFDS dataset: mnist (default) or fashion_mnist (pushed as fashion_mnist)")
+    dataset_flag(data, "the TFDS dataset; sets the default model name and blessing threshold")
     config_flag(data, "--source-dir", key="data.source_dir", metavar="DIR",
                 help="folder of the four IDX .gz files (offline); default: the TFDS download")
     train = parser.add_argument_group("training")
-    config_flag(train, "--architecture", key="train.architecture", choices=["default", "seed"],
+    config_flag(train, "--architecture", key="train.architecture", choices=architectures(),
                 help="default (99.64-99.66%% over seeds 0-2) or seed (the tutorial CNN)")
     config_flag(train, "--epochs", key="train.epochs", type=int, metavar="N", help="default: the architecture's recipe")
     config_flag(train, "--batch-size", key="train.batch_size", type=int, metavar="N")
@@ -62,15 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "the hardware computes it natively, else float32); the saved model computes in float32")
     ev = parser.add_argument_group("evaluation and push")
     config_flag(ev, "--accuracy-threshold", key="evaluate.accuracy_threshold", type=float, metavar="A",
-                help="bless only at this test accuracy or better (default: the dataset's: mnist 0.99, "
-                     "fashion_mnist 0.90)")
+                help=f"bless only at this test accuracy or better (default: the dataset's: "
+                     f"{per_dataset('accuracy_threshold')})")
     model_name_flag(ev, dataset=False)
     config_flag(ev, "--model-base-path", key="push.model_base_path", metavar="DIR",
                 help="where versions are pushed (default: <workdir>/serving/models)")
     config_flag(ev, "--force-push", key="push.force", action="store_const", const=True,
                 help="push even when the model is not blessed")
     sc = parser.add_argument_group("batch scoring")
-    config_flag(sc, "--output-format", key="score.output_format", choices=["jsonl", "csv", "parquet"])
+    config_flag(sc, "--output-format", key="score.output_format", choices=OUTPUT_FORMATS,
+                help="format of the score stage's predictions (default jsonl)")
 
 
 def run(config: Config, args: argparse.Namespace) -> int:

@@ -52,15 +52,20 @@ def run(config: Config, args: argparse.Namespace) -> int:
             return 0
         print(f"{'RUN ID':<25} {'STATUS':<12} {'DURATION':>8}  {'DATASET':<13} {'PUSHED':<8} {'ACCURACY':<8}  NOTE")
         for r in runs:
-            pushed, accuracy = "-", "-"
+            pushed, accuracy, rollback = "-", "-", None
             for ex in store.executions(r.id):
-                if ex.stage == "push" and ex.status in ("succeeded", "cached"):
+                if ex.stage == "rollback" and ex.status == "succeeded":
+                    rollback = ex
+                if ex.stage in ("push", "rollback") and ex.status in ("succeeded", "cached"):
                     v = ex.properties.get("version")
                     pushed = f"v{v}" if ex.properties.get("pushed") and v is not None else "no"
                 if ex.stage == "evaluate" and ex.status in ("succeeded", "cached"):
                     acc = ex.properties.get("accuracy")
                     accuracy = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
             note = f"failed at {r.failed_stage}: {r.error}" if r.failed_stage else ""
+            if rollback is not None and not note:
+                note = (f"rollback: copy of v{rollback.properties.get('copy_of_version')}, "
+                        f"was serving v{rollback.properties.get('rolled_back_from')}")
             if len(note) > 90:
                 note = note[:87] + "..."
             dataset = (r.config.get("data") or {}).get("dataset") or "-"

@@ -33,10 +33,8 @@ is re-read when it changes.
   mnist-pipeline predict --server localhost:8500 digit.png
 
 TF Serving's flags are accepted as the container takes them (docker-compose.yml's command line runs as is):
---port, --rest_api_port, --grpc_max_threads, --tensorflow_intra_op_parallelism,
---tensorflow_inter_op_parallelism, --model_name, --model_base_path, --model_config_file,
---model_config_file_poll_wait_seconds, --file_system_poll_wait_seconds, --enable_batching,
---batching_parameters_file, --monitoring_config_file, --allow_version_labels_for_unavailable_models.
+--port, --model_config_file and those listed below. Every option is also a key of the config file's [serve]
+table, named as its flag (rest_api_port, enable_batching, tls_cert, ...); a flag overrides the file.
 A config file path under /config/ (the container's mount of serving/deploy/) that does not exist here is read
 from serving/deploy/; a model base path under /models/ maps to <model base path>/<model>.
 
@@ -59,67 +57,71 @@ UNSUPPORTED_TF_SERVING_FLAGS = frozenset("""
     tensorflow_session_config_file enable_grpc_healthcheck_service version
 """.split())
 
+# tensorflow_model_server's flags the local server takes; each fills the ServerOptions field of its name, so the
+# [serve] TOML key is the flag's name too. (flag, metavar, help)
+TF_SERVING_FLAGS = (
+    ("rest_api_port", "PORT", "REST port (default 8501; 0 turns REST off), on --host like the gRPC port"),
+    ("grpc_max_threads", "N", "threads answering gRPC calls (default 64: with batching, every waiting call holds one)"),
+    ("tensorflow_intra_op_parallelism", "N", "threads one TensorFlow op may use (default 0: TensorFlow picks)"),
+    ("tensorflow_inter_op_parallelism", "N", "TensorFlow ops run at once (default 0: TensorFlow picks)"),
+    ("model_name", "NAME", "with --model_base_path: the one model served (TF Serving's default: 'default')"),
+    ("model_base_path", "DIR", "the folder holding <version>/ of one model (TF Serving's meaning; not --model-base-path)"),
+    ("model_config_file_poll_wait_seconds", "SECONDS",
+     "re-read the models config this often (0: never; default: at every base path poll)"),
+    ("file_system_poll_wait_seconds", "SECONDS",
+     "as --poll-interval, but 0 reads the base path once, at start-up (TF Serving's meaning)"),
+    ("enable_batching", "BOOL", "merge concurrent requests into batches (default false)"),
+    ("batching_parameters_file", "FILE",
+     "BatchingParameters text proto (serving/deploy/batching_parameters.txt); needs --enable_batching"),
+    ("monitoring_config_file", "FILE", "MonitoringConfig text proto: Prometheus metrics on the REST port at its path"),
+    ("allow_version_labels_for_unavailable_models", "BOOL", "labels may name versions not loaded yet (default true, "
+     "the local server's behaviour; false makes start-up refuse them, as TF Serving does)"),
+)
+
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option is a `[serve]` key (serving.options.ServerOptions): a flag replaces the TOML value, and the
+    value is checked in one place whichever way it came."""
     config_flag(parser, "--model-base-path", key="push.model_base_path", metavar="DIR",
                 help="the folder holding <model>/<version>/ (default: <workdir>/serving/models)")
     config_flag(parser, "--host", key="serve.host", metavar="HOST",
                 help="interface to bind (default 127.0.0.1; 0.0.0.0 exposes the server to the network)")
     config_flag(parser, "--port", key="serve.port", type=int, metavar="PORT", help="gRPC port (default 8500; 0: any free port)")
-    config_flag(parser, "--models-config", key="serve.models_config", metavar="FILE",
+    config_flag(parser, "--models-config", "--model_config_file", key="serve.models_config", metavar="FILE",
                 help="a TF Serving models.config (ModelServerConfig text proto): version policy and labels")
     config_flag(parser, "--poll-interval", key="serve.poll_interval", type=float, metavar="SECONDS",
                 help="how often the base path is checked for new versions (default 1.0)")
-    parser.add_argument("--tls-cert", metavar="PEM", help="server certificate (chain); serve TLS with --tls-key")
-    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
-    parser.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mutual TLS)")
+    config_flag(parser, "--tls-cert", key="serve.tls_cert", metavar="PEM",
+                help="server certificate (chain); serve TLS with --tls-key")
+    config_flag(parser, "--tls-key", key="serve.tls_key", metavar="PEM", help="the certificate's private key")
+    config_flag(parser, "--tls-client-ca", key="serve.tls_client_ca", metavar="PEM",
+                help="require client certificates signed by this CA (mutual TLS)")
     config_flag(parser, "--max-message-bytes", key="serve.max_message_bytes", type=int, metavar="N",
                 help="largest request or response accepted, gRPC message or REST body (default 64 MiB)")
     config_flag(parser, "--max-batch-size", key="serve.max_batch_size", type=int, metavar="N",
                 help="most examples one request may carry (default 1024; TF Serving's batching file says 256)")
-    parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
-                        help="on SIGTERM, how long running calls may take to finish (default 5)")
+    config_flag(parser, "--grace", key="serve.grace", type=float, metavar="SECONDS",
+                help="on SIGTERM, how long running calls may take to finish (default 5)")
     tfs = parser.add_argument_group("TF Serving's flags (tensorflow_model_server), as the container takes them")
-    tfs.add_argument("--rest_api_port", "--rest-api-port", type=int, default=8501, metavar="PORT",
-                     help="REST port (default 8501; 0 turns REST off), on --host like the gRPC port")
-    tfs.add_argument("--grpc_max_threads", type=int, default=64, metavar="N",
-                     help="threads answering gRPC calls (default 64: with batching, every waiting call holds one)")
-    tfs.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0, metavar="N",
-                     help="threads one TensorFlow op may use (default 0: TensorFlow picks, one per core)")
-    tfs.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, metavar="N",
-                     help="TensorFlow ops run at once (default 0: TensorFlow picks)")
-    tfs.add_argument("--model_name", metavar="NAME",
-                     help="with --model_base_path: the one model served (TF Serving's default: 'default')")
-    tfs.add_argument("--model_base_path", metavar="DIR",
-                     help="the folder holding <version>/ of one model (TF Serving's meaning; not --model-base-path)")
-    config_flag(tfs, "--model_config_file", key="serve.models_config", metavar="FILE",
-                help="same as --models-config")
-    tfs.add_argument("--model_config_file_poll_wait_seconds", type=float, metavar="SECONDS",
-                     help="re-read the models config this often (0: never; default: at every base path poll)")
-    tfs.add_argument("--file_system_poll_wait_seconds", type=float, metavar="SECONDS",
-                     help="as --poll-interval, but 0 reads the base path once, at start-up (TF Serving's meaning)")
-    tfs.add_argument("--enable_batching", nargs="?", const="true", default="false", metavar="BOOL",
-                     help="merge concurrent requests into batches (default false)")
-    tfs.add_argument("--batching_parameters_file", metavar="FILE",
-                     help="BatchingParameters text proto (serving/deploy/batching_parameters.txt); needs --enable_batching")
-    tfs.add_argument("--monitoring_config_file", metavar="FILE",
-                     help="MonitoringConfig text proto: Prometheus metrics on the REST port at its path")
-    tfs.add_argument("--allow_version_labels_for_unavailable_models", nargs="?", const="true", default=None,
-                     metavar="BOOL", help="labels may name versions not loaded yet (the local server's behaviour "
-                     "unless this is false, which makes start-up refuse them, as TF Serving does)")
+    tfs.add_argument("--rest-api-port", dest="serve.rest_api_port", type=int, default=argparse.SUPPRESS,
+                     help=argparse.SUPPRESS)  # the spelling of the project's other flags
+    for name, metavar, help_text in TF_SERVING_FLAGS:
+        config_flag(tfs, f"--{name}", key=f"serve.{name}", metavar=metavar, help=help_text, **_value_kind(name))
 
 
-def _bool(value: str, flag: str) -> bool:
-    from serving.errors import ServingError
+def _value_kind(name: str) -> dict:
+    """How argparse reads the ServerOptions field `name`: its type; a boolean as TF Serving's `--flag[=BOOL]`."""
+    import typing
 
-    lowered = str(value).lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise ServingError(f"{flag}={value}: not a boolean; pass true or false")
+    from serving.options import ServerOptions, parse_bool
+
+    hint = typing.get_type_hints(ServerOptions)[name]
+    (kind,) = [k for k in (typing.get_args(hint) or (hint,)) if k is not type(None)]
+    if kind is bool:
+        return dict(nargs="?", const=True, type=parse_bool)
+    return {} if kind is str else dict(type=kind)
 
 
 def _check_unknown_flags(unknown: list[str]) -> None:
@@ -131,26 +133,6 @@ def _check_unknown_flags(unknown: list[str]) -> None:
             raise ServingError(f"{name} is a TF Serving flag that the local server does not support; remove it "
                                f"(`mnist-pipeline serve --help` lists the flags it takes)")
         raise ServingError(f"unrecognized argument {arg!r}; `mnist-pipeline serve --help` lists the flags")
-
-
-def _local_file(path: str | None, flag: str):
-    """A config file named on the command line; a container path /config/<file> that is not here is read from
-    serving/deploy/<file>, the folder docker-compose.yml mounts at /config."""
-    from pathlib import Path
-
-    import serving
-    from serving.errors import ServingError
-
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_file():
-        return p
-    deploy = Path(serving.__file__).parent / "deploy" / p.name
-    if p.parts[:2] == ("/", "config") and deploy.is_file():
-        log.info("%s %s is the container's path; reading %s", flag, p, deploy)
-        return deploy
-    raise ServingError(f"{flag} {path!r} does not exist; pass an existing file")
 
 
 def served_models(config: Config) -> dict:
@@ -165,148 +147,49 @@ def served_models(config: Config) -> dict:
     return {name: ModelSettings(model_registry.model_dir(base, name)) for name in names}
 
 
-def run(config: Config, args: argparse.Namespace) -> int:
+def _models(config: Config):
+    """The models to serve and the models config they came from (None without one), as TF Serving picks them:
+    the config file, else --model_base_path (one model), else --model_name, else what the base path holds."""
     from pathlib import Path
 
     from pipeline.config import model_base_path
-    from serving.errors import ServingError
-    from serving.model_manager import ModelManager, ModelSettings, read_models_config
-    from serving.server import LocalServer
-    from serving.tls import read_pem_file
+    from serving.model_manager import ModelSettings, read_models_config
+    from serving.options import local_file
+
+    options = config.serve
+    base = model_base_path(config)
+    models_config = local_file(options.models_config, "model_config_file")
+    if models_config:
+        return read_models_config(models_config, base), models_config
+    if options.model_base_path:
+        name = options.model_name or "default"  # TF Serving's default --model_name
+        given = Path(options.model_base_path)
+        return {name: ModelSettings(given if given.is_dir() or not given.is_absolute() else base / name)}, None
+    if options.model_name:
+        return {options.model_name: ModelSettings(base / options.model_name)}, None
+    return served_models(config), None
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    from pipeline.config import model_base_path
+    from serving.app import ServingApp
 
     _check_unknown_flags(getattr(args, "beam_args", None) or [])
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise ServingError("TLS needs both --tls-cert and --tls-key; pass both or neither")
-    if args.tls_client_ca and not args.tls_cert:
-        raise ServingError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key too")
-    poll_interval = config.serve.poll_interval  # checked by the configuration: positive and finite
-    if args.file_system_poll_wait_seconds is not None:
-        poll_interval = args.file_system_poll_wait_seconds
-        if not 0 <= poll_interval < float("inf"):
-            raise ServingError(f"--file_system_poll_wait_seconds must be 0 or more seconds, got {poll_interval}")
-    if args.grpc_max_threads < 1:
-        raise ServingError(f"--grpc_max_threads must be positive, got {args.grpc_max_threads}")
-    if not 0 <= args.rest_api_port <= 65535:
-        raise ServingError(f"--rest_api_port must be in 0..65535, got {args.rest_api_port}")
-    enable_batching = _bool(args.enable_batching, "--enable_batching")
-    if args.batching_parameters_file and not enable_batching:
-        raise ServingError("--batching_parameters_file needs --enable_batching=true")
-    if args.model_base_path and config.serve.models_config:
-        raise ServingError("pass --model_base_path (one model) or --model_config_file, not both (as TF Serving)")
-    poll_wait = args.model_config_file_poll_wait_seconds
-    if poll_wait is not None and poll_wait < 0:
-        raise ServingError(f"--model_config_file_poll_wait_seconds must not be negative, got {poll_wait}")
-    base = model_base_path(config)
-    models_config = _local_file(config.serve.models_config, "--model_config_file")
-    if models_config:
-        models = read_models_config(models_config, base)
-    elif args.model_base_path:
-        name = args.model_name or "default"  # TF Serving's default --model_name
-        given = Path(args.model_base_path)
-        models = {name: ModelSettings(given if given.is_dir() or not given.is_absolute() else base / name)}
-    elif args.model_name:
-        models = {args.model_name: ModelSettings(base / args.model_name)}
-    else:
-        models = served_models(config)
-    for name, settings in models.items():
-        if not settings.base_path.is_dir():
-            log.warning("model %s: %s does not exist yet; it is polled every %.1f s", name, settings.base_path,
-                        poll_interval)
-
-    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
-        raise ServingError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
-    if args.tensorflow_intra_op_parallelism or args.tensorflow_inter_op_parallelism:
-        import tensorflow as tf  # set before the first model loads: TensorFlow fixes its thread pools then
-
-        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
-        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
-
-    if args.tensorflow_intra_op_parallelism < 0 or args.tensorflow_inter_op_parallelism < 0:
-        raise ServingError("--tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism must be >= 0")
-    if args.tensorflow_intra_op_parallelism or args.tensorflow_inter_op_parallelism:
-        import tensorflow as tf  # set before the first model loads: TensorFlow fixes its thread pools then
-
-        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
-        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
-
-    metrics = monitoring = None
-    if args.monitoring_config_file:
-        from serving.metrics import ServingMetrics, read_monitoring_config
-
-        monitoring = read_monitoring_config(_local_file(args.monitoring_config_file, "--monitoring_config_file"))
-        if monitoring.enable:
-            if args.rest_api_port == 0:
-                raise ServingError("--monitoring_config_file serves metrics on the REST port; set --rest_api_port")
-            metrics = ServingMetrics()
-    batcher = None
-    if enable_batching:
-        from serving.batching import BatchScheduler, read_batching_parameters
-
-        params = read_batching_parameters(_local_file(args.batching_parameters_file, "--batching_parameters_file"))
-        batcher = BatchScheduler(params, on_batch=metrics.observe_batch if metrics else None)
-        log.info("batching on: %s", params)
-    manager = ModelManager(models, poll_interval=poll_interval,
-                           models_config=models_config, model_base_path=base, config_poll_interval=poll_wait,
-                           batcher=batcher, on_load=metrics.observe_load if metrics else None)
-    tls = dict(tls_cert=read_pem_file(args.tls_cert, "--tls-cert"), tls_key=read_pem_file(args.tls_key, "--tls-key"),
-               client_ca=read_pem_file(args.tls_client_ca, "--tls-client-ca"))
-    server = LocalServer(manager, host=config.serve.host, port=config.serve.port,
-                         max_message_bytes=config.serve.max_message_bytes, max_batch_size=config.serve.max_batch_size,
-                         metrics=metrics, max_workers=args.grpc_max_threads, **tls)
-    rest = None
-    if args.rest_api_port:
-        from serving.rest import RestServer
-
-        rest = RestServer(manager, host=config.serve.host, port=args.rest_api_port,
-                          max_body_bytes=config.serve.max_message_bytes, max_batch_size=config.serve.max_batch_size,
-                          metrics=metrics, metrics_path=monitoring.path if metrics else None, **tls)
+    models, models_config = _models(config)
+    app = ServingApp(config.serve, models, model_base_path=model_base_path(config), models_config=models_config)
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
-        log.info("received %s, shutting down (grace %.1f s)", signal.Signals(signum).name, args.grace)
+        log.info("received %s, shutting down (grace %.1f s)", signal.Signals(signum).name, config.serve.grace)
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    if args.allow_version_labels_for_unavailable_models is not None and \
-            not _bool(args.allow_version_labels_for_unavailable_models, "--allow_version_labels_for_unavailable_models"):
-        manager.poll()  # what is on disk now; start() polls again and finds nothing new
-        _check_labels(manager, models)
-    if batcher is not None:
-        batcher.start()
-    server.start()
-    if rest is not None:
-        rest.start()
-    for name in manager.model_names:
-        try:
-            versions = [s.version for s in manager.statuses(name) if s.state == "AVAILABLE"]
-        except Exception:
-            versions = []
-        print(f"model {name}: versions {versions or 'none yet'} from {models[name].base_path}", flush=True)
-    print(f"serving on {server.address} ({'TLS' if args.tls_cert else 'plaintext'}); SIGTERM or Ctrl-C stops", flush=True)
-    if rest is not None:
-        print(f"REST API on {rest.url}" + (f", metrics at {rest.url}{monitoring.path}" if metrics else ""), flush=True)
-    if batcher is not None:
-        print(f"batching: up to {batcher.params.max_batch_size} images, {batcher.params.batch_timeout_micros} us "
-              f"timeout, {batcher.params.num_batch_threads} threads", flush=True)
+    app.start()
+    for line in app.banner():
+        print(line, flush=True)
     while not stop.wait(0.5):
         pass
-    if rest is not None:
-        rest.stop()
-    server.stop(args.grace)
-    if batcher is not None:
-        batcher.stop()
+    app.stop()
     print("stopped", flush=True)
     return 0
-
-
-def _check_labels(manager, models) -> None:
-    """TF Serving without --allow_version_labels_for_unavailable_models refuses labels of versions not loaded."""
-    from serving.errors import ServingError
-
-    for name, settings in models.items():
-        loaded = {s.version for s in manager.statuses(name) if s.state == "AVAILABLE"} if settings.labels else set()
-        for label, version in settings.labels.items():
-            if version not in loaded:
-                raise ServingError(f"label {label!r} of model {name} names version {version}, which is not loaded; "
-                                   f"push it, move the label, or pass --allow_version_labels_for_unavailable_models=true")

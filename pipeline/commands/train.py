@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+from components.model import PRECISIONS, architectures
 from pipeline.cli import config_flag
 from pipeline.commands._runs import add_stage_arguments, run_stages
-from pipeline.config import PRECISIONS, Config
+from pipeline.config import Config
 
 NAME = "train"
 HELP = "train a CNN (default: batch norm, augmentation, one-cycle; seed: the tutorial CNN) on the ingested dataset"
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    config_flag(parser, "--architecture", key="train.architecture", metavar="NAME",
+    config_flag(parser, "--architecture", key="train.architecture", choices=architectures(),
                 help="default (batch norm, augmentation, one-cycle schedule) or seed (the tutorial CNN)")
     config_flag(parser, "--epochs", key="train.epochs", type=int, metavar="N", help="default: the recipe's")
     config_flag(parser, "--batch-size", key="train.batch_size", type=int, metavar="N", help="default: the recipe's")

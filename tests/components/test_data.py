@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from components import ingest
+from components.params import DataConfig
 from pipeline import paths
-from pipeline.config import DataConfig
 from pipeline.errors import DataError
 from tests.conftest import write_idx_dir
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from components import evaluate
-from pipeline.config import DataConfig, EvaluateConfig
+from components.params import DataConfig, EvaluateConfig
 from pipeline.errors import ModelError
 from tests.conftest import write_idx_dir
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from components import ingest, validate
+from components.params import DataConfig
 from pipeline import paths
-from pipeline.config import DataConfig
 from pipeline.errors import DataError
 from tests.conftest import IDX_FILES, write_idx_dir, write_idx_labels
 

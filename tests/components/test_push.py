@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from components import push
+from components.params import PushConfig
 from pipeline import cli, paths
-from pipeline.config import PushConfig
 from pipeline.errors import ConfigError, ModelError
 from serving import model_registry
 from serving import signatures as sig
@@ -258,3 +258,18 @@ def test_rollback_with_one_version_is_refused(saved_model_dir, tmp_path, capsys)
     push.run(dataclasses.replace(MNIST), saved_model_dir, paths.model_base_path(workdir), blessing=BLESSED)
     assert cli.main(["rollback", "--workdir", os.fspath(workdir)]) == 1
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_records_name_files_in_the_workdir_relative_to_it_and_keep_absolute_paths_outside_it(saved_model_dir, tmp_path):
+    workdir = tmp_path / "w"
+    export = Path(shutil.copytree(saved_model_dir, workdir / "runs" / "r1" / "export" / "saved_model"))
+    record = workdir / "runs" / "r1" / "push" / "pushed.json"
+    inside = push.run(MNIST, export, workdir / "serving" / "models", blessing=BLESSED, record_path=record,
+                      record_root=workdir)
+    assert model_registry.read_metadata(inside.version_dir)["source"] == "runs/r1/export/saved_model"
+    written = json.loads(record.read_text())
+    assert written["version_dir"] == "serving/models/mnist/1" and written["source"] == "runs/r1/export/saved_model"
+    # A model base path elsewhere: its version's record cannot name the workdir relatively, nor pushed.json it.
+    elsewhere = push.run(MNIST, export, tmp_path / "models", blessing=BLESSED, record_path=record, record_root=workdir)
+    assert model_registry.read_metadata(elsewhere.version_dir)["source"] == os.fspath(export.resolve())
+    assert json.loads(record.read_text())["version_dir"] == os.fspath(elsewhere.version_dir)

@@ -135,8 +135,8 @@ def _rows(pattern: str) -> list[dict]:
 
 def test_predictions_equal_the_evaluators(synthetic_workdir, saved_model_dir, tmp_path):
     from components import data, evaluate, examples, score
+    from components.score.options import ScoreConfig
     from pipeline import paths
-    from pipeline.config import ScoreConfig
 
     data_dir = paths.data_dir(synthetic_workdir)
     sample = examples.write_examples(data_dir, "mnist", "test", tmp_path / "ex" / "test", num_shards=3)
@@ -353,3 +353,17 @@ def test_a_batch_the_model_fails_on_goes_to_failed_with_every_key(tmp_path):
                               for i in range(5)]))
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["read"] == 5 and summary["failed"] == 5 and summary["accounted"]
+
+
+def test_python_m_components_score_refuses_a_flag_beam_does_not_know_and_passes_beam_flags(saved_model_dir, tmp_path,
+                                                                                           capsys):
+    from components.score.job import main
+
+    pattern = _write_records(tmp_path / "in.tfrecord", _good_records(3)[0])
+    common = ["--model", str(saved_model_dir), "--input", pattern, "--output", str(tmp_path / "out")]
+    assert main([*common, "--formt", "csv"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown flag --formt" in err and "did you mean --format?" in err
+    assert not (tmp_path / "out").exists()
+    assert main([*common, "--format", "csv", "--direct_num_workers=1", "--runner=DirectRunner"]) == 0
+    assert "predictions" in capsys.readouterr().out and list((tmp_path / "out").glob("predictions-*.csv"))

@@ -207,8 +207,8 @@ def test_file_level_problems_of_each_format_fail_before_the_job(saved_model_dir,
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "images"])
 def test_export_examples_writes_each_format_that_score_reads(fmt, tmp_path, capsys):
     from components import examples, ingest, score
+    from components.params import DataConfig
     from pipeline import paths
-    from pipeline.config import DataConfig
     from tests.conftest import write_idx_dir
 
     data_dir = paths.data_dir(tmp_path / "w")

@@ -149,3 +149,27 @@ def test_scoring_over_rest_equals_local_scoring(served, tmp_path, capsys):
     assert remote_rows.keys() == local_rows.keys() and len(remote_rows) == 120
     assert all(remote_rows[k]["predicted_class"] == local_rows[k]["predicted_class"] for k in local_rows)
     assert {r["model_version"] for r in remote_rows.values()} == {3}
+
+
+def test_the_server_model_follows_the_dataset_as_push_names_it(saved_model_dir, tmp_path, capsys):
+    """`score --dataset fashion_mnist --server HOST:PORT` asks the server for `fashion_mnist`, the name push gives
+    that dataset's models; `--server-model` still wins."""
+    from serving.model_manager import ModelManager, ModelSettings
+    from serving.server import LocalServer
+
+    base = tmp_path / "models" / "fashion_mnist"
+    shutil.copytree(saved_model_dir, base / "1")
+    server = LocalServer(ModelManager({"fashion_mnist": ModelSettings(base)}, poll_interval=1.0), host="127.0.0.1",
+                         port=0)
+    server.start()
+    try:
+        pattern = _examples(tmp_path / "in.tfrecord", *synthetic_digits(5, seed=3))
+        rc, out = _score(tmp_path, "fashion", pattern, "--dataset", "fashion_mnist", "--server", server.address)
+        assert rc == 0, capsys.readouterr().err
+        assert {r["model_name"] for r in _rows(out).values()} == {"fashion_mnist"}
+        rc, _ = _score(tmp_path, "digits", pattern, "--server", server.address)  # mnist: not served here
+        assert rc == 1 and "'mnist'" in capsys.readouterr().err
+        rc, out = _score(tmp_path, "named", pattern, "--server", server.address, "--server-model", "fashion_mnist")
+        assert rc == 0 and len(_rows(out)) == 5
+    finally:
+        server.stop(grace=0)

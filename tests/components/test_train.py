@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from components import train
+from components.params import DataConfig, TrainConfig
 from pipeline import cli, paths
-from pipeline.config import DataConfig, TrainConfig
 from pipeline.errors import ConfigError, DataError
 from tests.conftest import REPO_ROOT, write_idx_dir
 

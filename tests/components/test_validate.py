@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from components import ingest, validate
+from components.params import DataConfig
 from pipeline import paths
-from pipeline.config import DataConfig
 from pipeline.errors import DataError, ValidationError
 from tests.conftest import IDX_FILES, synthetic_digits, write_idx_labels
 

@@ -156,7 +156,7 @@ def test_one_server_serves_both_models_and_predict_prints_class_names(two_datase
 @pytest.mark.slow
 def test_real_fashion_mnist_through_the_pipeline(tmp_path, capsys):
     """Real Fashion-MNIST (Debian's dataset-fashion-mnist), the seed CNN for 2 epochs on 10,000 images: well
-    above chance (the default recipe's figure is in the README), and the names of real classes everywhere."""
+    above chance (the default recipe's figure is in bench/README.md), and the names of real classes everywhere."""
     if not all((REAL_FASHION_DIR / name).is_file() for name in IDX_FILES.values()):
         pytest.skip(f"real Fashion-MNIST IDX files not found in {REAL_FASHION_DIR} (apt-get install dataset-fashion-mnist)")
     workdir = tmp_path / "w"

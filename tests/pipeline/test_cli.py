@@ -1,4 +1,4 @@
-"""pipeline.cli: fast `--help` without TensorFlow, one-line errors with exit status 1, the ingest command."""
+"""pipeline.cli: `--help` without TensorFlow, one-line errors with exit status 1, the ingest command."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,13 @@ from tests.conftest import REPO_ROOT
 HEAVY_MODULES = ("tensorflow", "keras", "tensorflow_datasets", "apache_beam", "grpc")
 
 _HELP_PROBE = """
-import json, sys, time
-start = time.perf_counter()
+import json, sys
 from pipeline.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
-                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
+print(json.dumps({"code": code, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in %r)}))
 """ % (HEAVY_MODULES,)  # noqa: UP031 (the probe is a script template with braces of its own)
 
 
@@ -45,21 +42,16 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("argv", [[], *([name] for name in _subcommands())], ids=lambda a: " ".join(a) or "top")
-def test_help_is_fast_and_does_not_import_tensorflow(argv: list[str]) -> None:
-    # The whole process, interpreter start included; best of two, since the machine may be busy.
-    results = []
-    for _ in range(2):
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, *argv, "--help"], cwd=REPO_ROOT, env=_env(),
-                              capture_output=True, text=True, timeout=60)
-        wall = time.perf_counter() - start
-        assert proc.returncode == 0, proc.stderr
-        probe = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert probe["code"] == 0
-        assert probe["heavy"] == [], f"--help imported {probe['heavy']}"
-        results.append(wall)
+def test_help_does_not_import_tensorflow(argv: list[str]) -> None:
+    # A fresh interpreter, as a user starts it: nothing heavy may be imported to print the help.
+    # How fast that is, is bench/cli.py's figure (no timed assertions in tests).
+    proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, *argv, "--help"], cwd=REPO_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe["code"] == 0
+    assert probe["heavy"] == [], f"--help imported {probe['heavy']}"
     assert "usage: mnist-pipeline" in proc.stdout
-    assert min(results) < 1.5, f"mnist-pipeline {' '.join(argv)} --help took {min(results):.2f}s"
 
 
 def test_top_level_help_lists_every_subcommand(capsys) -> None:
@@ -118,3 +110,56 @@ def test_ingest_stops_on_anomalies(idx_dir: Path, tmp_path: Path, capsys) -> Non
     assert main(["ingest", "--source-dir", str(idx_dir), "--workdir", str(tmp_path / "work"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "anomal" in err and "train: class(es) 5, 6, 7, 8, 9 missing" in err
+
+
+def _captured_config(monkeypatch, command: str) -> dict:
+    """Replace `command`'s run (the stage) by one that keeps the configuration it was handed."""
+    import importlib
+
+    seen: dict = {}
+
+    def run(config, args) -> int:
+        seen["config"] = config
+        return 0
+
+    monkeypatch.setattr(importlib.import_module(f"pipeline.commands.{command}"), "run", run)
+    return seen
+
+
+@pytest.mark.parametrize("command, typo, meant", [("score", "--formt", "--format"),
+                                                  ("run", "--output-formt", "--output-format")])
+def test_a_flag_neither_the_command_nor_beam_knows_exits_1_naming_the_closest(command, typo, meant, tmp_path,
+                                                                               capsys, monkeypatch) -> None:
+    seen = _captured_config(monkeypatch, command)
+    assert main([command, typo, "csv", "--workdir", str(tmp_path / "w"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mnist-pipeline {command}: error: unknown flag {typo}:") and "\n" not in err
+    assert f"did you mean {meant}?" in err
+    assert seen == {} and not (tmp_path / "w").exists()
+
+
+def test_beam_pipeline_options_pass_through_to_the_score_section(tmp_path, capsys, monkeypatch) -> None:
+    seen = _captured_config(monkeypatch, "score")
+    argv = ["score", "--direct_num_workers=2", "--runner", "DirectRunner", "--format", "csv",
+            "--workdir", str(tmp_path / "w"), "-q"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert seen["config"].score.beam_args == ("--direct_num_workers=2", "--runner", "DirectRunner")
+    assert seen["config"].score.output_format == "csv"
+    # After a bare --, arguments go to Beam unchecked (a runner's own option classes, unknown to plain Beam).
+    assert main([*argv, "--", "--my_runner_flag=1"]) == 0
+    assert seen["config"].score.beam_args[-1] == "--my_runner_flag=1"
+
+
+def test_a_bad_value_of_a_beam_flag_exits_1(tmp_path, capsys, monkeypatch) -> None:
+    seen = _captured_config(monkeypatch, "run")
+    assert main(["run", "--direct_num_workers=many", "--workdir", str(tmp_path / "w"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "--direct_num_workers" in err and "'many'" in err and seen == {}
+    assert main(["run", "--runner=DirectRunner", "--workdir", str(tmp_path / "w"), "-q"]) == 0
+    assert seen["config"].score.beam_args == ("--runner=DirectRunner",)
+
+
+def test_a_command_without_beam_still_refuses_unknown_flags(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["ingest", "--direct_num_workers=2", "--workdir", str(tmp_path / "w")])
+    assert info.value.code == 2 and "unrecognized arguments: --direct_num_workers=2" in capsys.readouterr().err

@@ -261,7 +261,7 @@ def test_error_messages_are_one_line(tmp_path, capsys):
 
 def test_the_report_shows_the_runs_final_status(tmp_path):
     from components import report
-    from tests.test_report import _inputs
+    from tests.components.test_report import _inputs
 
     out = report.run(_inputs(tmp_path), tmp_path / "out")
     page = out.report_path.read_text()

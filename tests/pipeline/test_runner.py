@@ -324,3 +324,27 @@ def test_whole_pipeline_end_to_end_then_cached_then_failure_and_resume(idx_dir, 
     assert execs["score"].properties["model_version"] == served[-1]
     assert execs["serving_check"].status in ("cached", "succeeded")
     store.close()
+
+
+def test_a_moved_workdir_reads_its_own_files_and_keeps_its_cache(tmp_path):
+    import shutil
+
+    fake = FakeStages()
+    first = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    shutil.move(tmp_path / "w", tmp_path / "moved")
+    moved = apply_overrides(Config(), {"workdir": str(tmp_path / "moved")})
+    second = run_pipeline(moved, specs=fake.specs(), code="v1")
+    assert [s.status for s in second.stages] == ["cached"] * 3 and fake.calls == Counter(a=1, b=1, c=1)
+    assert second.stage("c").outputs["data"].uri == str(tmp_path / "moved" / "runs" / first.run_id / "c" / "c.txt")
+
+
+def test_a_recorded_input_missing_on_disk_names_the_stage_that_makes_it(tmp_path):
+    fake = FakeStages()
+    first = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    made = Path(first.stage("a").outputs["data"].uri)
+    made.unlink()
+    with pytest.raises(StageFailed) as failed:
+        run_pipeline(_config(tmp_path), specs=fake.specs(), stages=["b"], code="v1", use_cache=False)
+    assert failed.value.stage == "b" and fake.calls["b"] == 1  # b never ran on a file that is not there
+    assert str(made) in failed.value.error and "run `mnist-pipeline a`" in failed.value.error
+    assert f"by run {first.run_id}" in failed.value.error

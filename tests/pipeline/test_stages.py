@@ -40,15 +40,10 @@ def trained_workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def workdir(trained_workdir, tmp_path) -> Path:
-    """A private copy of the trained workdir (the store's paths are absolute, so the copy keeps them valid by
-    living at the same place: tests get the shared one only after it is copied aside and restored)."""
+    """A private copy of the trained workdir: the store keeps paths relative to it, so a copy reads its own files."""
     import shutil
 
-    backup = tmp_path / "backup"
-    shutil.copytree(trained_workdir, backup)
-    yield trained_workdir
-    shutil.rmtree(trained_workdir)
-    shutil.copytree(backup, trained_workdir)
+    return Path(shutil.copytree(trained_workdir, tmp_path / "w"))
 
 
 def test_stage_commands_chain_into_one_recorded_run_and_lineage_answers(workdir, capsys):
@@ -63,7 +58,7 @@ def test_stage_commands_chain_into_one_recorded_run_and_lineage_answers(workdir,
     assert "as version 1" in out
 
     with RunStore(paths.store_path(workdir)) as store:
-        train_run = store.latest_finished("train").run_id
+        train_run = next(store.finished("train")).run_id
         stages = {ex.stage: ex.status for ex in store.executions(train_run)}
         assert {"train", "export", "evaluate", "push"} <= set(stages)  # one run, as `run` would record it
         assert store.get_run(train_run).status == "succeeded"
@@ -83,7 +78,7 @@ def test_evaluate_never_uses_the_candidate_itself_as_baseline(workdir, capsys):
     assert code == 0, err
     assert "no other pushed version to compare with" in out
     with RunStore(paths.store_path(workdir)) as store:
-        ev = store.latest_finished("evaluate")
+        ev = next(store.finished("evaluate"))
         blessing = json.loads(Path(store.output_artifacts(ev.id)["blessing"].uri).read_text())
     assert blessing["baseline_dir"] is None and blessing["baseline_accuracy"] is None
 
@@ -144,3 +139,49 @@ def test_push_refuses_a_blessing_of_another_model(workdir, capsys):
     assert code == 1
     assert "not of the model to push" in err
     assert model_registry.list_versions(paths.model_base_path(workdir), "mnist") == []
+
+
+def test_rollback_is_a_recorded_run_whose_lineage_leads_to_the_copied_version(workdir, capsys):
+    base = ["--workdir", str(workdir)]
+    for command in (["export"], ["evaluate", "--threshold", "0"], ["push"], ["push", "--force"]):
+        code, _, err = _main(capsys, *command, *base, "-q")
+        assert code == 0, err
+    with RunStore(paths.store_path(workdir)) as store:
+        train_run = next(store.finished("train")).run_id
+
+    code, out, err = _main(capsys, "rollback", *base, "--to", "1", "-q")
+    assert code == 0, err
+    assert "version 3 (a copy of version 1) is now served instead of version 2" in out
+    with RunStore(paths.store_path(workdir)) as store:
+        rollback = next(store.finished("rollback"))
+        assert rollback.run_id != train_run and store.get_run(rollback.run_id).status == "succeeded"
+        assert rollback.properties["rolled_back_from"] == 2 and rollback.properties["copy_of_version"] == 1
+        copied = store.input_artifacts(rollback.id)["pushed_model"]
+        assert copied.properties["version"] == 1 and store.producer(copied.id).stage == "push"  # the push's own record
+        [made] = store.find_pushed(3, "mnist")
+        assert store.producer(made.id).id == rollback.id
+
+    code, out, err = _main(capsys, "runs", *base)
+    assert code == 0, err
+    assert rollback.run_id in out and "rollback: copy of v1, was serving v2" in out
+
+    code, out, err = _main(capsys, "lineage", "3", *base)
+    assert code == 0, err
+    assert "rollback:     a copy of version 1 (version 2 was served)" in out
+    assert f"run:          {rollback.run_id}" in out
+    executions = out.split("executions:")[1]
+    assert "rollback" in executions and "push" in executions and f"train      run {train_run}" in executions
+
+
+def test_rollback_refuses_while_a_run_holds_the_workdir(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    for version in (1, 2):  # what rollback checks before it takes the lock: two versions to choose between
+        model_registry.version_dir(paths.model_base_path(workdir), "mnist", version).mkdir(parents=True)
+    with WorkdirLock(workdir, owner="mnist-pipeline run 20261201T000000Z-abcdef"):
+        code, out, err = _main(capsys, "rollback", "--workdir", str(workdir), "-q")
+    assert code == 1
+    assert "in use by" in err and "mnist-pipeline run 20261201T000000Z-abcdef" in err and "Traceback" not in err
+    assert [v.version for v in model_registry.list_versions(paths.model_base_path(workdir), "mnist")] == [1, 2]
+    if paths.store_path(workdir).exists():
+        with RunStore(paths.store_path(workdir)) as store:
+            assert store.list_runs() == []  # refused before anything is recorded

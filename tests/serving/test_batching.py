@@ -160,7 +160,7 @@ def test_batching_parameters_file_is_read_with_tf_servings_proto(tmp_path):
 
     params = read_batching_parameters(REPO_ROOT / "serving" / "deploy" / "batching_parameters.txt")
     assert params.max_batch_size == 256 and params.allowed_batch_sizes[-1] == 256
-    assert params.padded_size(9) == 32 and params.padded_size(256) == 256
+    assert params.padded_size(9) == 16 and params.padded_size(1) == 1 and params.padded_size(256) == 256
     bad = tmp_path / "b.txt"
     bad.write_text("max_batch_size { value: 8 }\nallowed_batch_sizes: 4\n")
     with pytest.raises(ServingError, match="allowed_batch_sizes"):

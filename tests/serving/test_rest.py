@@ -16,7 +16,8 @@ import yaml
 
 from serving import signatures as sig
 from tests.conftest import REPO_ROOT, synthetic_digits
-from tests.serving.test_conformance import _self_signed, free_port, png_bytes, push_version
+from tests.serving.test_conformance import free_port, png_bytes, push_version
+from tests.serving.test_server import _self_signed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -371,3 +372,19 @@ def test_the_per_request_batch_cap_holds_over_rest(rest):
         assert call(capped, "POST", "/v1/models/mnist:predict", {"instances": images(2).tolist()})[0] == 200
     finally:
         capped.stop()
+
+
+def test_connections_one_after_another_reuse_the_servers_threads(rest):
+    """A client that opens a connection per request (curl, requests) does not start a server thread each time."""
+    import threading
+
+    def connection_threads() -> set:
+        return {t for t in threading.enumerate() if t.name == "rest-connection"}
+
+    seen = set()
+    for _ in range(20):
+        status, _ = call(rest, "GET", "/v1/models/mnist")
+        assert status == 200
+        seen |= connection_threads()
+    assert seen and len(seen) < 20
+    assert seen & connection_threads()  # the threads wait for the next connection instead of ending

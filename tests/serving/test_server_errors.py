@@ -270,7 +270,7 @@ def test_a_host_that_is_not_local_is_a_serving_error(tmp_path):
 def test_bad_tls_files_are_named_before_binding(tmp_path):
     from serving.errors import ServingError
     from serving.server import LocalServer
-    from tests.serving.test_conformance import _self_signed
+    from tests.serving.test_server import _self_signed
 
     cert, key = _self_signed(tmp_path, "localhost")
     other_cert, other_key = _self_signed(tmp_path, "other")

@@ -6,7 +6,8 @@
         model.save(tmp)
 
 A reader never sees a half-written file, and a failure (or a kill) leaves at most a hidden `.NAME.*.tmp`
-file beside the target, never a truncated target. Every stage writes its files through here.
+file beside the target, never a truncated target. Every stage writes its files through here (it lives in
+components/, so that a stage needs nothing from pipeline/ to do it).
 """
 
 from __future__ import annotations
