@@ -89,6 +89,7 @@ class ImageDecoder:
 
         self._tf = tf
         self._decode_batch = decode_batch
+        self.graph = decode_batch  # for callers that decode inside their own tf.function
 
     def decode_all(self, encoded: list[bytes]) -> np.ndarray | None:
         """uint8 [n, 28, 28, 1] when every image decodes to a grey 28x28 one, else None (then `decode`)."""

@@ -83,17 +83,29 @@ class ExampleDecoder:
             f = tf.io.parse_example(records, spec)
             return f[sig.EXAMPLE_KEY_FEATURE], f[sig.EXAMPLE_LABEL_FEATURE], f[sig.EXAMPLE_IMAGE_FEATURE]
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def parse_and_decode(records):  # the common case in one graph call: every record parses and decodes
+            keys, labels, pngs = parse(records)
+            return keys, labels, pngs, self._images.graph(pngs)
+
         self._parse = parse
+        self._parse_and_decode = parse_and_decode
 
     def decode(self, source: str, records: list[bytes]):
         yield READ, source, len(records)
+        try:
+            keys, labels, pngs, images = self._parse_and_decode(records)
+        except Exception:  # a record that is not a tf.Example, or a bad image: found below, record by record
+            pass
+        else:
+            yield IMAGES, self._metas(source, *(t.numpy().tolist() for t in (keys, labels, pngs))), images.numpy()
+            return
         try:
             keys, labels, pngs = (t.numpy().tolist() for t in self._parse(records))
         except Exception:  # a record that is not a tf.Example (its error message may not even be text)
             yield from self._one_by_one(source, records)
             return
-        metas = [(key.decode("utf-8", "replace") if key else default_key(png), label if label >= 0 else None, source)
-                 for key, label, png in zip(keys, labels, pngs)]
+        metas = self._metas(source, keys, labels, pngs)
         images = self._images.decode_all(pngs)
         if images is not None:  # the common case: the whole batch as it came out of the graph
             yield IMAGES, metas, images
@@ -105,6 +117,11 @@ class ExampleDecoder:
             else:
                 good.add(meta, image)
         yield from good.emit()
+
+    @staticmethod
+    def _metas(source: str, keys: list, labels: list, pngs: list) -> list:
+        return [(key.decode("utf-8", "replace") if key else default_key(png), label if label >= 0 else None, source)
+                for key, label, png in zip(keys, labels, pngs)]
 
     def _one_by_one(self, source: str, records: list[bytes]):
         good = Batch()
