@@ -10,11 +10,15 @@ and ten copies of it (100,000 images, ten files).
           scales them, and calls serving_default in batches; counts the classes (writes nothing);
   score   `python -m pipeline score --input ... --output ...` (FnApiRunner in-process, JSON lines);
   remote  the same `score` with `--server` against `mnist-pipeline serve` (started before the clock) on
-          the 10,000 images at batch 256, against local `score` at batch 256.
+          the 10,000 images at batch 256, against local `score` at batch 256;
+  spark   `score --engine spark` on the 100,000 images, on local[2] and on a standalone cluster of two
+          1-core workers on this machine (started before the clock), against the plain process (no target:
+          the figure beside Beam's; needs the [spark] extra and Java, else skipped).
 Ratios are throughputs (plain seconds / score seconds), in wall time and, less sensitive to other users'
-load, in CPU time (the server's CPU is not counted in the remote run's). Targets: score/plain >= 0.8 on 10k and >= 0.9 on
-100k; remote/local >= 0.7. Processes alternate (plain, score, plain, ...) and each ratio uses the mean of the
-plain runs around its score run: the 2 CPUs are shared with other users whose load changes minute by minute.
+load, in CPU time (the server's CPU is not counted in the remote run's). Targets: score/plain >= 0.8 on 10k
+and >= 0.9 on 100k; remote/local >= 0.7; spark/plain is printed without a target. Processes alternate
+(plain, score, plain, ...) and each ratio uses the mean of the plain runs around its score run: the 2 CPUs
+are shared with other users whose load changes minute by minute.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def prepare(work: Path, model: str | None) -> tuple[Path, str]:
+def prepare(work: Path, model: str | None, source_dir: Path = MNIST) -> tuple[Path, str]:
     """(data_dir with real MNIST prepared, SavedModel path): ingests, and trains + exports when no model."""
     from components import data, export, ingest
     from components.model import build_model, compile_model, recipe
@@ -91,7 +95,7 @@ def prepare(work: Path, model: str | None) -> tuple[Path, str]:
     from pipeline.config import DataConfig
 
     data_dir = paths.data_dir(work)
-    ingest.run(DataConfig(source_dir=str(MNIST)), data_dir)
+    ingest.run(DataConfig(source_dir=str(source_dir)), data_dir)
     if model:
         return data_dir, model
     train, _ = data.train_and_validation(data_dir, "mnist", batch_size=128, validation_fraction=0.1, seed=42)
@@ -103,6 +107,34 @@ def prepare(work: Path, model: str | None) -> tuple[Path, str]:
     keras_path = work / "seed.keras"
     keras_model.save(keras_path)
     return data_dir, os.fspath(export.run(keras_path, work / "saved_model").saved_model_dir)
+
+
+def spark_figures(work: Path, scored, plain, pattern: str, model_dir: str, plain_runs: list[float]) -> list:
+    """`score --engine spark` on the 100k images, local[2] and a 2-worker standalone cluster, against the plain
+    process (the mean of the 100k plain runs so far and one more after the Spark runs)."""
+    from components.score.spark_cluster import LocalCluster
+    from components.score.spark_job import require_spark
+    from pipeline.errors import PipelineError
+
+    try:
+        require_spark()
+    except PipelineError as exc:
+        print(f"spark: skipped ({exc})")
+        return []
+    out = []
+    local_s, summary = scored(pattern, "outspark", "--engine", "spark", "--spark-master", "local[2]", "--model",
+                              model_dir)
+    with LocalCluster(work / "spark-cluster", workers=2) as cluster:
+        cluster_s, cluster_summary = scored(pattern, "outspark", "--engine", "spark", "--spark-master",
+                                            cluster.master_url, "--model", model_dir)
+    after, _ = plain(pattern)
+    base = sum(plain_runs + [after]) / len(plain_runs + [after])
+    for name, seconds, s in (("local[2]", local_s, summary), ("2-worker cluster", cluster_s, cluster_summary)):
+        print(f"spark {name}: score --engine spark process {seconds:.1f} s (CPU of the driver {s['cpu_s']:.1f} s) "
+              f"for {s['predictions']:,} images ({s['predictions'] / seconds:.0f} images/s, accuracy "
+              f"{s['accuracy']:.4f}, failed {s['failed']}); plain process {after:.1f} s after")
+        out.append((f"spark/plain 100k {name}", base / seconds, None))
+    return out
 
 
 def _free_port() -> int:
@@ -119,7 +151,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--copies", type=int, default=10, help="copies of the test set in the large run")
     parser.add_argument("--work", help="keep prepared data and model in this folder and reuse them next time")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: 100k, remote")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: 100k, remote, spark")
+    parser.add_argument("--source-dir", default=os.fspath(MNIST), help="real MNIST IDX files (default %(default)s)")
     args, beam_args = parser.parse_known_args()
 
     from components import examples, score
@@ -131,7 +164,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     server = None
     try:
-        data_dir, model = prepare(work, args.model)
+        data_dir, model = prepare(work, args.model, Path(args.source_dir))
         model_dir = score.resolve_model(model).saved_model_dir
         test_file = examples.split_files(data_dir, "mnist", "test")[0]
         copies = work / "copies"
@@ -157,12 +190,15 @@ def main() -> None:
             return seconds, summary
 
         results = []
+        plain_100k: list[float] = []
         sets = [("10k", test_file)] + ([] if "100k" in skip else [("100k", os.fspath(copies / "test-*.tfrecord"))])
         for name, pattern in sets:
             (before, cpu_b), = [plain(pattern)]
             seconds, summary = scored(pattern, f"out{name}", "--model", model_dir)
             (after, cpu_a), = [plain(pattern)]
             base, cpu_base = (before + after) / 2, (cpu_b + cpu_a) / 2
+            if name == "100k":
+                plain_100k += [before, after]
             print(f"{name:>4}: plain process {before:.1f} s / {after:.1f} s (before / after; CPU {cpu_b:.1f} / "
                   f"{cpu_a:.1f} s); score process {seconds:.1f} s (CPU {summary['cpu_s']:.1f} s) for "
                   f"{summary['predictions']:,} images ({summary['predictions'] / seconds:.0f} images/s, accuracy "
@@ -195,14 +231,19 @@ def main() -> None:
                   f"{summary['failed']}); local score process {local_s:.1f} s / {local_s2:.1f} s (before / after)")
             results.append(("remote/local 10k, batch " + batch, local / remote_s, 0.7))
 
+        if "spark" not in skip and "100k" not in skip:
+            results += spark_figures(work, scored, plain, os.fspath(copies / "test-*.tfrecord"), model_dir, plain_100k)
+
         for name, ratio, target in results:
-            label = f"score/plain {name}" if not name.startswith("remote") else name
-            print(f"ratio {label:<28} {ratio:.2f}   (target >= {target})   {'met' if ratio >= target else 'MISSED'}")
+            label = f"score/plain {name}" if not name.startswith(("remote", "spark")) else name
+            verdict = "(no target)" if target is None else (
+                f"(target >= {target})   {'met' if ratio >= target else 'MISSED'}")
+            print(f"ratio {label:<32} {ratio:.2f}   {verdict}")
     finally:
         if server is not None:
             server.terminate()
             server.wait(30)
-        for name in ("copies", "out10k", "out100k", "outlocal", "outremote", "serving"):
+        for name in ("copies", "out10k", "out100k", "outlocal", "outremote", "serving", "outspark", "spark-cluster"):
             shutil.rmtree(work / name, ignore_errors=True)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""Batch scoring stage: an Apache Beam RunInference job over TFRecord, Parquet, CSV or image files, with a
-local SavedModel or a model TF Serving serves.
+"""Batch scoring stage: an Apache Beam RunInference job (or a Spark job, `--engine spark`) over TFRecord,
+Parquet, CSV or image files, with a local SavedModel or a model TF Serving serves.
 
     out = score.run(config.score, model="artifacts/serving/models/mnist", input_pattern="data/*.tfrecord",
                     output_dir="artifacts/runs/<run>/score", beam_args=["--direct_num_workers=2"])
@@ -12,8 +12,15 @@ Modules, one job each:
   beam_flags  the flags a command hands to Beam, checked against Beam's own option classes
   inputs   formats, layouts, keys; file-level checks and row counts before the job
   model    the model: resolve a base path, check signature and variables, or the server's model status
+  decode   images and pixel rows -> uint8 images or the reason they are not (both engines)
+  readers  one reader per format, over row ranges ("units"), yielding engine-neutral events (both engines)
+  rows     output rows (JSON, CSV, Parquet) and summary figures (both engines)
   read     Beam steps reading each format into keyed images (bad rows to `failed`)
   write    Beam steps formatting predictions, failed rows and summary.json (read = predicted + failed)
+  progress the live progress bar / periodic log line of either engine
+  spark_job, spark_worker   the Spark engine (`--engine spark`): driver, and what runs in its Python workers
+  spark_udf                 a pandas UDF scoring a DataFrame column with a pushed model
+  spark_cluster             a standalone Spark cluster on this machine (tests, bench, trying it out)
   graph    the job's graph (stable step labels)
   job      checks, launch on a runner, accounting after the job; `main` for `python -m components.score`
 The DoFns live in modules that are never `__main__` (`__main__.py` only calls `job.main`), so they pickle

@@ -29,6 +29,7 @@ from components.score.write import (
     FormatPredictions,
     Summarize,
     parquet_schema,
+    summary_header,
 )
 
 
@@ -50,9 +51,13 @@ def inference_failure(exc) -> str:
 
 def _failed_rows(batch_exc):
     """(RunInference's batch: a list of ([(key, label, input)], images), exception) -> one failed row per key."""
+    from components.score.progress import TALLY
+
     batch, exc = batch_exc
     reason = inference_failure(exc)
-    return [{"key": meta[0], "reason": reason, "input": meta[2]} for metas, _ in batch for meta in metas]
+    rows = [{"key": meta[0], "reason": reason, "input": meta[2]} for metas, _ in batch for meta in metas]
+    TALLY.add(failed=len(rows))
+    return rows
 
 
 def model_handler_for(model: ModelRef, server: ServerRef | None, *, min_batch_size: int, max_batch_size: int):
@@ -110,16 +115,7 @@ def build_pipeline(
         | "FormatFailed" >> beam.Map(json.dumps)
         | "WriteFailed" >> beam.io.WriteToText(FileSystems.join(output_dir, FAILED_PREFIX), file_name_suffix=".jsonl")
     )
-    header = {
-        "model": {"saved_model_dir": model.saved_model_dir, "name": model.name, "version": model.version,
-                  "server": server.address if server else None},
-        "class_names": list(model.class_names),
-        "input_pattern": inputs.pattern,
-        "input_format": inputs.format,
-        "format": output_format,
-        "predictions_pattern": f"{prefix}-*.{output_format}",
-        "failed_pattern": FileSystems.join(output_dir, f"{FAILED_PREFIX}-*.jsonl"),
-    }
+    header = summary_header(model, server, inputs, output_format, output_dir)
     summary = (formatted[STATS_TAG], failed, read) | "Summarize" >> Summarize(
         FileSystems.join(output_dir, SUMMARY_FILE), header)
     return {"predictions": predictions, "rows": formatted.rows, "failed": failed, "read": read, "summary": summary}

@@ -17,6 +17,7 @@ Without `--runner` the job runs on `FnApiRunner` (Beam's default runner would fe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,8 +38,15 @@ from components.score.graph import build_pipeline
 from components.score.inputs import Inputs, check_inputs
 from components.score.model import ModelRef, check_saved_model, check_server, resolve_model
 from components.score.options import JobOptions, ScoreConfig, from_config
+from components.score.progress import TALLY, Progress
 from components.score.read import readable
-from components.score.write import FAILED_PREFIX, PREDICTIONS_PREFIX, SUMMARY_FILE, write_json_atomic
+from components.score.write import (
+    FAILED_PREFIX,
+    PREDICTIONS_PREFIX,
+    SUMMARY_FILE,
+    summary_header,
+    write_json_atomic,
+)
 from pipeline.errors import ConfigError, DataError, PipelineError
 from serving import signatures as sig
 
@@ -222,6 +230,9 @@ def run(
         options = from_config(config)
     output_format = config.output_format
     server = options.server
+    spark = options.engine == "spark"
+    if spark:  # before any other check: a missing pyspark or Java is the first thing to say
+        _check_spark_options(options, beam_args)
     if server is not None:
         ref = check_server(server)
     else:
@@ -231,32 +242,74 @@ def run(
         check_saved_model(ref.saved_model_dir)
         ref = dataclasses.replace(ref, class_names=tuple(sig.read_class_names(ref.saved_model_dir)))
     inputs = check_inputs(input_pattern, options.input_format, options.columns)
-    check_worker_pool(beam_args)
+    if not spark:
+        check_worker_pool(beam_args)
     output_dir = os.fspath(output_dir)
     check_output(output_dir)
-    log.info("scoring %s (%s, %d files, %d rows) with %s into %s", input_pattern, inputs.format, len(inputs.files),
-             sum(inputs.expected.values()), server.address if server else ref.saved_model_dir, output_dir)
+    total = sum(inputs.expected.values())
+    log.info("scoring %s (%s, %d files, %d rows) with %s into %s (%s)", input_pattern, inputs.format,
+             len(inputs.files), total, server.address if server else ref.saved_model_dir, output_dir,
+             f"Spark on {options.spark_master or 'local[*]'}" if spark else "Beam")
+    header = summary_header(ref, server, inputs, output_format, output_dir)
+    if spark:
+        return _finish(*_run_spark(config, options, ref, inputs, output_dir, header), inputs, ref, {}, record_root)
 
     start = time.perf_counter()
-    try:
+    TALLY.reset()
+    with _cleanly(output_dir, "the scoring job"), Progress(total, TALLY.snapshot):
         p = make_pipeline(beam_args)
         build_pipeline(
             p, inputs=inputs, output_dir=output_dir, model=ref, output_format=output_format,
             min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size, server=server,
         )
         result = _run_with_timeout(p, options.timeout_s)
+    seconds = time.perf_counter() - start
+    summary_path = _join(output_dir, SUMMARY_FILE)
+    with FileSystems.open(summary_path) as fh:
+        summary = json.loads(fh.read())
+    return _finish(summary, seconds, output_dir, inputs, ref, _query_metrics(result), record_root)
+
+
+def _check_spark_options(options: JobOptions, beam_args: Sequence[str]) -> None:
+    if options.server is not None:
+        raise ConfigError("--engine spark scores with a local SavedModel (--model); --server is for the Beam engine")
+    if beam_args:
+        raise ConfigError(f"Beam pipeline options do not apply to --engine spark: {' '.join(beam_args)} "
+                          f"(give the cluster with --spark-master)")
+    from components.score.spark_job import require_spark
+
+    require_spark()
+
+
+def _run_spark(config, options: JobOptions, ref: ModelRef, inputs: Inputs, output_dir: str, header: dict):
+    """The Spark job; (summary, seconds, output_dir). A failed job leaves no outputs behind."""
+    from components.score import spark_job
+
+    with _cleanly(output_dir, "the Spark scoring job"):
+        summary, seconds = spark_job.run(model=ref, inputs=inputs, output_dir=output_dir,
+                                         output_format=config.output_format, batch_size=config.max_batch_size,
+                                         master=options.spark_master, header=header)
+    return summary, seconds, output_dir
+
+
+@contextlib.contextmanager
+def _cleanly(output_dir: str, what: str):
+    """A job that fails leaves no outputs behind, and fails as a one-line PipelineError."""
+    try:
+        yield
     except BaseException as exc:
         _remove_outputs(output_dir)
         if isinstance(exc, PipelineError) or not isinstance(exc, Exception):
             raise
-        log.debug("the scoring job failed", exc_info=True)
-        raise PipelineError(f"the scoring job failed: {readable(exc)} (run with -v for its traceback)") from exc
-    seconds = time.perf_counter() - start
+        log.debug("%s failed", what, exc_info=True)
+        raise PipelineError(f"{what} failed: {readable(exc)} (run with -v for its traceback)") from exc
 
-    metrics = _query_metrics(result)
+
+def _finish(summary: dict, seconds: float, output_dir: str, inputs: Inputs, ref: ModelRef,
+            metrics: dict[str, Any], record_root) -> ScoreOutput:
+    """The accounting after either engine's job: summary.json completed and written; a DataError when a row
+    is unaccounted for."""
     summary_path = _join(output_dir, SUMMARY_FILE)
-    with FileSystems.open(summary_path) as fh:
-        summary = json.loads(fh.read())
     problems = account(summary, inputs)
     summary["accounted"] = not problems
     summary["seconds"] = round(seconds, 3)

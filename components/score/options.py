@@ -25,9 +25,11 @@ from serving import signatures as sig
 
 INPUT_FORMATS = ("tfrecord", "parquet", "csv", "images")
 OUTPUT_FORMATS = ("jsonl", "csv", "parquet")  # predictions; failed rows are always JSON lines
+ENGINES = ("beam", "spark")  # Beam RunInference (any Beam runner), or Spark (components/score/spark_job.py)
 
 _LAYOUT = "input layout"
 _SERVER = "scoring through a served model (TF Serving's gRPC or REST API)"
+_ENGINE = "engine"
 
 
 def option(default: Any, flag: str | None = None, help: str = "", *, none: str = "", metavar: str | None = None,
@@ -88,6 +90,10 @@ class ScoreConfig:
                                     group=_SERVER)
     job_timeout: float | None = option(None, "--job-timeout", "fail the job when it has not finished after S "
                                        "seconds (e.g. no SDK worker started)", metavar="S")
+    engine: str = option("beam", "--engine", "beam: RunInference on any Beam runner; spark: the Spark engine "
+                         "(pip install \"mnist-pipeline[spark]\", Java 17)", choices=ENGINES, group=_ENGINE)
+    spark_master: str | None = option(None, "--spark-master", "--engine spark: local[N] or spark://HOST:PORT",
+                                      none="local[*]", metavar="URL", group=_ENGINE)
 
     def check(self) -> None:
         check_finite(self.SECTION, self)
@@ -97,6 +103,8 @@ class ScoreConfig:
         if self.input_format is not None and self.input_format not in INPUT_FORMATS:
             raise ConfigError(f"score.input_format {self.input_format!r} is unknown; choose one of "
                               f"{', '.join(INPUT_FORMATS)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"score.engine {self.engine!r} is unknown; choose one of {', '.join(ENGINES)}")
         if self.min_batch_size < 1 or self.max_batch_size < self.min_batch_size:
             raise ConfigError("score batch sizes must satisfy 1 <= min_batch_size <= max_batch_size, "
                               f"got {self.min_batch_size}, {self.max_batch_size}")
@@ -133,6 +141,8 @@ class JobOptions:
     columns: Columns = Columns()
     server: ServerRef | None = None
     timeout_s: float | None = None  # the whole job, after its checks; None: no limit
+    engine: str = "beam"
+    spark_master: str | None = None  # --engine spark: a Spark master URL; None: local[*]
 
 
 def flag_fields() -> tuple[dataclasses.Field, ...]:
@@ -198,4 +208,5 @@ def from_config(config: ScoreConfig) -> JobOptions:
                            private_key=config.server_key)
     return JobOptions(input_format=config.input_format,
                       columns=Columns(config.image_column, config.label_column, config.key_column),
-                      server=server, timeout_s=config.job_timeout)
+                      server=server, timeout_s=config.job_timeout, engine=config.engine,
+                      spark_master=config.spark_master)

@@ -26,6 +26,8 @@ summary.json (counts, accuracy and confusion matrix when labels are present, Bea
   mnist-pipeline score --input 'samples/test-*.csv' --server localhost:8500   # through TF Serving's gRPC API
   mnist-pipeline score --direct_num_workers=2 --direct_running_mode=multi_processing
 
+On Spark (the [spark] extra and Java 17): --engine spark [--spark-master spark://HOST:7077] (default local[*]).
+
 Any other flag must be a Beam pipeline option, and is passed through (--runner=DataflowRunner --project P
 --region R --temp_location gs://B/tmp; --runner=FlinkRunner --flink_master=HOST:8081 ...); one that Beam's
 option classes do not know is refused, naming the closest known flag. Arguments after a bare -- go to Beam
