@@ -6,13 +6,14 @@ TF Serving (or `mnist-pipeline serve`) over its gRPC API.
     keyed_predictions = keyed_images | RunInference(handler)
     batch_predictions = batches | RunInference(BatchHandler(SavedModelHandler(saved_model_dir)))
 
-Both take uint8 images [28, 28, 1], scale them with the project's one function, and give
+Both take uint8 images [h, w, c] of the model's shape ([28, 28, 1] for MNIST), scale them with the project's one
+function, and give
 PredictionResult(image, (probabilities float32 [10], class int, model version or None), model_id).
 
 Beam's stock TF handlers import tensorflow_hub and load with Keras, which cannot read a Keras 3 SavedModel;
 this one loads it with `tf.saved_model.load` (once per worker process: RunInference keeps the model in a
 `shared.Shared` handle, so the DoFn instances of all threads use the same one) and calls its
-`serving_default` signature on a numpy batch. Examples are uint8 images [28, 28, 1] (decoded, unscaled);
+`serving_default` signature on a numpy batch. Examples are uint8 images [h, w, c] (decoded, unscaled);
 scaling happens per batch with `components.preprocessing.scale_images`, the function training and the
 serving graph use.
 """
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class BatchPredictor:
-    """A loaded SavedModel as one TF graph call per batch: uint8 [n, 28, 28, 1] -> (probabilities float32
+    """A loaded SavedModel as one TF graph call per batch: uint8 [n, h, w, c] -> (probabilities float32
     [n, 10], classes int64 [n]); the project's one scaling function and the signature run in the same graph
     (no eager op per batch). Used by both scoring engines (Beam's handler here, Spark's `spark_worker`)."""
 
@@ -45,7 +46,8 @@ class BatchPredictor:
         self.model = tf.saved_model.load(saved_model_dir)
         fn = self.model.signatures[signature]
 
-        @tf.function(input_signature=[tf.TensorSpec([None, sig.IMAGE_SIZE, sig.IMAGE_SIZE, 1], tf.uint8)])
+        # Any image shape here: the signature itself takes only the model's (28x28x1, 32x32x3).
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8)])
         def predict(images):
             outputs = fn(**{sig.IMAGE_INPUT: scale_images(images)})
             return outputs[sig.PROBABILITIES_OUTPUT], tf.cast(outputs[sig.CLASSES_OUTPUT], tf.int64)
@@ -58,7 +60,7 @@ class BatchPredictor:
 
 
 class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
-    """uint8 [28, 28, 1] images -> PredictionResult(image, (probabilities float32 [10], class int), model_id)
+    """uint8 [h, w, c] images -> PredictionResult(image, (probabilities float32 [10], class int), model_id)
     (no version in the tuple: the job knows the SavedModel's)."""
 
     def __init__(
@@ -82,7 +84,7 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         return BatchPredictor(self._saved_model_dir, self._signature)
 
     def predict_batch(self, images: np.ndarray, model: Any) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 [n, 28, 28, 1] -> (probabilities float32 [n, 10], classes int64 [n]) in one call."""
+        """uint8 [n, h, w, c] -> (probabilities float32 [n, 10], classes int64 [n]) in one call."""
         return model(images)
 
     def run_inference(
@@ -140,7 +142,7 @@ def connect_to(server, *, timeout: float | None = None, max_batch_size: int = 25
 
 
 class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any]):
-    """uint8 [28, 28, 1] images -> the served model's Predict (serving_default) through `serving.client`.
+    """uint8 [h, w, c] images -> the served model's Predict (serving_default) through `serving.client`.
 
     Beam's RemoteModelHandler wraps each batch's request: client-side throttling (ReactiveThrottler), and
     `server.retries` retries with exponential backoff (5 s, 10 s, ... with jitter) when the answer is
@@ -188,7 +190,7 @@ class ServingModelHandler(RemoteModelHandler[np.ndarray, PredictionResult, Any])
 
 
 class BatchHandler(ModelHandler[Any, PredictionResult, Any]):
-    """Pre-batched elements (metas, uint8 images [n, 28, 28, 1]) -> PredictionResult((metas, images),
+    """Pre-batched elements (metas, uint8 images [n, h, w, c]) -> PredictionResult((metas, images),
     (probabilities float32 [n, 10], classes int64 [n], model version or None), model_id), over any
     per-image handler (`inner`: its model loading, sharing, retries and throttling all apply).
 

@@ -1,14 +1,14 @@
-"""Turning encoded images and pixel rows into uint8 [28, 28, 1] images, or the reason a row cannot be one;
-shared by both engines' readers (`readers.py`).
+"""Turning encoded images and pixel rows into uint8 images of the model's shape ([28, 28, 1] for MNIST,
+[32, 32, 3] for CIFAR-10), or the reason a row cannot be one; shared by both engines' readers (`readers.py`).
 
 Readers emit events, engine-neutral tuples that Beam's DoFns (`read.py`) and Spark's tasks (`spark_job.py`)
 translate into their own outputs:
-    (IMAGES, [(key, label, input)], uint8 [n, 28, 28, 1])  a batch of good rows
+    (IMAGES, [(key, label, input)], uint8 [n, h, w, c])     a batch of good rows
     (FAILED, {"key", "reason", "input"})                  a row that cannot become an image
     (READ, input, n)                                      n rows read (once per batch)
 Encoded images are decoded a batch at a time in one TF graph call; only a batch holding a bad image is
 diagnosed image by image. Pixel rows are converted with vectorised numpy per batch. No image is resized or
-converted: another size or more than one channel (colour) is a failure with that reason.
+converted: another size, or a colour image for a grey model or the reverse, is a failure with that reason.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ import hashlib
 
 import numpy as np
 
-from components.score.inputs import PIXEL_COLUMNS
 from serving import signatures as sig
 
 IMAGES = "images"
 FAILED = "failed"
 READ = "read"
-SIZE = sig.IMAGE_SIZE
 
 
 def default_key(data: bytes) -> str:
-    """The key of a row without one: the SHA-1 of its image (encoded bytes, or the 784 pixel bytes)."""
+    """The key of a row without one: the SHA-1 of its image (encoded bytes, or the pixel bytes)."""
     return hashlib.sha1(data).hexdigest()[:16]
 
 
@@ -72,16 +70,18 @@ def _magic(data: bytes) -> str | None:
 
 
 class ImageDecoder:
-    """Encoded PNG or JPEG -> uint8 [28, 28, 1] or the reason it is not one. Build once per worker (it traces a TF graph)."""
+    """Encoded PNG or JPEG -> uint8 `shape` (the model's: height, width, channels) or the reason it is not one.
+    Build once per worker (it traces a TF graph)."""
 
-    def __init__(self):
+    def __init__(self, shape=sig.DEFAULT_IMAGE_SHAPE):
         import tensorflow as tf
 
-        spec = tf.TensorSpec([SIZE, SIZE, 1], tf.uint8)
+        self.shape = tuple(shape)
+        spec = tf.TensorSpec(list(self.shape), tf.uint8)
 
         def decode(data):
             image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
-            return tf.ensure_shape(image, [SIZE, SIZE, 1])  # fails the batch for another size or colour
+            return tf.ensure_shape(image, list(self.shape))  # fails the batch for another size, or grey/colour
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def decode_batch(data):
@@ -92,7 +92,7 @@ class ImageDecoder:
         self.graph = decode_batch  # for callers that decode inside their own tf.function
 
     def decode_all(self, encoded: list[bytes]) -> np.ndarray | None:
-        """uint8 [n, 28, 28, 1] when every image decodes to a grey 28x28 one, else None (then `decode`)."""
+        """uint8 [n, *shape] when every image decodes to one of the model's shape, else None (then `decode`)."""
         try:
             return self._decode_batch(encoded).numpy() if encoded else None
         except Exception:  # InvalidArgumentError, or UnicodeDecodeError of its message
@@ -119,22 +119,33 @@ class ImageDecoder:
             image = self._tf.io.decode_image(data, channels=0, dtype=self._tf.uint8, expand_animations=False).numpy()
         except Exception as exc:
             return f"undecodable image: a damaged {kind.upper()} ({readable(exc)})"
-        height, width, channels = image.shape
-        if (height, width) != (SIZE, SIZE):
-            return f"wrong size: {height}x{width} pixels, expected {SIZE}x{SIZE} (images are not resized)"
-        if channels != 1:
-            return f"colour image: {channels} channels, expected 1 (grey; images are not converted)"
-        return image
+        return check_image(image, self.shape)
 
 
-def pixel_rows(pixels: np.ndarray, keys: list) -> tuple[list, list]:
-    """float or int [n, 784] (NaN for a null) -> per row an image or a reason; keys filled in by SHA-1."""
+def check_image(image: np.ndarray, shape) -> np.ndarray | str:
+    """`image` (uint8 [h, w, c]) when it is of `shape`, else the reason: its size, or grey where the model takes
+    colour or the reverse (an alpha channel counts with its colours: grey+alpha is grey, RGBA colour)."""
+    height, width, channels = image.shape
+    want_height, want_width, want_channels = shape
+    if (height, width) != (want_height, want_width):
+        return (f"wrong size: {width}x{height} pixels, expected {want_width}x{want_height} "
+                f"(images are not resized)")
+    if channels != want_channels:
+        kind = "colour image" if channels > 2 else "grey image"
+        return (f"{kind}: {channels} channel{'s' if channels > 1 else ''}; the model takes "
+                f"{sig.describe_image(shape)} images (images are not converted)")
+    return image
+
+
+def pixel_rows(pixels: np.ndarray, keys: list, shape=sig.DEFAULT_IMAGE_SHAPE) -> tuple[list, list]:
+    """float or int [n, h*w*c] (NaN for a null; row, column, channel order) -> per row a uint8 `shape` image or
+    a reason; keys filled in by SHA-1."""
     pixels = np.asarray(pixels)
     finite = np.isfinite(pixels) if pixels.dtype.kind == "f" else np.ones(pixels.shape, bool)
     ok = finite & (np.where(finite, pixels, 0) >= 0) & (np.where(finite, pixels, 0) <= 255)
     if pixels.dtype.kind == "f":
         ok &= np.where(finite, pixels, 0) == np.floor(np.where(finite, pixels, 0))
-    images = np.where(ok, pixels, 0).astype(np.uint8).reshape(-1, SIZE, SIZE, 1)
+    images = np.where(ok, pixels, 0).astype(np.uint8).reshape(-1, *shape)
     good = ok.all(axis=1)
     results, out_keys = [], []
     for i, key in enumerate(keys):
@@ -144,7 +155,7 @@ def pixel_rows(pixels: np.ndarray, keys: list) -> tuple[list, list]:
             j = int(np.argmin(ok[i]))
             value = pixels[i, j].item()
             value = int(value) if finite[i, j] and float(value).is_integer() else value
-            results.append(f"bad pixel: {PIXEL_COLUMNS[j]} is {'missing' if not finite[i, j] else value}, "
+            results.append(f"bad pixel: pixel{j} is {'missing' if not finite[i, j] else value}, "
                            f"expected an integer 0-255")
         out_keys.append(str(key) if key is not None else default_key(images[i].tobytes() if good[i] else
                                                                        pixels[i].tobytes()))
@@ -162,5 +173,5 @@ def int_pixels(row: list[str], pixel_index: np.ndarray) -> np.ndarray:
         try:
             values.append(int(row[j]))
         except ValueError:
-            raise RowError(f"bad pixel: {PIXEL_COLUMNS[len(values)]} is {row[j][:20]!r}, not an integer") from None
+            raise RowError(f"bad pixel: pixel{len(values)} is {row[j][:20]!r}, not an integer") from None
     return np.array(values, np.int64)

@@ -3,7 +3,8 @@
     inputs = check_inputs("samples/test-*.parquet")          # format from --input-format or the extension
     inputs.format, inputs.layout, inputs.expected             # "parquet", "image", {file: rows}
 
-Formats (every row: a key, an optional label, a grey 28x28 image):
+Formats (every row: a key, an optional label, an image of the model's shape: 28x28 grey for MNIST, 32x32
+colour for CIFAR-10; pixel columns then number h*w*c, 784 or 3,072, in row, column, channel order):
   tfrecord  tf.Example records: `image` PNG/JPEG bytes, optional `label` int64 and `key` bytes (TFDS's names);
             key: `key`, else the SHA-1 of the image bytes. `.gz` files are read as gzip.
   parquet   an image column of encoded bytes (PNG, JPEG), or 784 integer columns pixel0..pixel783 (0-255,
@@ -26,6 +27,7 @@ count each file's rows, so the job can prove that every input was either predict
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
@@ -40,8 +42,16 @@ from serving import signatures as sig
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-NUM_PIXELS = sig.IMAGE_SIZE * sig.IMAGE_SIZE
-PIXEL_COLUMNS = tuple(f"pixel{i}" for i in range(NUM_PIXELS))
+
+
+def pixel_columns(shape=sig.DEFAULT_IMAGE_SHAPE) -> tuple[str, ...]:
+    """pixel0..pixel{h*w*c - 1}: the pixel columns of an image of `shape` (row, column, channel order)."""
+    height, width, channels = shape
+    return tuple(f"pixel{i}" for i in range(height * width * channels))
+
+
+PIXEL_COLUMNS = pixel_columns()  # MNIST's 784
+NUM_PIXELS = len(PIXEL_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,11 @@ class Inputs:
     has_label: bool = False  # parquet
     has_key: bool = False  # parquet
     root: str | None = None  # images: keys are paths relative to this folder; it is also the unit of account
+    image_shape: tuple[int, int, int] = sig.DEFAULT_IMAGE_SHAPE  # the model's (height, width, channels)
+
+    @property
+    def pixel_columns(self) -> tuple[str, ...]:
+        return pixel_columns(self.image_shape)
 
 
 def detect_format(pattern: str, input_format: str | None = None) -> str:
@@ -94,12 +109,16 @@ def _match(pattern: str, what: str) -> list[str]:
     return files
 
 
-def check_inputs(pattern: str, input_format: str | None = None, columns: Columns | None = None) -> Inputs:
-    """Detect the format, list the files, check each one and count its rows (see the module docstring)."""
+def check_inputs(pattern: str, input_format: str | None = None, columns: Columns | None = None,
+                 image_shape=sig.DEFAULT_IMAGE_SHAPE) -> Inputs:
+    """Detect the format, list the files, check each one and count its rows (see the module docstring);
+    `image_shape` is the model's (pixel columns and decoded images must have it)."""
     columns = columns or Columns()
     fmt = detect_format(pattern, input_format)
-    return {"tfrecord": _check_tfrecord, "parquet": _check_parquet, "csv": _check_csv,
-            "images": _check_images}[fmt](pattern, columns)
+    image_shape = tuple(image_shape)
+    inputs = {"tfrecord": _check_tfrecord, "parquet": _check_parquet, "csv": _check_csv,
+              "images": _check_images}[fmt](pattern, columns, pixel_columns(image_shape))
+    return dataclasses.replace(inputs, image_shape=image_shape)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -117,7 +136,7 @@ def record_iterator(path: str, options):
         yield from tf.compat.v1.io.tf_record_iterator(path, options=options)
 
 
-def _check_tfrecord(pattern: str, columns: Columns) -> Inputs:
+def _check_tfrecord(pattern: str, columns: Columns, pixels: tuple[str, ...]) -> Inputs:
     import tensorflow as tf
 
     files = _match(pattern, "TFRecord files of tf.Example")
@@ -135,7 +154,7 @@ def _check_tfrecord(pattern: str, columns: Columns) -> Inputs:
     return Inputs("tfrecord", pattern, tuple(files), expected, columns=columns)
 
 
-def _parquet_layout(path: str, schema, columns: Columns) -> tuple[str, bool, bool]:
+def _parquet_layout(path: str, schema, columns: Columns, pixels: tuple[str, ...]) -> tuple[str, bool, bool]:
     import pyarrow as pa
 
     names = set(schema.names)
@@ -146,14 +165,15 @@ def _parquet_layout(path: str, schema, columns: Columns) -> tuple[str, bool, boo
                             f"expected binary (encoded PNG or JPEG)")
         layout = "image"
     else:
-        missing = [c for c in PIXEL_COLUMNS if c not in names]
+        missing = [c for c in pixels if c not in names]
         if missing:
             raise DataError(
                 f"input file {path!r} has neither an image column {columns.image!r} (encoded bytes) nor the "
-                f"{NUM_PIXELS} pixel columns pixel0..pixel783 (missing {len(missing)}, e.g. {missing[0]!r}); "
+                f"{len(pixels)} pixel columns pixel0..{pixels[-1]} of the model's images (missing {len(missing)}, "
+                f"e.g. {missing[0]!r}); "
                 f"its columns: {', '.join(schema.names[:8])}{' ...' if len(schema.names) > 8 else ''} "
                 f"(name the image column with --image-column)")
-        bad = [c for c in PIXEL_COLUMNS if not pa.types.is_integer(schema.field(c).type)]
+        bad = [c for c in pixels if not pa.types.is_integer(schema.field(c).type)]
         if bad:
             raise DataError(f"input file {path!r}: pixel column {bad[0]!r} is {schema.field(bad[0]).type}, "
                             f"expected integers 0-255")
@@ -165,7 +185,7 @@ def _parquet_layout(path: str, schema, columns: Columns) -> tuple[str, bool, boo
     return layout, has_label, columns.key in names
 
 
-def _check_parquet(pattern: str, columns: Columns) -> Inputs:
+def _check_parquet(pattern: str, columns: Columns, pixels: tuple[str, ...]) -> Inputs:
     import pyarrow.parquet as pq
 
     files = _match(pattern, "Parquet files")
@@ -177,7 +197,7 @@ def _check_parquet(pattern: str, columns: Columns) -> Inputs:
                 schema = meta.schema.to_arrow_schema()
         except Exception as exc:  # ArrowInvalid, OSError
             raise DataError(f"input file {path!r} is not a readable Parquet file ({_first_line(exc)})") from exc
-        layouts.add(_parquet_layout(path, schema, columns))
+        layouts.add(_parquet_layout(path, schema, columns, pixels))
         expected[path] = meta.num_rows
     if len(layouts) > 1:
         raise DataError(f"input files of {pattern!r} differ in layout (image or pixel columns, label, key): "
@@ -187,20 +207,20 @@ def _check_parquet(pattern: str, columns: Columns) -> Inputs:
                   has_label=has_label, has_key=has_key)
 
 
-def csv_header(path: str, header_line: str, columns: Columns) -> dict[str, int]:
-    """Column name -> index; a DataError naming the file when pixel columns are missing."""
+def csv_header(path: str, header_line: str, columns: Columns, pixels: tuple[str, ...] = PIXEL_COLUMNS) -> dict[str, int]:
+    """Column name -> index; a DataError naming the file when pixel columns (`pixels`, the model's) are missing."""
     names = next(csv.reader([header_line]), [])
     index = {name.strip(): i for i, name in enumerate(names)}
-    missing = [c for c in PIXEL_COLUMNS if c not in index]
+    missing = [c for c in pixels if c not in index]
     if missing:
         raise DataError(
-            f"input file {path!r}: its header lacks {len(missing)} of the pixel columns pixel0..pixel783 "
-            f"(e.g. {missing[0]!r}); expected Kaggle's digit-recognizer layout: [label,]pixel0,...,pixel783 "
-            f"with an optional {columns.key!r} column")
+            f"input file {path!r}: its header lacks {len(missing)} of the pixel columns pixel0..{pixels[-1]} "
+            f"of the model's images (e.g. {missing[0]!r}); expected Kaggle's digit-recognizer layout: "
+            f"[label,]pixel0,...,{pixels[-1]} with an optional {columns.key!r} column")
     return index
 
 
-def _check_csv(pattern: str, columns: Columns) -> Inputs:
+def _check_csv(pattern: str, columns: Columns, pixels: tuple[str, ...]) -> Inputs:
     files = _match(pattern, "CSV files (Kaggle's digit-recognizer layout)")
     expected = {}
     for path in files:
@@ -211,7 +231,7 @@ def _check_csv(pattern: str, columns: Columns) -> Inputs:
                 if not header.strip():
                     raise DataError(f"input file {path!r} is empty: a CSV file needs a header line "
                                     f"([label,]pixel0,...,pixel783)")
-                csv_header(path, header, columns)
+                csv_header(path, header, columns, pixels)
                 expected[path] = sum(1 for line in fh if line.strip())
         except DataError:
             raise
@@ -220,7 +240,7 @@ def _check_csv(pattern: str, columns: Columns) -> Inputs:
     return Inputs("csv", pattern, tuple(files), expected, columns=columns)
 
 
-def _check_images(pattern: str, columns: Columns) -> Inputs:
+def _check_images(pattern: str, columns: Columns, pixels: tuple[str, ...]) -> Inputs:
     if "://" not in pattern and os.path.isdir(pattern):
         root = pattern.rstrip("/") or "/"
         files = sorted(

@@ -240,8 +240,9 @@ def run(
             raise ConfigError("no model: give --model (a SavedModel or model base path) or --server")
         ref = resolve_model(model)
         check_saved_model(ref.saved_model_dir)
-        ref = dataclasses.replace(ref, class_names=tuple(sig.read_class_names(ref.saved_model_dir)))
-    inputs = check_inputs(input_pattern, options.input_format, options.columns)
+        ref = dataclasses.replace(ref, class_names=tuple(sig.read_class_names(ref.saved_model_dir)),
+                                  image_shape=sig.read_image_shape(ref.saved_model_dir))
+    inputs = check_inputs(input_pattern, options.input_format, options.columns, ref.image_shape)
     if not spark:
         check_worker_pool(beam_args)
     output_dir = os.fspath(output_dir)

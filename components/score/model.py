@@ -33,6 +33,9 @@ class ModelRef:
     # The SavedModel's assets.extra/class_names.txt ("0".."9" for MNIST, and when a server scores: the file
     # is the server's).
     class_names: tuple[str, ...] = tuple(sig.default_class_names())
+    # (height, width, channels) of the images the model takes: the SavedModel's assets.extra/image_shape.txt,
+    # or the served serving_default input (GetModelMetadata); the readers decode and check rows to it.
+    image_shape: tuple[int, int, int] = sig.DEFAULT_IMAGE_SHAPE
 
 
 def _join(base: str, *parts: str) -> str:
@@ -127,13 +130,15 @@ def check_server(server: ServerRef) -> ModelRef:
     with connect_to(server, timeout=min(server.timeout, 10.0)) as client:
         try:
             statuses = client.get_model_status(version=server.version, version_label=server.version_label)
+            available = [s.version for s in statuses if s.state == "AVAILABLE"]
+            log.info("server %s serves %s versions %s", server.address, server.model_name, available)
+            if not available:
+                raise ServingError(
+                    f"model {server.model_name!r} has no available version "
+                    f"({', '.join(f'{s.version} {s.state}' for s in statuses) or 'none'}); wait until it is loaded "
+                    f"or check --server-model, --server-version, --server-version-label")
+            # The served model's image shape, as TF Serving reports its serving_default input.
+            meta = client.get_model_metadata(version=server.version, version_label=server.version_label)
         except ServingError as exc:
             raise ServingError(f"scoring server {server.address}: {exc}", getattr(exc, "code", None)) from exc
-    available = [s.version for s in statuses if s.state == "AVAILABLE"]
-    log.info("server %s serves %s versions %s", server.address, server.model_name, available)
-    if not available:
-        raise ServingError(
-            f"scoring server {server.address}: model {server.model_name!r} has no available version "
-            f"({', '.join(f'{s.version} {s.state}' for s in statuses) or 'none'}); wait until it is loaded "
-            f"or check --server-model, --server-version, --server-version-label")
-    return ModelRef(None, server.model_name, server.version)
+    return ModelRef(None, server.model_name, server.version, image_shape=sig.image_shape_of(meta.signature_defs))

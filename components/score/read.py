@@ -1,4 +1,5 @@
-"""Beam steps that read each input format into batches of keyed images: ([(key, label, input)], uint8 [n, 28, 28, 1]).
+"""Beam steps that read each input format into batches of keyed images: ([(key, label, input)], uint8 [n, h, w, c]),
+of the model's image shape (`Inputs.image_shape`).
 
     images, failed, read = read_inputs(p, check_inputs(pattern), min_batch_size=1, max_batch_size=256)
 
@@ -66,8 +67,12 @@ class ReadTFRecordFiles(beam.DoFn):
 class DecodeExamples(_EventsDoFn):
     """(file, [serialized tf.Example]) -> ([(key, label, file)], images); bad records to `failed`."""
 
+    def __init__(self, shape):
+        super().__init__()
+        self._shape = shape  # the model's image shape
+
     def setup(self):
-        self._examples = ExampleDecoder()
+        self._examples = ExampleDecoder(self._shape)
 
     def process(self, element: tuple[str, list[bytes]]):
         yield from self._emit(self._examples.decode(*element))
@@ -91,9 +96,9 @@ class DecodeTables(_EventsDoFn):
 class ReadCsvFiles(_EventsDoFn):
     """A CSV file (Kaggle's digit-recognizer layout) -> ([(key, label, file)], images); bad rows to `failed`."""
 
-    def __init__(self, columns, chunk_rows: int = 256):
+    def __init__(self, columns, chunk_rows: int, shape):
         super().__init__()
-        self._reader = CsvReader(columns, chunk_rows)
+        self._reader = CsvReader(columns, chunk_rows, shape)
 
     def process(self, path: str):
         yield from self._emit(self._reader.read(path))
@@ -102,12 +107,13 @@ class ReadCsvFiles(_EventsDoFn):
 class DecodeImageFiles(_EventsDoFn):
     """A batch of image file paths -> ([(path relative to the folder, None, folder)], images); bad ones to `failed`."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, shape):
         super().__init__()
         self._root = root
+        self._shape = shape  # the model's image shape
 
     def setup(self):
-        self._files = ImageFileDecoder(self._root)
+        self._files = ImageFileDecoder(self._root, self._shape)
 
     def process(self, paths: list[str]):
         yield from self._emit(self._files.decode(paths))
@@ -123,7 +129,7 @@ def read_inputs(p: beam.Pipeline, inputs: Inputs, *, min_batch_size: int, max_ba
             files
             | "Spread" >> beam.Reshuffle()
             | "ReadExamples" >> beam.ParDo(ReadTFRecordFiles(max_batch_size))
-            | "Decode" >> beam.ParDo(DecodeExamples()).with_outputs(*outputs, main="images")
+            | "Decode" >> beam.ParDo(DecodeExamples(inputs.image_shape)).with_outputs(*outputs, main="images")
         )
     elif inputs.format == "parquet":
         decoded = (
@@ -135,14 +141,15 @@ def read_inputs(p: beam.Pipeline, inputs: Inputs, *, min_batch_size: int, max_ba
         decoded = (
             files
             | "Spread" >> beam.Reshuffle()
-            | "ReadCsv" >> beam.ParDo(ReadCsvFiles(inputs.columns, max_batch_size)).with_outputs(*outputs, main="images")
+            | "ReadCsv" >> beam.ParDo(ReadCsvFiles(inputs.columns, max_batch_size, inputs.image_shape))
+            .with_outputs(*outputs, main="images")
         )
     elif inputs.format == "images":
         decoded = (
             files
             | "Spread" >> beam.Reshuffle()
             | "BatchFiles" >> beam.BatchElements(**batch)
-            | "Decode" >> beam.ParDo(DecodeImageFiles(inputs.root)).with_outputs(*outputs, main="images")
+            | "Decode" >> beam.ParDo(DecodeImageFiles(inputs.root, inputs.image_shape)).with_outputs(*outputs, main="images")
         )
     else:  # checked by inputs.detect_format
         raise ValueError(inputs.format)

@@ -21,7 +21,6 @@ from components.score.decode import (
     FAILED,
     IMAGES,
     READ,
-    SIZE,
     Batch,
     ImageDecoder,
     RowError,
@@ -31,7 +30,7 @@ from components.score.decode import (
     pixel_rows,
     readable,
 )
-from components.score.inputs import PIXEL_COLUMNS, Inputs, csv_header, image_key, record_iterator
+from components.score.inputs import Inputs, csv_header, image_key, pixel_columns, record_iterator
 from serving import signatures as sig
 
 __all__ = ["FAILED", "IMAGES", "READ", "CsvReader", "Decoders", "ExampleDecoder", "ImageFileDecoder", "TableDecoder",
@@ -66,9 +65,10 @@ def tfrecord_chunks(path: str, batch_size: int, start: int = 0, stop: int | None
 
 
 class ExampleDecoder:
-    """(file, [serialized tf.Example]) -> events; bad records FAILED. Build once per worker."""
+    """(file, [serialized tf.Example]) -> events; bad records FAILED. Build once per worker; `shape` is the
+    model's image shape."""
 
-    def __init__(self):
+    def __init__(self, shape=sig.DEFAULT_IMAGE_SHAPE):
         import tensorflow as tf
 
         spec = {
@@ -76,7 +76,7 @@ class ExampleDecoder:
             sig.EXAMPLE_LABEL_FEATURE: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
             sig.EXAMPLE_KEY_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
         }
-        self._images = ImageDecoder()
+        self._images = ImageDecoder(shape)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def parse(records):
@@ -166,7 +166,7 @@ class ExampleDecoder:
 def parquet_columns(inputs: Inputs) -> list[str]:
     """The Parquet columns a job reads for `inputs`' layout."""
     c = inputs.columns
-    columns = [c.image] if inputs.layout == "image" else list(PIXEL_COLUMNS)
+    columns = [c.image] if inputs.layout == "image" else list(inputs.pixel_columns)
     return columns + ([c.label] if inputs.has_label else []) + ([c.key] if inputs.has_key else [])
 
 
@@ -179,7 +179,8 @@ class TableDecoder:
         self._has_label = inputs.has_label
         self._has_key = inputs.has_key
         self._batch_size = batch_size
-        self._images = ImageDecoder() if self._layout == "image" else None
+        self._shape = inputs.image_shape
+        self._images = ImageDecoder(self._shape) if self._layout == "image" else None
 
     def decode(self, source: str, table):
         for start in range(0, table.num_rows, self._batch_size):
@@ -195,9 +196,10 @@ class TableDecoder:
             results = self._images.decode([d or b"" for d in data])
             keys = [str(k) if k is not None else default_key(d or b"") for k, d in zip(keys, data)]
         else:
-            pixels = np.column_stack(
-                [table.column(c).to_numpy(zero_copy_only=False) for c in PIXEL_COLUMNS]) if n else np.zeros((0, 784))
-            results, keys = pixel_rows(pixels, keys)
+            columns = pixel_columns(self._shape)
+            pixels = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in columns]) if n \
+                else np.zeros((0, len(columns)))
+            results, keys = pixel_rows(pixels, keys, self._shape)
         good = Batch()
         for key, label, result in zip(keys, labels, results):
             if isinstance(result, str):
@@ -214,19 +216,22 @@ class CsvReader:
 
     Rows are parsed `chunk_rows` at a time: csv's C reader, then one numpy conversion for the chunk; only a
     chunk holding a bad row is converted row by row to find it. `start`/`stop` select data rows (0-based,
-    blank lines not counted); keys keep the row's number in the whole file."""
+    blank lines not counted); keys keep the row's number in the whole file. The pixel columns are those of
+    `shape`, the model's (784 for 28x28 grey, 3,072 for 32x32 colour)."""
 
-    def __init__(self, columns, chunk_rows: int = 256):
+    def __init__(self, columns, chunk_rows: int = 256, shape=sig.DEFAULT_IMAGE_SHAPE):
         self._columns = columns
         self._chunk_rows = chunk_rows
+        self._shape = tuple(shape)
 
     def read(self, path: str, start: int = 0, stop: int | None = None):
         from apache_beam.io.filesystems import FileSystems
 
         with FileSystems.open(path) as raw:  # .gz by suffix
             fh = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-            index = csv_header(path, fh.readline(), self._columns)
-            layout = (np.array([index[c] for c in PIXEL_COLUMNS]), index.get(self._columns.label),
+            pixels = pixel_columns(self._shape)
+            index = csv_header(path, fh.readline(), self._columns, pixels)
+            layout = (np.array([index[c] for c in pixels]), index.get(self._columns.label),
                       index.get(self._columns.key), len(index))
             chunk, row = [], 0
             for line in fh:
@@ -267,7 +272,7 @@ class CsvReader:
                 values = pixels[i] if pixels is not None else int_pixels(r, pixel_index)
                 bad = np.flatnonzero((values < 0) | (values > 255))
                 if bad.size:
-                    raise RowError(f"bad pixel: {PIXEL_COLUMNS[bad[0]]} is {values[bad[0]]}, expected 0-255")
+                    raise RowError(f"bad pixel: pixel{bad[0]} is {values[bad[0]]}, expected 0-255")
                 label = None
                 if label_index is not None:
                     try:
@@ -279,16 +284,16 @@ class CsvReader:
             except RowError as exc:
                 yield failed(key, str(exc), path)
                 continue
-            good.add((key, label, path), values.astype(np.uint8).reshape(SIZE, SIZE, 1))
+            good.add((key, label, path), values.astype(np.uint8).reshape(self._shape))
         yield from good.emit()
 
 
 class ImageFileDecoder:
     """Image file paths (one batch) -> events with keys relative to the folder `root`; bad files FAILED."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, shape=sig.DEFAULT_IMAGE_SHAPE):
         self._root = root
-        self._images = ImageDecoder()
+        self._images = ImageDecoder(shape)
 
     def decode(self, paths: list[str]):
         yield READ, self._root, len(paths)
@@ -347,7 +352,7 @@ class Decoders:
 def read_unit(inputs: Inputs, unit: Unit, batch_size: int, decoders: Decoders):
     """Events (see the module docstring) for the rows of `unit`, in batches of at most `batch_size`."""
     if inputs.format == "tfrecord":
-        examples = decoders.get("tfrecord", ExampleDecoder)
+        examples = decoders.get(("tfrecord", inputs.image_shape), lambda: ExampleDecoder(inputs.image_shape))
         for records in tfrecord_chunks(unit.path, batch_size, unit.start, unit.stop):
             yield from examples.decode(unit.source, records)
     elif inputs.format == "parquet":
@@ -359,9 +364,10 @@ def read_unit(inputs: Inputs, unit: Unit, batch_size: int, decoders: Decoders):
         tables = decoders.get(("parquet", batch_size), lambda: TableDecoder(inputs, batch_size))
         yield from tables.decode(unit.source, table.slice(unit.start, unit.stop - unit.start))
     elif inputs.format == "csv":
-        yield from CsvReader(inputs.columns, batch_size).read(unit.path, unit.start, unit.stop)
+        yield from CsvReader(inputs.columns, batch_size, inputs.image_shape).read(unit.path, unit.start, unit.stop)
     elif inputs.format == "images":
-        files = decoders.get(("images", inputs.root), lambda: ImageFileDecoder(inputs.root))
+        files = decoders.get(("images", inputs.root, inputs.image_shape),
+                             lambda: ImageFileDecoder(inputs.root, inputs.image_shape))
         paths = list(inputs.files[unit.start:unit.stop])
         for a in range(0, len(paths), batch_size):
             yield from files.decode(paths[a:a + batch_size])

@@ -4,11 +4,12 @@ Spark's `predict_batch_udf` and MLflow's `spark_udf`: for people who already hav
     from components.score.spark_udf import prediction_udf
 
     predict = prediction_udf("artifacts/serving/models/mnist")        # newest version, or a SavedModel dir
-    scored = df.withColumn("prediction", predict("image"))             # PNG/JPEG bytes, or 784 pixels
+    scored = df.withColumn("prediction", predict("image"))             # PNG/JPEG bytes, or h*w*c pixels
     scored.select("key", "prediction.predicted_class", "prediction.probabilities")
 
 The model's signatures decide what the column may hold and what comes out: `serving_default` takes the
-28x28x1 image (so a column of 784 integers 0-255, row-major: an array, e.g. `F.array(*pixel_columns)`), and
+model's image (28x28x1 for MNIST: a column of 784 integers 0-255, row-major, an array, e.g.
+`F.array(*pixel_columns)`; 32x32x3 for CIFAR-10: 3,072 in row, column, channel order), and
 encoded images (binary: PNG or JPEG) are decoded with the scoring job's own decoder before it; the output is a
 struct of the signature's outputs (predicted_class from `classes`, probabilities from `probabilities`), the
 class name from the model's class names, and `error`: null, or the reason a row could not be scored (an
@@ -47,27 +48,28 @@ def prediction_udf(model: str):
 
     ref = resolve_model(model)
     check_saved_model(ref.saved_model_dir)
-    signature = sig.read_signature_defs(ref.saved_model_dir)[sig.SERVING_DEFAULT]
+    signatures = sig.read_signature_defs(ref.saved_model_dir)
+    signature, shape = signatures[sig.SERVING_DEFAULT], sig.image_shape_of(signatures)
     fields = _output_fields(signature)
     schema = ", ".join(f"{name} {kind}" for name, kind in fields)
     saved_model_dir, class_names = ref.saved_model_dir, tuple(sig.read_class_names(ref.saved_model_dir))
 
     def predict(images):
-        return predict_series(saved_model_dir, class_names, images)
+        return predict_series(saved_model_dir, class_names, images, shape)
 
     predict.__annotations__ = {"images": pd.Series, "return": pd.DataFrame}  # Series -> struct: a scalar pandas UDF
     return pandas_udf(predict, returnType=schema)
 
 
-def _images(values) -> list:
-    """A column's values -> per row a uint8 [28, 28, 1] image or the reason it is not one."""
+def _images(values, shape=sig.DEFAULT_IMAGE_SHAPE) -> list:
+    """A column's values -> per row a uint8 `shape` image (the model's) or the reason it is not one."""
     from components.score.decode import pixel_rows
     from components.score.spark_worker import image_decoder
 
     out: list = [None] * len(values)
     encoded = [i for i, v in enumerate(values) if isinstance(v, (bytes, bytearray, memoryview))]
     if encoded:
-        for i, result in zip(encoded, image_decoder().decode([bytes(values[i]) for i in encoded])):
+        for i, result in zip(encoded, image_decoder(shape).decode([bytes(values[i]) for i in encoded])):
             out[i] = result
     for i, v in enumerate(values):
         if out[i] is not None:
@@ -76,20 +78,20 @@ def _images(values) -> list:
             out[i] = "missing image: null"
             continue
         pixels = np.asarray(v, dtype=np.float64).reshape(-1)
-        if pixels.size != sig.IMAGE_SIZE * sig.IMAGE_SIZE:
-            out[i] = f"wrong size: {pixels.size} pixels, expected {sig.IMAGE_SIZE * sig.IMAGE_SIZE}"
+        if pixels.size != int(np.prod(shape)):
+            out[i] = f"wrong size: {pixels.size} pixels, expected {int(np.prod(shape))} ({sig.describe_image(shape)})"
             continue
-        out[i] = pixel_rows(pixels[None, :], [""])[0][0]
+        out[i] = pixel_rows(pixels[None, :], [""], shape)[0][0]
     return out
 
 
-def predict_series(saved_model_dir: str, class_names: tuple[str, ...], images):
+def predict_series(saved_model_dir: str, class_names: tuple[str, ...], images, shape=sig.DEFAULT_IMAGE_SHAPE):
     """One Arrow batch of the image column (a pandas Series) -> a DataFrame of the prediction struct's fields."""
     import pandas as pd
 
     from components.score.spark_worker import predict
 
-    results = _images(list(images))
+    results = _images(list(images), shape)
     good = [i for i, r in enumerate(results) if not isinstance(r, str)]
     n = len(results)
     predicted, probabilities, names = [None] * n, [None] * n, [None] * n

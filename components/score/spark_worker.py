@@ -58,16 +58,17 @@ def loaded_model(saved_model_dir: str):
 
 
 def predict(saved_model_dir: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [n, 28, 28, 1] -> (probabilities float32 [n, 10], classes int64 [n]) with serving_default, after
+    """uint8 [n, h, w, c] (the model's shape) -> (probabilities float32 [n, 10], classes int64 [n]) with serving_default, after
     the project's one scaling function (in the same graph call)."""
     return loaded_model(saved_model_dir)(images)
 
 
-def image_decoder():
-    """The scoring job's PNG/JPEG decoder, built once per process (it traces a TF graph)."""
+def image_decoder(shape=sig.DEFAULT_IMAGE_SHAPE):
+    """The scoring job's PNG/JPEG decoder for images of `shape` (the model's), built once per process and shape
+    (it traces a TF graph)."""
     from components.score.decode import ImageDecoder
 
-    return _decoders().get("image", ImageDecoder)
+    return _decoders().get(("image", tuple(shape)), lambda: ImageDecoder(shape))
 
 
 def _decoders():
