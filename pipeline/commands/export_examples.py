@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from components.score.options import INPUT_FORMATS
-from pipeline.cli import config_flag
+from pipeline.cli import config_flag, dataset_flag
 from pipeline.config import Config
 
 NAME = "export-examples"
@@ -22,12 +22,14 @@ Write the split's rows (keys <split>-<index>) in a format `mnist-pipeline score 
   mnist-pipeline export-examples --split test --output samples/test
   mnist-pipeline score --input 'samples/test-*.tfrecord'
   mnist-pipeline export-examples --format csv --limit 1000 --output samples/test
-  mnist-pipeline score --input 'samples/test-*.csv'"""
+  mnist-pipeline score --input 'samples/test-*.csv'
+  mnist-pipeline export-examples --dataset cifar10 --format images --output samples/cifar   # 32x32 colour PNGs"""
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    dataset_flag(parser, "the ingested dataset whose split to write")
     config_flag(parser, "--split", key="score.split", metavar="NAME", help="the split to write (default: test)")
     parser.add_argument("--output", metavar="PREFIX", required=True, help="path prefix of the files to write")
     parser.add_argument("--num-shards", type=int, default=4, metavar="N", help="number of files (default 4)")

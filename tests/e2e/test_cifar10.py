@@ -72,6 +72,52 @@ def test_cifar10_run_pushes_cifar10_1_with_a_colour_signature_and_its_names(two_
     check = json.loads((run_dir / "serving_check" / "serving_check.json").read_text())
     assert check["passed"] and check["model_name"] == "cifar10" and set(check["classify_top_classes"]) <= set(CIFAR_NAMES)
     assert "truck" in (run_dir / "report" / "report.html").read_text()
+    # The run's score stage read the colour test split with the model's shape: every row predicted, with names.
+    assert (ex["score"].properties["num_predictions"], ex["score"].properties["num_failed"]) == (30, 0)
+    rows = [json.loads(line) for f in sorted((run_dir / "score").glob("predictions-*.jsonl"))
+            for line in f.read_text().splitlines()]
+    assert len(rows) == 30 and all(r["predicted_class_name"] == CIFAR_NAMES[r["predicted_class"]] for r in rows)
+
+
+def _score_outputs(out: Path) -> tuple[dict, dict, dict]:
+    predicted = {r["key"]: r for f in out.glob("predictions-*.jsonl") for r in map(json.loads, f.read_text().splitlines())}
+    failed = {r["key"]: r for f in out.glob("failed-*.jsonl") for r in map(json.loads, f.read_text().splitlines())}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accounted"] and summary["read"] == summary["predictions"] + summary["failed"] == \
+        len(predicted) + len(failed)
+    return predicted, failed, summary
+
+
+def test_score_reads_colour_images_and_csv_and_fails_grey_rows_alone(two_datasets, capsys, tmp_path):
+    workdir = two_datasets["workdir"]
+    common = ["--workdir", str(workdir), "--dataset", "cifar10", "-q"]
+    for fmt in ("images", "csv"):
+        code, _, err = _run(capsys, "export-examples", *common, "--format", fmt, "--limit", "12",
+                            "--output", str(tmp_path / fmt / "test"))
+        assert code == 0, err
+    folder = tmp_path / "images" / "test"
+    (folder / "grey.png").write_bytes(_pngs(synthetic_digits(1, seed=3)[0][..., None])[0])  # an MNIST image
+    (folder / "grey32.png").write_bytes(_pngs(np.zeros((1, 32, 32, 1), np.uint8))[0])  # the right size, grey
+    model = str(paths.model_base_path(workdir) / "cifar10")
+    for name, pattern, n_good in (("images", str(folder), 12), ("csv", str(tmp_path / "csv" / "test-*.csv"), 12)):
+        out = tmp_path / f"out-{name}"
+        code, _, err = _run(capsys, "score", *common, "--model", model, "--input", pattern, "--output", str(out))
+        assert code == 0, err
+        predicted, failed, summary = _score_outputs(out)
+        assert len(predicted) == n_good and all(r["predicted_class_name"] in CIFAR_NAMES for r in predicted.values())
+        if name == "images":
+            assert failed["grey.png"]["reason"].startswith("wrong size: 28x28 pixels, expected 32x32")
+            assert failed["grey32.png"]["reason"] == (
+                "grey image: 1 channel; the model takes 32x32 colour (RGB) images (images are not converted)")
+    # MNIST's model refuses the colour images row by row, and scores nothing else wrongly.
+    out = tmp_path / "out-mnist"
+    code, _, err = _run(capsys, "score", "--workdir", str(workdir), "-q", "--model",
+                        str(paths.model_base_path(workdir) / "mnist"), "--input", str(folder), "--output", str(out))
+    assert code == 0, err
+    predicted, failed, _ = _score_outputs(out)
+    assert list(predicted) == ["grey.png"] and len(failed) == 13
+    assert failed["grey32.png"]["reason"].startswith("wrong size")
+    assert all(r["reason"].startswith("wrong size: 32x32") for k, r in failed.items() if k != "grey32.png")
 
 
 def _pngs(images: np.ndarray) -> list[bytes]:
@@ -129,6 +175,14 @@ def test_one_server_serves_both_and_refuses_grey_for_colour_per_image(two_datase
         assert rest_out.splitlines()[:5] == lines[:5]  # REST answers the same names and refusals
         code, out, err = _run(capsys, "predict", "--rest", rest.url, *map(str, files[3:]))  # mnist: the grey ones
         assert code == 0, err
+        # score through the server: the served model's shape comes from its metadata; grey rows fail alone.
+        out_dir = tmp_path / "served"
+        code, _, err = _run(capsys, "score", "--workdir", str(two_datasets["workdir"]), "--dataset", "cifar10",
+                            "--server", server.address, "--input", str(tmp_path), "--output", str(out_dir), "-q")
+        assert code == 0, err
+        predicted, failed, summary = _score_outputs(out_dir)
+        assert sorted(predicted) == ["img0.png", "img1.png", "img2.png"] and sorted(failed) == ["img3.png", "img4.png"]
+        assert summary["model"]["name"] == "cifar10"
     finally:
         rest.stop()
         server.stop(grace=1.0)
