@@ -1,7 +1,8 @@
-"""CIFAR-10 end to end, beside MNIST in one workdir, on a tiny archive in the official binary format: `run
---dataset cifar10` pushes cifar10/1 with a 32x32x3 signature and the names from batches.meta.txt; one server
-serves both models; `predict` names "airplane" ... "truck" over gRPC and REST; grey images sent to the colour
-model, and colour ones to MNIST's, are refused per image with a reason, and the server keeps serving."""
+"""CIFAR-10 end to end, beside MNIST and Fashion-MNIST in one workdir, on a tiny archive in the official binary
+format: `run --dataset cifar10` pushes cifar10/1 with a 32x32x3 signature and the names from batches.meta.txt;
+one server serves the three models; `predict` names "airplane" ... "truck" over gRPC and REST; grey images sent
+to the colour model, and colour ones to MNIST's, are refused per image with a reason, and the server keeps
+serving; `score` accounts for every row of colour PNGs and CSV."""
 
 from __future__ import annotations
 
@@ -32,15 +33,19 @@ def _executions(workdir: Path) -> tuple[dict, str]:
 
 @pytest.fixture(scope="module")
 def two_datasets(tmp_path_factory) -> dict:
-    """One workdir where `run` went through every stage for MNIST (seed CNN), then for CIFAR-10 with its own
-    recipe (resnet), each for 1 epoch on a few dozen images, the blessing threshold at 0: the wiring is tested."""
+    """One workdir where `run` went through every stage for MNIST and Fashion-MNIST (seed CNN), then for
+    CIFAR-10 with its own recipe (resnet), each for 1 epoch on a few dozen images, the blessing threshold at 0:
+    the wiring is tested."""
     root = tmp_path_factory.mktemp("cifar")
     workdir = root / "w"
     common = ["--workdir", str(workdir), "--epochs", "1", "--accuracy-threshold", "0", "-q"]
     mnist = write_idx_dir(root / "mnist", n_train=100, n_test=30)
     archive = write_cifar_archive(root / "src" / "cifar-10-binary.tar.gz", n_train=60, n_test=30)
     assert cli.main(["run", "--source-dir", str(mnist), "--architecture", "seed", *common]) == 0
-    mnist_executions, mnist_run = _executions(workdir)
+    _, mnist_run = _executions(workdir)
+    fashion = write_idx_dir(root / "fashion", n_train=100, n_test=30, seed=3)
+    assert cli.main(["run", "--dataset", "fashion_mnist", "--source-dir", str(fashion), "--architecture", "seed",
+                     *common]) == 0
     assert cli.main(["run", "--dataset", "cifar10", "--source-dir", str(archive.parent), *common]) == 0
     executions, cifar_run = _executions(workdir)
     return {"workdir": workdir, "mnist_run": mnist_run, "cifar_run": cifar_run, "executions": executions,
@@ -52,7 +57,7 @@ def test_cifar10_run_pushes_cifar10_1_with_a_colour_signature_and_its_names(two_
     assert all(e.status == "succeeded" for e in ex.values()), {s: e.status for s, e in ex.items()}
     assert ex["train"].properties["architecture"] == "resnet"  # the dataset's recipe, not MNIST's
     base = paths.model_base_path(workdir)
-    assert model_registry.model_names(base) == ["cifar10", "mnist"]
+    assert model_registry.model_names(base) == ["cifar10", "fashion_mnist", "mnist"]
     [cifar] = model_registry.list_versions(base, "cifar10")
     assert cifar.version == 1 and cifar.metadata["dataset"] == "cifar10"
     assert sig.read_class_names(cifar.path) == CIFAR_NAMES
@@ -126,7 +131,7 @@ def _pngs(images: np.ndarray) -> list[bytes]:
     return [tf.io.encode_png(image).numpy() for image in images]
 
 
-def test_one_server_serves_both_and_refuses_grey_for_colour_per_image(two_datasets, capsys, tmp_path):
+def test_one_server_serves_all_three_and_refuses_grey_for_colour_per_image(two_datasets, capsys, tmp_path):
     from components.examples import make_example
     from pipeline.commands.serve import served_models
     from pipeline.config import load_config
@@ -137,7 +142,7 @@ def test_one_server_serves_both_and_refuses_grey_for_colour_per_image(two_datase
     from serving.server import LocalServer
 
     models = served_models(load_config(None, {"workdir": str(two_datasets["workdir"])}))
-    assert sorted(models) == ["cifar10", "mnist"]
+    assert sorted(models) == ["cifar10", "fashion_mnist", "mnist"]  # one server, the three models at once
     server = LocalServer(ModelManager(models, poll_interval=1.0), host="127.0.0.1", port=0)
     server.start()
     rest = RestServer(server.manager, host="127.0.0.1", port=0)
