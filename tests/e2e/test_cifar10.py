@@ -139,6 +139,7 @@ def test_one_server_serves_all_three_and_refuses_grey_for_colour_per_image(two_d
     from serving.errors import ServingError
     from serving.model_manager import ModelManager
     from serving.rest import RestServer
+    from serving.rest_client import RestClient
     from serving.server import LocalServer
 
     models = served_models(load_config(None, {"workdir": str(two_datasets["workdir"])}))
@@ -161,6 +162,12 @@ def test_one_server_serves_all_three_and_refuses_grey_for_colour_per_image(two_d
             with pytest.raises(ServingError, match="28x28 grey"):
                 client.predict_png([colour[0]])
             assert client.predict_png(grey)["classes"].shape == (2,)
+        # REST: the PNGs travel as {"b64": ...}; a grey one for the colour model is that request's 400, with why.
+        with RestClient(rest.url, model_name="cifar10", timeout=30.0) as client:
+            assert client.predict_png(colour)["classes"].shape == (3,)
+            with pytest.raises(ServingError, match="32x32 colour"):
+                client.predict_png([grey[0]])
+            assert [list(row) for row in client.classify([make_example(colour[0])])["classes"]] == [CIFAR_NAMES]
 
         files = []
         for i, png in enumerate(colour + grey):
