@@ -30,8 +30,8 @@ class ModelRef:
     saved_model_dir: str | None  # None when a server scores (the SavedModel is the server's)
     name: str
     version: int | None  # the integer folder of TF Serving's layout; None for a bare SavedModel dir
-    # The SavedModel's assets.extra/class_names.txt ("0".."9" for MNIST, and when a server scores: the file
-    # is the server's).
+    # The SavedModel's assets.extra/class_names.txt ("0".."9" for MNIST); when a server scores, the names its
+    # classify signature answers.
     class_names: tuple[str, ...] = tuple(sig.default_class_names())
     # (height, width, channels) of the images the model takes: the SavedModel's assets.extra/image_shape.txt,
     # or the served serving_default input (GetModelMetadata); the readers decode and check rows to it.
@@ -141,4 +141,27 @@ def check_server(server: ServerRef) -> ModelRef:
             meta = client.get_model_metadata(version=server.version, version_label=server.version_label)
         except ServingError as exc:
             raise ServingError(f"scoring server {server.address}: {exc}", getattr(exc, "code", None)) from exc
-    return ModelRef(None, server.model_name, server.version, image_shape=sig.image_shape_of(meta.signature_defs))
+        shape = sig.image_shape_of(meta.signature_defs)
+        names = _served_class_names(client, server, shape)
+    return ModelRef(None, server.model_name, server.version, class_names=names, image_shape=shape)
+
+
+def _served_class_names(client, server: ServerRef, shape) -> tuple[str, ...]:
+    """The served model's class names, as its classify signature answers them (TF Serving's Classify API names
+    the classes; the names file is the server's): one request with a blank image of the model's shape.
+    "0".."9" when the model has no such signature or the answer is not ten names (logged)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from components.examples import make_example
+    from serving.errors import ServingError
+
+    blank = tf.io.encode_png(np.zeros(shape, np.uint8)).numpy()
+    try:
+        answer = client.classify([make_example(blank)], version=server.version, version_label=server.version_label)
+        names = tuple(str(n) for n in answer[sig.CLASSIFY_CLASSES_OUTPUT][0])
+    except (ServingError, KeyError, IndexError) as exc:
+        log.warning("server %s: no class names from %s's classify signature (%s); rows name classes 0..9",
+                    server.address, server.model_name, exc)
+        return tuple(sig.default_class_names())
+    return names if len(names) == sig.NUM_CLASSES else tuple(sig.default_class_names())

@@ -195,6 +195,7 @@ def test_one_server_serves_all_three_and_refuses_grey_for_colour_per_image(two_d
         predicted, failed, summary = _score_outputs(out_dir)
         assert sorted(predicted) == ["img0.png", "img1.png", "img2.png"] and sorted(failed) == ["img3.png", "img4.png"]
         assert summary["model"]["name"] == "cifar10"
+        assert all(r["predicted_class_name"] == CIFAR_NAMES[r["predicted_class"]] for r in predicted.values())
     finally:
         rest.stop()
         server.stop(grace=1.0)
