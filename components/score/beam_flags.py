@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 from collections.abc import Iterable, Sequence
 
 from pipeline.errors import ConfigError
@@ -32,8 +33,14 @@ def split_at_dashes(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def _beam_parser() -> argparse.ArgumentParser:
     """Every flag Beam's pipeline options know: each `PipelineOptions` subclass's own `_add_argparse_args`,
     as `PipelineOptions.get_all_options` builds its parser (imported here, never on a `--help` path)."""
-    import apache_beam  # noqa: F401 (the runners' and IOs' option classes register on import)
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    # Importing Beam logs warnings about optional GCP libraries (apitools, BigQuery storage) that say nothing
+    # about the user's flags; keep them out of a one-line flag error.
+    logging.disable(logging.WARNING)
+    try:
+        import apache_beam  # noqa: F401 (the runners' and IOs' option classes register on import)
+        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    finally:
+        logging.disable(logging.NOTSET)
 
     class Parser(_BeamArgumentParser):
         def error(self, message):  # a bad value of a known flag: refuse it as ours, not exit 2
