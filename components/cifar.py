@@ -16,7 +16,6 @@ reads them there, as it would read its download, so the prepared data is what a 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 import zlib
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.datasets import files_fingerprint
 from pipeline.errors import DataError
 
 SOURCE_KIND = "cifar10-binary"  # ingest.json's "source"
@@ -160,15 +160,7 @@ def fingerprint(source: str | os.PathLike) -> str | None:
         where = locate(Path(source))
     except DataError:
         return None
-    digest = hashlib.sha256()
-    paths = [where] if where.is_file() else [where / name for name in _names()]
-    for path in paths:
-        digest.update(path.name.encode())
-        if path.is_file():
-            with path.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
+    return files_fingerprint([where] if where.is_file() else [where / name for name in _names()])
 
 
 def check_split_sizes(dataset: str, counts: dict[str, int], source: str) -> None:

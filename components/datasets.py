@@ -24,7 +24,10 @@ Light on purpose: the CLI reads it on the `--help` path.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.errors import ConfigError
 
@@ -69,3 +72,15 @@ def dataset(name: str) -> Dataset:
         return DATASETS[name]
     except KeyError:
         raise ConfigError(f"unknown dataset {name!r} (data.dataset, --dataset); supported: {', '.join(DATASETS)}") from None
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """sha256 over each file's name and bytes (a missing one counts by its name): a reader's `fingerprint`."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        if path.is_file():
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()

@@ -11,7 +11,6 @@ counts do not match the data length, labels outside 0-9, image and label counts 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import struct
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.datasets import files_fingerprint
 from pipeline.errors import DataError
 from serving.signatures import IMAGE_SIZE, NUM_CLASSES
 
@@ -196,16 +196,7 @@ def fingerprint(source_dir: str | os.PathLike) -> str | None:
     source = Path(source_dir)
     if not source.is_dir():
         return None
-    digest = hashlib.sha256()
-    for pair in SPLIT_FILES.values():
-        for name in pair:
-            path = source / name
-            digest.update(name.encode())
-            if path.is_file():
-                with path.open("rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(chunk)
-    return digest.hexdigest()
+    return files_fingerprint(source / name for pair in SPLIT_FILES.values() for name in pair)
 
 
 def split_generators(base: type, builder, source: IdxSource, dl_manager):

@@ -51,6 +51,10 @@ from pipeline.store import Artifact, Execution, RunStore
 
 log = logging.getLogger(__name__)
 
+# The execution property naming who ran it (an orchestrator's DAG run and task: pipeline.orchestrate); a cache
+# hit keeps what the earlier execution produced, not who ran it.
+RAN_BY = "orchestrator"
+
 
 class StageFailed(PipelineError):
     """A stage raised; the run is recorded as failed at `stage`."""
@@ -111,13 +115,15 @@ def run_pipeline(
     wait: bool = False,
     owner: str = "mnist-pipeline run",
     code: str | None = None,
+    ran_by: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Run the selected stages of `specs` under the workdir lock.
 
     `resume`: a run id or "latest" (failed/interrupted): continue it with its recorded configuration, skipping
     the stages it finished. `run_id`: work in that run, with this configuration: a new run of that id, or an
     existing one whose finished stages feed the selected ones (how a stage command adds a stage to a run);
-    the selected stages run again (or are cache hits). Neither: a new run.
+    the selected stages run again (or are cache hits). Neither: a new run. `ran_by`: who runs the stages (an
+    orchestrator's task, `pipeline.orchestrate`), recorded on each execution as the property RAN_BY.
     """
     selected = select_stages(specs, stages, skip)  # a bad stage name is an error before anything is recorded
     config = resolve_defaults(config)  # the dataset's model name and threshold, where config leaves them None
@@ -159,7 +165,9 @@ def run_pipeline(
             store.start_run(run_id, config.to_dict(), code)
             log.info("run %s started in %s (code %s)", run_id, workdir, code)
         lock.describe(f"{owner} {run_id}")
-        return _run_stages(store, config, workdir, run_id, specs, selected, finished, use_cache, code)
+        started_with = {RAN_BY: dict(ran_by)} if ran_by else {}
+        return _run_stages(store, config, workdir, run_id, specs, selected, finished, use_cache, code,
+                           started_with)
 
 
 def latest_run_with(workdir: str | os.PathLike, stage: str) -> str | None:
@@ -183,6 +191,7 @@ def _run_stages(
     finished: Mapping[str, Execution],
     use_cache: bool,
     code: str,
+    started_with: dict[str, Any],
 ) -> RunResult:
     started = time.monotonic()
     records: dict[str, StageRecord] = {}
@@ -200,13 +209,13 @@ def _run_stages(
                 continue
             if spec.name not in selected_names:
                 continue
-            records[spec.name] = _run_stage(store, config, workdir, run_id, spec, records, use_cache, code)
+            records[spec.name] = _run_stage(store, config, workdir, run_id, spec, records, use_cache, code, started_with)
     except StageFailed as exc:
         store.finish_run(run_id, "failed", failed_stage=exc.stage, error=exc.error)
         for spec in selected:
             if spec.after_failure and spec.name not in records and spec.name != exc.stage:
                 try:  # e.g. a report that shows where the run failed; its own failure must not hide the first
-                    _run_stage(store, config, workdir, run_id, spec, records, use_cache, code)
+                    _run_stage(store, config, workdir, run_id, spec, records, use_cache, code, started_with)
                 except Exception as later:  # noqa: BLE001
                     log.warning("stage %s after the failure could not run either: %s", spec.name, later)
         raise
@@ -286,6 +295,7 @@ def _run_stage(
     records: dict[str, StageRecord],
     use_cache: bool,
     code: str,
+    started_with: dict[str, Any],
 ) -> StageRecord:
     t0 = time.monotonic()
     fingerprint = config.section_fingerprint(*spec.sections) if spec.sections else ""
@@ -293,10 +303,10 @@ def _run_stage(
     try:
         inputs, upstream = _resolve_inputs(store, config, workdir, spec, records)
     except SkipStage as skip:
-        return _record_skip(store, run_id, spec.name, fingerprint, code, {}, str(skip), t0)
+        return _record_skip(store, run_id, spec.name, fingerprint, code, {}, str(skip), t0, started_with)
     except PipelineError as exc:
         ex_id = store.start_execution(run_id, spec.name, config_fingerprint=fingerprint, code_version=code,
-                                      inputs={}, cache_key=None)
+                                      inputs={}, cache_key=None, properties=started_with)
         store.finish_execution(ex_id, "failed", error=str(exc))
         log.error("stage %s: failed: %s", spec.name, exc)
         raise StageFailed(run_id, spec.name, str(exc)) from exc
@@ -304,17 +314,16 @@ def _run_stage(
     keyed = {k: dataclasses.replace(a, uri=store.stored_uri(a.uri)) for k, a in inputs.items()
              if k in {i.name for i in spec.inputs if i.in_cache_key}}
     key = cache_key(spec.name, fingerprint, keyed, code) if spec.cacheable else None
-    ex_id = store.start_execution(
-        run_id, spec.name, config_fingerprint=fingerprint, code_version=code, inputs=inputs, cache_key=key
-    )
+    ex_id = store.start_execution(run_id, spec.name, config_fingerprint=fingerprint, code_version=code, inputs=inputs,
+                                  cache_key=key, properties=started_with)
     if use_cache and key is not None:
         hit = store.find_cached(key)
         if hit is not None:
             outputs = store.output_artifacts(hit.id)
             problem = outputs_intact(outputs)
             if problem is None:
-                # What the stage produced, not who ran that execution (an orchestrator's task: pipeline.orchestrate).
-                produced = {k: v for k, v in hit.properties.items() if k != "orchestrator"}
+                # What the stage produced, not who ran that execution.
+                produced = {k: v for k, v in hit.properties.items() if k != RAN_BY}
                 store.finish_execution(ex_id, "cached", outputs=outputs, properties=produced, reused_execution=hit.id)
                 for art in outputs.values():
                     log.info("stage %s: cached: reusing %s", spec.name, art.uri)
@@ -348,9 +357,9 @@ def _run_stage(
 
 
 def _record_skip(store: RunStore, run_id: str, stage: str, fingerprint: str, code: str,
-                 inputs: dict[str, Artifact], reason: str, t0: float) -> StageRecord:
+                 inputs: dict[str, Artifact], reason: str, t0: float, started_with: dict[str, Any]) -> StageRecord:
     ex_id = store.start_execution(run_id, stage, config_fingerprint=fingerprint, code_version=code, inputs=inputs,
-                                  cache_key=None)
+                                  cache_key=None, properties=started_with)
     store.finish_execution(ex_id, "skipped", error=reason)
     log.warning("stage %s: skipped: %s", stage, reason)
     return StageRecord(stage, "skipped", time.monotonic() - t0, {}, {}, reason=reason, execution_id=ex_id)

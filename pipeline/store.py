@@ -175,12 +175,15 @@ class RunStore:
         code_version: str | None,
         inputs: dict[str, Artifact],
         cache_key: str | None,
+        properties: dict[str, Any] | None = None,
     ) -> int:
+        """A running execution; `properties` known from the start (who runs it) are kept when it finishes."""
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO executions (run_id, stage, status, started, config_fingerprint, code_version, inputs, "
-                "cache_key) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
-                (run_id, stage, now(), config_fingerprint, code_version, self._artifacts_json(inputs), cache_key),
+                "cache_key, properties) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (run_id, stage, now(), config_fingerprint, code_version, self._artifacts_json(inputs), cache_key,
+                 self._properties_json(properties or {})),
             )
             execution_id = int(cur.lastrowid)
             for name, art in inputs.items():
@@ -201,7 +204,8 @@ class RunStore:
         error: str | None = None,
         reused_execution: int | None = None,
     ) -> dict[str, Artifact]:
-        """Record the outcome; new output artifacts get ids (reused ones keep theirs). Returns them with ids."""
+        """Record the outcome; new output artifacts get ids (reused ones keep theirs). Returns them with ids.
+        `properties` are added to those the execution started with."""
         outputs = dict(outputs or {})
         stored: dict[str, Artifact] = {}
         with self._tx() as c:
@@ -213,9 +217,9 @@ class RunStore:
                 )
                 uri = self.uris.resolved(self.uris.stored(art.uri))
                 stored[name] = Artifact(uri, art.type, dict(art.properties), art_id)
-            started = c.execute("SELECT started FROM executions WHERE id=?", (execution_id,)).fetchone()["started"]
+            row = c.execute("SELECT started, properties FROM executions WHERE id=?", (execution_id,)).fetchone()
             ended = now()
-            duration = (_dt.datetime.fromisoformat(ended) - _dt.datetime.fromisoformat(started)).total_seconds()
+            duration = (_dt.datetime.fromisoformat(ended) - _dt.datetime.fromisoformat(row["started"])).total_seconds()
             c.execute(
                 "UPDATE executions SET status=?, ended=?, duration=?, outputs=?, properties=?, error=?, "
                 "reused_execution=? WHERE id=?",
@@ -224,7 +228,7 @@ class RunStore:
                     ended,
                     duration,
                     self._artifacts_json(stored),
-                    json.dumps(self.uris.stored_value(properties or {}), sort_keys=True, default=str),
+                    self._properties_json({**json.loads(row["properties"] or "{}"), **(properties or {})}),
                     error,
                     reused_execution,
                     execution_id,
@@ -232,16 +236,11 @@ class RunStore:
             )
         return stored
 
-    def add_execution_properties(self, execution_id: int, properties: dict[str, Any]) -> None:
-        """Merge `properties` into an execution's, e.g. which orchestrator task ran it (pipeline.orchestrate)."""
-        with self._tx() as c:
-            row = c.execute("SELECT properties FROM executions WHERE id=?", (execution_id,)).fetchone()
-            merged = {**json.loads(row["properties"] or "{}"), **self.uris.stored_value(properties)}
-            c.execute("UPDATE executions SET properties=? WHERE id=?",
-                      (json.dumps(merged, sort_keys=True, default=str), execution_id))
+    def _properties_json(self, properties: dict[str, Any]) -> str:
+        return json.dumps(self.uris.stored_value(properties), sort_keys=True, default=str)
 
     def _insert_artifact(self, c: sqlite3.Connection, art: Artifact, producer: int | None) -> int:
-        props = json.dumps(self.uris.stored_value(art.properties), sort_keys=True, default=str)
+        props = self._properties_json(art.properties)
         cur = c.execute(
             "INSERT INTO artifacts (uri, type, properties, producer, created) VALUES (?, ?, ?, ?, ?)",
             (self.uris.stored(art.uri), art.type, props, producer, now()),

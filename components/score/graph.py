@@ -20,15 +20,14 @@ from apache_beam.io.filesystems import FileSystems
 from components.score.inputs import Inputs, check_inputs
 from components.score.model import ModelRef, ServerRef
 from components.score.read import read_inputs
+from components.score.rows import CSV_COLUMNS, parquet_schema
 from components.score.write import (
-    CSV_COLUMNS,
     FAILED_PREFIX,
     PREDICTIONS_PREFIX,
     STATS_TAG,
     SUMMARY_FILE,
     FormatPredictions,
     Summarize,
-    parquet_schema,
     summary_header,
 )
 

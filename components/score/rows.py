@@ -17,7 +17,6 @@ import numpy as np
 
 from serving import signatures as sig
 
-FORMATS = ("jsonl", "csv", "parquet")
 CSV_COLUMNS = (
     "key", "predicted_class", "predicted_class_name", "label", "model_name", "model_version",
     *(f"probability_{i}" for i in range(sig.NUM_CLASSES)),
@@ -138,6 +137,19 @@ def add_batch(stats: list, metas, classes) -> None:
         stats[2] += int((labeled[ok] == classes[ok]).sum())
         cells = np.bincount(labeled[ok] * sig.NUM_CLASSES + classes[ok], minlength=sig.NUM_CLASSES ** 2)
         stats[3] = [a + int(b) for a, b in zip(stats[3], cells)]
+
+
+def add_counts(stats: list, predicted_by_input: dict, cells) -> None:
+    """Count predictions already aggregated elsewhere (Spark's groupBy) into `stats`: `predicted_by_input`
+    {input: predictions}, and `cells` (label, predicted class, count) of the labeled ones."""
+    for source, n in predicted_by_input.items():
+        stats[4][source] = stats[4].get(source, 0) + n
+        stats[0] += n
+    k = sig.NUM_CLASSES
+    for label, predicted, n in cells:
+        stats[1] += n
+        stats[2] += n if label == predicted else 0
+        stats[3][label * k + predicted] += n
 
 
 def merge_stats(stats: list, other: list) -> None:

@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from components.score.inputs import Inputs
 from components.score.progress import Progress
 from components.score.readers import split_units
-from components.score.rows import CSV_COLUMNS, new_stats, summary_figures
+from components.score.rows import CSV_COLUMNS, add_counts, new_stats, summary_figures
 from components.score.spark_worker import FAILED, PREDICTION, READ, ScoreTask, output_schema
 from pipeline.errors import ConfigError, PipelineError
 from serving import signatures as sig
@@ -154,22 +154,12 @@ def run_job(spark, *, model, inputs: Inputs, output_dir: str, output_format: str
         result.unpersist()
         if FileSystems.exists(tmp):
             FileSystems.delete([tmp])
-    stats = new_stats()
-    read, failed = {}, {}
+    read, failed, predicted = {}, {}, {}
     for row in counts:
-        if row["kind"] == READ:
-            read[row["input"]] = int(row["n"])
-        elif row["kind"] == FAILED:
-            failed[row["input"]] = int(row["n"])
-        else:
-            stats[4][row["input"]] = int(row["n"])
-            stats[0] += int(row["n"])
-    k = sig.NUM_CLASSES
-    for row in confusion:
-        label, predicted, n = int(row["label"]), int(row["predicted_class"]), int(row["count"])
-        stats[1] += n
-        stats[2] += n if label == predicted else 0
-        stats[3][label * k + predicted] += n
+        by_kind = read if row["kind"] == READ else failed if row["kind"] == FAILED else predicted
+        by_kind[row["input"]] = int(row["n"])
+    stats = new_stats()
+    add_counts(stats, predicted, ((int(r["label"]), int(r["predicted_class"]), int(r["count"])) for r in confusion))
     figures = summary_figures(stats, {row["reason"]: int(row["count"]) for row in reasons}, failed, read)
     return {**header, **figures}
 

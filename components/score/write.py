@@ -19,14 +19,11 @@ from apache_beam.metrics import Metrics
 
 from components.score.progress import TALLY
 from components.score.read import FAILED_TAG, METRICS_NAMESPACE, READ_TAG
-from components.score.rows import (  # noqa: F401 (FORMATS, CSV_COLUMNS, parquet_schema: re-exported)
-    CSV_COLUMNS,
-    FORMATS,
+from components.score.rows import (
     RowFormatter,
     add_batch,
     merge_stats,
     new_stats,
-    parquet_schema,
     reason_kind,
     summary_figures,
 )

@@ -28,7 +28,6 @@ from pipeline.stage_api import StageSpec
 log = logging.getLogger(__name__)
 
 ORCHESTRATORS = ("airflow", "kfp")
-PROPERTY = "orchestrator"  # the execution property that says which orchestrator, DAG run and task ran it
 
 
 @dataclass(frozen=True)
@@ -117,11 +116,9 @@ def run_task(config: Config, stage: str, *, orchestrator: str, dag_run: str, tas
              use_cache: bool = True) -> tuple[str, Any]:
     """Run stage `stage` as task `task` of DAG run `dag_run`: `run --stages STAGE` in that DAG run's pipeline run,
     waiting for the workdir if another task holds it. The execution records who ran it (property
-    `orchestrator`). Returns the run id and the stage's record; a failed stage raises its own message."""
-    from pipeline import paths
+    `orchestrator`, runner.RAN_BY). Returns the run id and the stage's record; a failed stage raises its own message."""
     from pipeline.runner import StageFailed, run_pipeline
     from pipeline.stages import default_stages
-    from pipeline.store import RunStore
 
     if orchestrator not in ORCHESTRATORS:
         raise ConfigError(f"unknown orchestrator {orchestrator!r}; use one of {', '.join(ORCHESTRATORS)}")
@@ -131,15 +128,7 @@ def run_task(config: Config, stage: str, *, orchestrator: str, dag_run: str, tas
         who["attempt"] = attempt
     try:
         result = run_pipeline(config, default_stages(), stages=[stage], run_id=run_id, use_cache=use_cache,
-                              wait=True, owner=f"{orchestrator} task {task} of {dag_run}")
+                              wait=True, owner=f"{orchestrator} task {task} of {dag_run}", ran_by=who)
     except StageFailed as exc:
-        with RunStore(paths.store_path(config.workdir)) as store:
-            failed = [ex for ex in store.executions(run_id) if ex.stage == stage]
-            if failed:
-                store.add_execution_properties(failed[-1].id, {PROPERTY: who})
         raise PipelineError(f"stage {stage} failed: {exc.error} (recorded in run {exc.run_id})") from exc
-    record = result.stages[0]
-    if record.execution_id is not None:
-        with RunStore(paths.store_path(config.workdir)) as store:
-            store.add_execution_properties(record.execution_id, {PROPERTY: who})
-    return run_id, record
+    return run_id, result.stages[0]

@@ -70,6 +70,7 @@ def test_a_retried_train_task_resumes_after_its_last_epoch(tmp_path):
     assert run.id == run_id and run.status == "succeeded"
     assert [ex.status for ex in trains] == ["failed", "succeeded"]
     assert "interrupted" in trains[0].error
+    assert trains[0].properties["orchestrator"]["attempt"] == 1, "the killed attempt names itself too"
     # The last backup, or the one before it if the kill hit a save; never epoch 0.
     assert trains[1].properties["initial_epoch"] >= max(1, backed_up - 1)
     assert trains[1].properties["orchestrator"] == {"name": "airflow", "dag_run": DAG_RUN, "task": "train", "attempt": 2}

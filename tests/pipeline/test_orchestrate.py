@@ -128,17 +128,14 @@ def test_help_and_generation_import_no_orchestrator_sdk_nor_tensorflow(tmp_path)
 
 
 def test_a_cache_hit_keeps_what_the_stage_produced_but_not_who_ran_the_earlier_execution(tmp_path):
-    from pipeline.orchestrate import PROPERTY
-    from pipeline.runner import run_pipeline
+    from pipeline.runner import RAN_BY, run_pipeline
     from pipeline.store import RunStore
     from tests.pipeline.test_runner import FakeStages, _config
 
     fake = FakeStages()
-    first = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
+    first = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1", ran_by={"name": "airflow", "task": "a"})
     with RunStore(paths.store_path(tmp_path / "w")) as store:
-        for record in first.stages:
-            store.add_execution_properties(record.execution_id, {PROPERTY: {"name": "airflow", "task": record.name}})
-        assert store.executions(first.run_id)[0].properties == {"lines": 1, PROPERTY: {"name": "airflow", "task": "a"}}
+        assert store.executions(first.run_id)[0].properties == {"lines": 1, RAN_BY: {"name": "airflow", "task": "a"}}
     second = run_pipeline(_config(tmp_path), specs=fake.specs(), code="v1")
     with RunStore(paths.store_path(tmp_path / "w")) as store:
         cached = store.executions(second.run_id)
