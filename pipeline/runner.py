@@ -165,9 +165,8 @@ def run_pipeline(
             store.start_run(run_id, config.to_dict(), code)
             log.info("run %s started in %s (code %s)", run_id, workdir, code)
         lock.describe(f"{owner} {run_id}")
-        started_with = {RAN_BY: dict(ran_by)} if ran_by else {}
-        return _run_stages(store, config, workdir, run_id, specs, selected, finished, use_cache, code,
-                           started_with)
+        run = _Run(store, config, workdir, run_id, use_cache, code, {RAN_BY: dict(ran_by)} if ran_by else {})
+        return _run_stages(run, specs, selected, finished)
 
 
 def latest_run_with(workdir: str | os.PathLike, stage: str) -> str | None:
@@ -181,18 +180,26 @@ def latest_run_with(workdir: str | os.PathLike, stage: str) -> str | None:
         return ex.run_id if ex is not None else None
 
 
-def _run_stages(
-    store: RunStore,
-    config: Config,
-    workdir: Path,
-    run_id: str,
-    specs: Sequence[StageSpec],
-    selected: Sequence[StageSpec],
-    finished: Mapping[str, Execution],
-    use_cache: bool,
-    code: str,
-    started_with: dict[str, Any],
-) -> RunResult:
+@dataclass(frozen=True)
+class _Run:
+    """What every stage of one run is run with."""
+
+    store: RunStore
+    config: Config
+    workdir: Path
+    id: str
+    use_cache: bool
+    code: str
+    started_with: dict[str, Any]  # properties each execution starts with: who runs it (RAN_BY)
+
+    def start_execution(self, stage: str, fingerprint: str, inputs: dict[str, Artifact], key: str | None) -> int:
+        return self.store.start_execution(self.id, stage, config_fingerprint=fingerprint, code_version=self.code,
+                                          inputs=inputs, cache_key=key, properties=self.started_with)
+
+
+def _run_stages(run: _Run, specs: Sequence[StageSpec], selected: Sequence[StageSpec],
+                finished: Mapping[str, Execution]) -> RunResult:
+    store, run_id = run.store, run.id
     started = time.monotonic()
     records: dict[str, StageRecord] = {}
     selected_names = {s.name for s in selected}
@@ -209,13 +216,13 @@ def _run_stages(
                 continue
             if spec.name not in selected_names:
                 continue
-            records[spec.name] = _run_stage(store, config, workdir, run_id, spec, records, use_cache, code, started_with)
+            records[spec.name] = _run_stage(run, spec, records)
     except StageFailed as exc:
         store.finish_run(run_id, "failed", failed_stage=exc.stage, error=exc.error)
         for spec in selected:
             if spec.after_failure and spec.name not in records and spec.name != exc.stage:
                 try:  # e.g. a report that shows where the run failed; its own failure must not hide the first
-                    _run_stage(store, config, workdir, run_id, spec, records, use_cache, code, started_with)
+                    _run_stage(run, spec, records)
                 except Exception as later:  # noqa: BLE001
                     log.warning("stage %s after the failure could not run either: %s", spec.name, later)
         raise
@@ -286,27 +293,17 @@ def _check_on_disk(store: RunStore, stage: str, rec: StageRecord, name: str, art
                         f"`mnist-pipeline {stage}` (or `mnist-pipeline run`) to make it again")
 
 
-def _run_stage(
-    store: RunStore,
-    config: Config,
-    workdir: Path,
-    run_id: str,
-    spec: StageSpec,
-    records: dict[str, StageRecord],
-    use_cache: bool,
-    code: str,
-    started_with: dict[str, Any],
-) -> StageRecord:
+def _run_stage(run: _Run, spec: StageSpec, records: dict[str, StageRecord]) -> StageRecord:
+    store, config, workdir, run_id, code = run.store, run.config, run.workdir, run.id, run.code
     t0 = time.monotonic()
     fingerprint = config.section_fingerprint(*spec.sections) if spec.sections else ""
     log.info("stage %s: start", spec.name)
     try:
         inputs, upstream = _resolve_inputs(store, config, workdir, spec, records)
     except SkipStage as skip:
-        return _record_skip(store, run_id, spec.name, fingerprint, code, {}, str(skip), t0, started_with)
+        return _record_skip(run, spec.name, fingerprint, {}, str(skip), t0)
     except PipelineError as exc:
-        ex_id = store.start_execution(run_id, spec.name, config_fingerprint=fingerprint, code_version=code,
-                                      inputs={}, cache_key=None, properties=started_with)
+        ex_id = run.start_execution(spec.name, fingerprint, {}, None)
         store.finish_execution(ex_id, "failed", error=str(exc))
         log.error("stage %s: failed: %s", spec.name, exc)
         raise StageFailed(run_id, spec.name, str(exc)) from exc
@@ -314,9 +311,8 @@ def _run_stage(
     keyed = {k: dataclasses.replace(a, uri=store.stored_uri(a.uri)) for k, a in inputs.items()
              if k in {i.name for i in spec.inputs if i.in_cache_key}}
     key = cache_key(spec.name, fingerprint, keyed, code) if spec.cacheable else None
-    ex_id = store.start_execution(run_id, spec.name, config_fingerprint=fingerprint, code_version=code, inputs=inputs,
-                                  cache_key=key, properties=started_with)
-    if use_cache and key is not None:
+    ex_id = run.start_execution(spec.name, fingerprint, inputs, key)
+    if run.use_cache and key is not None:
         hit = store.find_cached(key)
         if hit is not None:
             outputs = store.output_artifacts(hit.id)
@@ -356,10 +352,9 @@ def _run_stage(
     return StageRecord(spec.name, "succeeded", duration, outputs, dict(result.properties), execution_id=ex_id)
 
 
-def _record_skip(store: RunStore, run_id: str, stage: str, fingerprint: str, code: str,
-                 inputs: dict[str, Artifact], reason: str, t0: float, started_with: dict[str, Any]) -> StageRecord:
-    ex_id = store.start_execution(run_id, stage, config_fingerprint=fingerprint, code_version=code, inputs=inputs,
-                                  cache_key=None, properties=started_with)
-    store.finish_execution(ex_id, "skipped", error=reason)
+def _record_skip(run: _Run, stage: str, fingerprint: str, inputs: dict[str, Artifact], reason: str,
+                 t0: float) -> StageRecord:
+    ex_id = run.start_execution(stage, fingerprint, inputs, None)
+    run.store.finish_execution(ex_id, "skipped", error=reason)
     log.warning("stage %s: skipped: %s", stage, reason)
     return StageRecord(stage, "skipped", time.monotonic() - t0, {}, {}, reason=reason, execution_id=ex_id)
