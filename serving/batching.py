@@ -137,21 +137,26 @@ class BatchScheduler:
 
     def run(self, servable, signature_name: str, signature, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Queue checked inputs and block until their own rows of the batch's outputs are back."""
+        future = self.submit(servable, signature_name, signature, arrays)
+        return signature.call(arrays) if future is None else future.result()
+
+    def submit(self, servable, signature_name: str, signature, arrays: Mapping[str, np.ndarray]) -> Future | None:
+        """Queue checked inputs; the future gets their own rows of the batch's outputs. None when the inputs have
+        no common batch dimension (or no rows): such a request is served alone, by the caller, as TF Serving would."""
         sizes = {a.shape[0] if a.ndim else None for a in arrays.values()}
         if len(sizes) != 1 or None in sizes or not all(s.shape.rank and s.shape[0] is None for s in signature.inputs.values()):
-            return signature.call(arrays)  # no common batch dimension: served alone, as TF Serving would
+            return None
         (n,) = sizes
         if n == 0:
-            return signature.call(arrays)
+            return None
         key = (id(servable), servable.name, servable.version, signature_name,
                tuple((k, a.dtype.str, a.shape[1:]) for k, a in sorted(arrays.items())))
         limit = self.params.max_batch_size
-        futures = [self._submit(key, signature.call, {k: a[i:i + limit] for k, a in arrays.items()}, min(limit, n - i))
-                   for i in range(0, n, limit)]
-        parts = [f.result() for f in futures]
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if n <= limit:
+            return self._submit(key, signature.call, arrays, n)
+        parts = [self._submit(key, signature.call, {k: a[i:i + limit] for k, a in arrays.items()}, min(limit, n - i))
+                 for i in range(0, n, limit)]
+        return _joined(parts)
 
     def _submit(self, key, call, arrays: Mapping[str, np.ndarray], size: int) -> Future:
         future: Future = Future()
@@ -222,6 +227,10 @@ class BatchScheduler:
             self._process(queue, tasks)
 
     def _process(self, queue: _Queue, tasks: list[_Task]) -> None:
+        # A caller that cancelled its future is dropped; the others' futures can no longer be cancelled.
+        tasks = [t for t in tasks if t.future.set_running_or_notify_cancel()]
+        if not tasks:
+            return
         waited = time.monotonic() - tasks[0].enqueued
         rows = sum(t.size for t in tasks)
         padded = self.params.padded_size(rows)
@@ -252,3 +261,27 @@ class BatchScheduler:
         for task in tasks:
             task.future.set_result({k: v[start:start + task.size] for k, v in outputs.items()})
             start += task.size
+
+
+def _joined(parts: list[Future]) -> Future:
+    """One future for the parts of a split request: their outputs concatenated in order, or the first error."""
+    joined: Future = Future()
+    joined.set_running_or_notify_cancel()  # its parts are queued already: it cannot be taken back
+    remaining = [len(parts)]
+    lock = threading.Lock()
+
+    def done(_part: Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        errors = [p.exception() for p in parts if p.exception() is not None]
+        if errors:
+            joined.set_exception(errors[0])
+        else:
+            results = [p.result() for p in parts]
+            joined.set_result({k: np.concatenate([r[k] for r in results]) for k in results[0]})
+
+    for part in parts:
+        part.add_done_callback(done)
+    return joined

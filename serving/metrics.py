@@ -25,6 +25,7 @@ TF Serving writes counters without prometheus_client's `_total` suffix and witho
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import time
@@ -139,8 +140,9 @@ class ServingMetrics:
         return ("\n".join(lines) + "\n").encode()
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts and times every PredictionService call on the gRPC port, as TF Serving's request metrics do."""
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every PredictionService call on the gRPC port, as TF Serving's request metrics do: for
+    the asyncio server, whose handlers are coroutines (Predict) or plain functions run on its worker threads."""
 
     _APIS = {"Predict": "predict", "Classify": "classify", "Regress": "regress",
              "MultiInference": "multi_inference", "GetModelMetadata": "GetModelMetadata"}
@@ -149,8 +151,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         self._metrics = metrics
         self._wrapped: dict = {}  # (method, its handler) -> the timed handler: built once, not on every call
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None:  # an unknown method: nothing to time, and nothing kept (clients choose its name)
             return None
         key = (handler_call_details.method, handler)
@@ -168,22 +170,35 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         behavior = handler.unary_unary
         metrics = self._metrics
 
-        def timed(request, context):
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            response = None
-            try:
-                response = behavior(request, context)
-                return response
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                spec = request.model_spec
-                answered = response.model_spec if response is not None and hasattr(response, "model_spec") else spec
-                version = answered.version.value if answered.HasField("version") else ""
-                signature = (spec.signature_name or "serving_default") if api != "GetModelMetadata" else ""
-                metrics.observe_request(spec.name, api, "GRPC", code, time.perf_counter() - started, version, signature)
+        def observe(request, response, code, started: float) -> None:
+            spec = request.model_spec
+            answered = response.model_spec if response is not None and hasattr(response, "model_spec") else spec
+            version = answered.version.value if answered.HasField("version") else ""
+            signature = (spec.signature_name or "serving_default") if api != "GetModelMetadata" else ""
+            metrics.observe_request(spec.name, api, "GRPC", code, time.perf_counter() - started, version, signature)
+
+        if inspect.iscoroutinefunction(behavior):
+            async def timed(request, context):
+                started, response, code = time.perf_counter(), None, grpc.StatusCode.OK
+                try:
+                    response = await behavior(request, context)
+                    return response
+                except BaseException:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    observe(request, response, code, started)
+        else:
+            def timed(request, context):
+                started, response, code = time.perf_counter(), None, grpc.StatusCode.OK
+                try:
+                    response = behavior(request, context)
+                    return response
+                except BaseException:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    observe(request, response, code, started)
 
         return grpc.unary_unary_rpc_method_handler(
             timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)

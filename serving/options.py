@@ -36,7 +36,8 @@ class ServerOptions:
     model_config_file_poll_wait_seconds: float | None = None  # re-read it this often (0: never; None: every poll)
     model_name: str | None = None  # the one model served (with model_base_path: TF Serving's default "default")
     model_base_path: str | None = None  # TF Serving's meaning: <version>/ folders of ONE model (not push's)
-    grpc_max_threads: int = 64  # threads answering gRPC calls; with batching every waiting call holds one
+    # gRPC worker threads: model calls without batching, metadata, status (a call waiting for its batch holds none)
+    grpc_max_threads: int = 64
     tensorflow_intra_op_parallelism: int = 0  # 0: TensorFlow picks (one per core)
     tensorflow_inter_op_parallelism: int = 0
     enable_batching: bool = False

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
+import orjson
 
 from serving.errors import MESSAGE_LIMIT, RequestError, echo
 from serving.http_status import HTTP_STATUS
@@ -172,9 +173,15 @@ class Handler(BaseHTTPRequestHandler):
     def _body_json(self) -> dict:
         raw = self._read_body()
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            raise invalid(f"JSON Parse error: {exc}") from None
+            # orjson reads the 17 kB of a batch-1 `instances` body in a third of the standard library's time; what
+            # it refuses (NaN and Infinity, which TF Serving reads too, integers past 64 bits, UTF-16 bodies,
+            # nesting past 1024) goes to the standard library, which reads it or names the error.
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:
+                body = json.loads(raw)
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                raise invalid(f"JSON Parse error: {exc}") from None
         if not isinstance(body, dict):
             raise invalid("JSON Value: the request body must be a JSON object")
         return body

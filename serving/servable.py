@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,26 +108,40 @@ class Servable:
 
     def predict(self, request: predict_pb2.PredictRequest, *, max_batch_size: int | None = None) -> dict[str, np.ndarray]:
         """The signature's outputs; `max_batch_size` caps the first dimension of every input (the server's)."""
+        signature, arrays = self.checked_inputs(request, max_batch_size=max_batch_size)
+        return self.filter_outputs(self._run(signature.name, signature, arrays), request.output_filter)
+
+    def checked_inputs(self, request: predict_pb2.PredictRequest, *,
+                       max_batch_size: int | None = None) -> tuple[_Signature, dict[str, np.ndarray]]:
+        """The request's signature and its inputs as numpy arrays, every check passed (the model has not run)."""
         signature = self.signature(request.model_spec.signature_name)
         _check_keys(signature, request.inputs)
-        arrays = {key: _to_array(key, request.inputs[key], spec, signature.checks[key], max_batch_size)
-                  for key, spec in signature.inputs.items()}
-        return self._predict_checked(signature, arrays, request.output_filter)
+        return signature, {key: _to_array(key, request.inputs[key], spec, signature.checks[key], max_batch_size)
+                           for key, spec in signature.inputs.items()}
+
+    def submit(self, signature: _Signature, arrays: Mapping[str, np.ndarray], executor: Executor) -> Future:
+        """Start the model call on checked inputs without waiting for it: through the batching queue when batching
+        is on, else on `executor` (the asyncio gRPC server's model calls leave its event loop free)."""
+        if self.batcher is not None:
+            future = self.batcher.submit(self, signature.name, signature, arrays)
+            if future is not None:
+                return future
+        return executor.submit(signature.call, arrays)
 
     def predict_arrays(self, signature_name: str, arrays: Mapping[str, np.ndarray],
                        output_filter: Sequence[str] = (), *, max_batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """Predict on numpy inputs (gRPC's TensorProtos and REST's JSON both end here): checked against the
-        signature and the per-request cap, then run directly or through the batching queue (`self.batcher`)."""
+        """Predict on numpy inputs (REST's JSON ends here): checked against the signature and the per-request cap,
+        then run directly or through the batching queue (`self.batcher`)."""
         signature = self.signature(signature_name)
         _check_keys(signature, arrays)
         for key, spec in signature.inputs.items():
             _check_array(key, arrays[key], spec, signature.checks[key])
             _check_batch(key, arrays[key].shape, max_batch_size)
-        return self._predict_checked(signature, arrays, output_filter)
+        return self.filter_outputs(self._run(signature.name, signature, arrays), output_filter)
 
-    def _predict_checked(self, signature: _Signature, arrays: Mapping[str, np.ndarray],
-                         output_filter: Sequence[str]) -> dict[str, np.ndarray]:
-        outputs = self._run(signature.name, signature, arrays)
+    @staticmethod
+    def filter_outputs(outputs: dict[str, np.ndarray], output_filter: Sequence[str]) -> dict[str, np.ndarray]:
+        """The outputs a request's `output_filter` names (all when it names none)."""
         if output_filter:
             unknown = set(output_filter) - set(outputs)
             if unknown:

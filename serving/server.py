@@ -9,12 +9,19 @@ once a model has a version loaded). Status codes and messages follow TF Serving'
 unknown model or version, INVALID_ARGUMENT for a wrong input name, dtype or shape (checked against the
 signature before the model runs) and for an unknown label, FAILED_PRECONDITION for an unknown signature.
 Versions, labels and roll-outs are `serving.model_manager`'s. Bound to 127.0.0.1 unless told otherwise.
+
+The server is gRPC's asyncio server, on an event loop in a thread of its own: Predict checks its request on the
+loop and awaits the model call (on the batching queue when batching is on, else on a worker thread), so a call
+waiting for its batch holds no thread, and one event loop instead of a thread per call does gRPC's own work.
+The other methods are plain functions that run on the worker threads (`max_workers` of them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import threading
 from concurrent import futures
 
 import grpc
@@ -49,25 +56,32 @@ def _answer_spec(response_spec, request_spec, servable: Servable, signature_name
     response_spec.signature_name = signature_name
 
 
-@contextlib.contextmanager
-def _errors_as_status(context):
-    """A RequestError answers with its status code; anything else (a bug, an unforeseen input) with INTERNAL,
-    logged. Either way the call ends there and the server keeps serving."""
-    try:
-        yield
-    except RequestError as exc:
+def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status a failed call answers: a RequestError's own code; anything else (a bug, an unforeseen input)
+    INTERNAL, logged."""
+    if isinstance(exc, RequestError):
         # The client's mistake, answered: no traceback, and not at ERROR (a client could fill the log).
         log.debug("request refused with %s: %s", exc.code.name, echo(exc.message, MESSAGE_LIMIT))
-        context.abort(exc.code, echo(exc.message, MESSAGE_LIMIT))
+        return exc.code, echo(exc.message, MESSAGE_LIMIT)
+    log.error("request failed", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, echo(f"{type(exc).__name__}: {exc}", MESSAGE_LIMIT)
+
+
+@contextlib.contextmanager
+def _errors_as_status(context):
+    """In a plain (thread) handler: the call ends with `_status_of` the error, and the server keeps serving."""
+    try:
+        yield
     except Exception as exc:
-        log.exception("request failed")
-        context.abort(grpc.StatusCode.INTERNAL, echo(f"{type(exc).__name__}: {exc}", MESSAGE_LIMIT))
+        context.abort(*_status_of(exc))
 
 
 class _PredictionService(prediction_service.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+    def __init__(self, manager: ModelManager, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 executor: futures.Executor | None = None):
         self._manager = manager
         self._max_batch_size = max_batch_size
+        self._executor = executor  # where Predict's model calls run when batching is off
 
     def _run(self, request, context, method: str, response):
         """Resolve the model the request names, run `method` of its servable, and name the answering version."""
@@ -78,8 +92,23 @@ class _PredictionService(prediction_service.PredictionServiceServicer):
                      request.model_spec.signature_name or "serving_default")
         return answer, response
 
-    def Predict(self, request, context):
-        outputs, response = self._run(request, context, "predict", predict_pb2.PredictResponse())
+    async def Predict(self, request, context):
+        """On the event loop: resolve and check (microseconds), then await the model call, which runs elsewhere."""
+        failure = None
+        try:
+            servable = _resolve(self._manager, request.model_spec)
+            signature, arrays = servable.checked_inputs(request, max_batch_size=self._max_batch_size)
+            # A call the client gives up on cancels its model call if that has not started (serving.batching drops
+            # it from its batch); one that has started finishes, unread.
+            outputs = await asyncio.wrap_future(servable.submit(signature, arrays, self._executor))
+            outputs = servable.filter_outputs(outputs, request.output_filter)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered with a status, as _errors_as_status does
+            failure = _status_of(exc)
+        if failure is not None:
+            await context.abort(*failure)
+        response = predict_pb2.PredictResponse()
+        _answer_spec(response.model_spec, request.model_spec, servable,
+                     request.model_spec.signature_name or "serving_default")
         for key, value in outputs.items():
             fill_tensor_proto(response.outputs[key], value)
         return response
@@ -140,13 +169,40 @@ class LocalServer:
         if tls_cert is not None:
             check_server_credentials(tls_cert, tls_key, client_ca)  # before binding: gRPC says only "Failed to bind"
         self.manager = manager
+        self.host = host
+        self._executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serving")
+        self._health = health.HealthServicer()
+        self._stopped = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-server", daemon=True)
+        self._thread.start()
+        credentials = None
+        if tls_cert is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(tls_key, tls_cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
+        try:
+            # Built on its loop: an asyncio server belongs to the loop it is made on.
+            self._server, self.port = self._on_loop(self._build(
+                f"{host}:{port}", credentials, max_message_bytes, max_batch_size, metrics))
+        except BaseException:
+            self._close_loop()
+            raise
+        if self.port == 0:
+            self._on_loop(self._server.stop(None))
+            self._close_loop()
+            raise ServingError(f"cannot listen on {host}:{port}: port {port} is in use or {host!r} is not an address "
+                               "of this machine; choose another --port (0: any free port) or --host")
+        manager.on_change = self._update_health
+        self._update_health()
+
+    async def _build(self, address: str, credentials, max_message_bytes: int, max_batch_size: int, metrics):
         interceptors = []
         if metrics is not None:  # serving.metrics.ServingMetrics: TF Serving's request count and latency
             from serving.metrics import MetricsInterceptor
 
             interceptors.append(MetricsInterceptor(metrics))
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="serving"),
+        server = grpc.aio.server(
+            migration_thread_pool=self._executor,  # the plain (thread) handlers: metadata, status, health, Classify
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -155,27 +211,27 @@ class LocalServer:
             interceptors=interceptors,
         )
         prediction_service.add_PredictionServiceServicer_to_server(
-            _PredictionService(manager, max_batch_size), self._server)
-        model_service.add_ModelServiceServicer_to_server(_ModelService(manager), self._server)
-        self._health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        address = f"{host}:{port}"
+            _PredictionService(self.manager, max_batch_size, self._executor), server)
+        model_service.add_ModelServiceServicer_to_server(_ModelService(self.manager), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
-            if tls_cert is not None:
-                credentials = grpc.ssl_server_credentials(
-                    [(tls_key, tls_cert)], root_certificates=client_ca, require_client_auth=client_ca is not None)
-                self.port = self._server.add_secure_port(address, credentials)
+            if credentials is not None:
+                port = server.add_secure_port(address, credentials)
             else:
-                self.port = self._server.add_insecure_port(address)
+                port = server.add_insecure_port(address)
         except RuntimeError:  # grpcio >= 1.50 raises "Failed to bind"; older versions returned port 0
-            self.port = 0
-        if self.port == 0:
-            self._server.stop(None)
-            raise ServingError(f"cannot listen on {address}: port {port} is in use or {host!r} is not an address "
-                               "of this machine; choose another --port (0: any free port) or --host")
-        self.host = host
-        manager.on_change = self._update_health
-        self._update_health()
+            port = 0
+        return server, port
+
+    def _on_loop(self, coroutine):
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
 
     @property
     def address(self) -> str:
@@ -196,16 +252,21 @@ class LocalServer:
         """Load what is there, then open the port and start polling for new versions."""
         self.manager.poll()
         self._update_health()
-        self._server.start()
+        self._on_loop(self._server.start())
         self.manager.start()
         log.info("serving %s on %s", ", ".join(self.manager.model_names), self.address)
 
     def stop(self, grace: float = 5.0) -> None:
         """Refuse new calls, let running ones finish for up to `grace` seconds, then stop polling."""
+        if self._stopped.is_set():
+            return
         self._health.enter_graceful_shutdown()
-        self._server.stop(grace).wait()
+        self._on_loop(self._server.stop(grace))
+        self._close_loop()
         self.manager.stop()
         log.info("server on %s stopped", self.address)
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._server.wait_for_termination(timeout)
+        """Block until the server stops or `timeout` seconds pass; True if the timeout came first (as gRPC's
+        wait_for_termination)."""
+        return not self._stopped.wait(timeout)

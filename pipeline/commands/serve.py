@@ -61,7 +61,7 @@ UNSUPPORTED_TF_SERVING_FLAGS = frozenset("""
 # [serve] TOML key is the flag's name too. (flag, metavar, help)
 TF_SERVING_FLAGS = (
     ("rest_api_port", "PORT", "REST port (default 8501; 0 turns REST off), on --host like the gRPC port"),
-    ("grpc_max_threads", "N", "threads answering gRPC calls (default 64: with batching, every waiting call holds one)"),
+    ("grpc_max_threads", "N", "gRPC worker threads: model calls without batching, metadata, status (default 64)"),
     ("tensorflow_intra_op_parallelism", "N", "threads one TensorFlow op may use (default 0: TensorFlow picks)"),
     ("tensorflow_inter_op_parallelism", "N", "TensorFlow ops run at once (default 0: TensorFlow picks)"),
     ("model_name", "NAME", "with --model_base_path: the one model served (TF Serving's default: 'default')"),

@@ -222,3 +222,38 @@ def test_batched_server_answers_each_caller_with_its_own_images(saved_model_dir,
     for rows, probabilities in answers.values():
         np.testing.assert_allclose(probabilities, expected[sig.PROBABILITIES_OUTPUT][rows], atol=1e-5)
     assert max(merged) > 2, f"no two requests were merged: batches of {merged}"
+
+
+def test_a_caller_that_gives_up_on_its_batch_leaves_the_others_answered(saved_model_dir, tmp_path):
+    """A gRPC call whose deadline passes while it waits for its batch answers DEADLINE_EXCEEDED; the batch still
+    runs for the callers that wait, and the server answers the next call."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving.batching import BatchingParameters, BatchScheduler
+    from serving.model_manager import ModelManager, ModelSettings
+    from serving.server import LocalServer
+    from serving.tensors import fill_tensor_proto
+    from tests.serving.test_conformance import push_version
+
+    base = tmp_path / "models"
+    push_version(saved_model_dir, base, 1)
+    batcher = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000, num_batch_threads=1))
+    batcher.start()
+    manager = ModelManager({sig.MODEL_NAME: ModelSettings(base / sig.MODEL_NAME)}, poll_interval=0.5, batcher=batcher)
+    server = LocalServer(manager, port=0)
+    server.start()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = sig.MODEL_NAME
+    fill_tensor_proto(request.inputs[sig.IMAGE_INPUT], np.zeros((1, 28, 28, 1), np.float32))
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            patient = stub.Predict.future(request, timeout=30)  # waits the batch's second for company
+            with pytest.raises(grpc.RpcError) as impatient:
+                stub.Predict(request, timeout=0.2)
+            assert impatient.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert patient.result().outputs[sig.PROBABILITIES_OUTPUT].tensor_shape.dim[0].size == 1
+            assert stub.Predict(request, timeout=30).model_spec.version.value == 1
+    finally:
+        server.stop(0.5)
+        batcher.stop()

@@ -223,8 +223,13 @@ def test_metrics_have_tf_servings_names(rest):
     call(rest, "POST", "/v1/models/nosuchmodel:predict", {"instances": [[0.0]]})
     from serving.client import ServingClient
 
+    from serving.errors import ServingError
+
     with ServingClient(rest.grpc_address, timeout=30) as client:
         client.predict(images(1))
+    with ServingClient(rest.grpc_address, model_name="nosuchmodel", timeout=30) as client:
+        with pytest.raises(ServingError):
+            client.predict(images(1))
     status, text = call(rest, "GET", "/monitoring/prometheus/metrics")
     assert status == 200
     text = text.decode()
@@ -239,6 +244,9 @@ def test_metrics_have_tf_servings_names(rest):
     for entrypoint in ("REST", "GRPC"):  # by version and signature too
         labels = f'entrypoint="{entrypoint}",model_name="mnist",signature_name="serving_default",status="OK",version="1"'
         assert f":mnist_pipeline:serving:request_count{{{labels}}}" in text
+    # a gRPC call that fails is counted under its status code, as REST's
+    labels = 'entrypoint="GRPC",model_name="nosuchmodel",signature_name="serving_default",status="NOT_FOUND",version=""'
+    assert f":mnist_pipeline:serving:request_count{{{labels}}} 1.0" in text
 
 
 def test_rest_over_tls_and_mutual_tls(saved_model_dir, tmp_path):
