@@ -25,11 +25,13 @@ TF Serving writes counters without prometheus_client's `_total` suffix and witho
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -170,35 +172,32 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.unary_unary
         metrics = self._metrics
 
-        def observe(request, response, code, started: float) -> None:
-            spec = request.model_spec
-            answered = response.model_spec if response is not None and hasattr(response, "model_spec") else spec
-            version = answered.version.value if answered.HasField("version") else ""
-            signature = (spec.signature_name or "serving_default") if api != "GetModelMetadata" else ""
-            metrics.observe_request(spec.name, api, "GRPC", code, time.perf_counter() - started, version, signature)
+        @contextlib.contextmanager
+        def observed(request, context):
+            """Times the call; `answer.response` (set by the handler) names the version that answered."""
+            started, answer, code = time.perf_counter(), SimpleNamespace(response=None), grpc.StatusCode.OK
+            try:
+                yield answer
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                spec, response = request.model_spec, answer.response
+                answered = response.model_spec if response is not None and hasattr(response, "model_spec") else spec
+                version = answered.version.value if answered.HasField("version") else ""
+                signature = (spec.signature_name or "serving_default") if api != "GetModelMetadata" else ""
+                metrics.observe_request(spec.name, api, "GRPC", code, time.perf_counter() - started, version, signature)
 
         if inspect.iscoroutinefunction(behavior):
             async def timed(request, context):
-                started, response, code = time.perf_counter(), None, grpc.StatusCode.OK
-                try:
-                    response = await behavior(request, context)
-                    return response
-                except BaseException:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    observe(request, response, code, started)
+                with observed(request, context) as answer:
+                    answer.response = await behavior(request, context)
+                    return answer.response
         else:
             def timed(request, context):
-                started, response, code = time.perf_counter(), None, grpc.StatusCode.OK
-                try:
-                    response = behavior(request, context)
-                    return response
-                except BaseException:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    observe(request, response, code, started)
+                with observed(request, context) as answer:
+                    answer.response = behavior(request, context)
+                    return answer.response
 
         return grpc.unary_unary_rpc_method_handler(
             timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
