@@ -34,3 +34,32 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
 
 def describe(share: float | None) -> str:
     return "unknown" if share is None else f"{share:.0%}"
+
+
+def busy_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot (busy: neither idle nor iowait); None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields[1:9]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def process_ticks(pid: int) -> int:
+    """User + system clock ticks a live process has used (0 if it is gone or unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def others_share(before: tuple[int, int] | None, after: tuple[int, int] | None, own_ticks: int) -> float | None:
+    """The share of the machine that processes other than the measured ones (`own_ticks`) kept busy between two
+    `busy_ticks()` readings: what another user's job took from a benchmark that wants the machine to itself."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return max(0.0, (after[0] - before[0] - own_ticks) / (after[1] - before[1]))

@@ -28,6 +28,7 @@ import asyncio
 import http.client
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench.hoststat import cpu_times, describe, steal_share  # noqa: E402
+from bench.hoststat import busy_ticks, cpu_times, describe, others_share, process_ticks, steal_share  # noqa: E402
 
 DEPLOY = REPO / "serving" / "deploy"
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -181,13 +182,21 @@ async def _load(address: str, clients: int, seconds: float, request_bytes: bytes
             "p50": ms(latencies, 50) if latencies else float("nan"), "p99": ms(latencies, 99) if latencies else float("nan")}
 
 
-def load(address: str, clients: int, seconds: float, request_bytes: bytes) -> dict:
-    """The load, from a separate process (this one holds TensorFlow and the measuring threads)."""
+def load(address: str, clients: int, seconds: float, request_bytes: bytes, server_pid: int | None = None) -> dict:
+    """The load, from a separate process (this one holds TensorFlow and the measuring threads); with the share of
+    the machine that other processes (not the server, the load, or this one) used meanwhile."""
+    before, own_before = busy_ticks(), process_ticks(os.getpid()) + (process_ticks(server_pid) if server_pid else 0)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, __file__, "--load", address, str(clients), str(seconds), request_bytes.hex()],
                          capture_output=True, text=True, timeout=seconds + 120, env={**os.environ, "PYTHONPATH": str(REPO)})
     if out.returncode:
         raise RuntimeError(f"the load process failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    after, own_after = busy_ticks(), process_ticks(os.getpid()) + (process_ticks(server_pid) if server_pid else 0)
+    grown = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_ticks = round((grown.ru_utime + grown.ru_stime - children.ru_utime - children.ru_stime) * os.sysconf("SC_CLK_TCK"))
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["others"] = others_share(before, after, own_after - own_before + load_ticks)
+    return result
 
 
 # A gRPC server that answers Predict with fixed bytes and no model: the ceiling this machine's Python gRPC
@@ -340,8 +349,8 @@ def main() -> int:
                   f"adds {added:.2f} ms to batching off's p50: {verdict(added <= limit)} against the same bound)")
             b_channel.close()
 
-        off = load(address, args.clients, args.seconds, request_bytes)
-        on = load(b_address, args.clients, args.seconds, request_bytes)
+        off = load(address, args.clients, args.seconds, request_bytes, plain.pid)
+        on = load(b_address, args.clients, args.seconds, request_bytes, batched.pid)
         trivial_port = free_port()
         trivial = subprocess.Popen([sys.executable, "-c", _TRIVIAL_SERVER, str(trivial_port)])
         try:
@@ -351,7 +360,7 @@ def main() -> int:
                 floor_call()
             floor = [once(floor_call) for _ in range(args.requests)]
             floor_channel.close()
-            ceiling = load(f"127.0.0.1:{trivial_port}", args.clients, min(args.seconds, 5.0), request_bytes)
+            ceiling = load(f"127.0.0.1:{trivial_port}", args.clients, min(args.seconds, 5.0), request_bytes, trivial.pid)
         finally:
             stop(trivial)
         print(f"   the floor: the same prepared request to a Python gRPC server answering without a model: p50 "
@@ -359,7 +368,7 @@ def main() -> int:
         print(f"4. {args.clients} concurrent batch-1 gRPC clients for {args.seconds:g} s (one grpc.aio load process):")
         for name, x in [("off", off), ("on", on), ("ceiling (no model)", ceiling)]:
             print(f"   batching {name:<20} {x['rate']:7.0f} requests/s  p50 {x['p50']:6.2f} ms  p99 {x['p99']:6.2f} ms  "
-                  f"{x['ok']} answered, {len(x['failed'])} failed")
+                  f"{x['ok']} answered, {len(x['failed'])} failed  (other processes: {describe(x['others'])} of the machine)")
         ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
         failed = off["failed"] + on["failed"]
         print(f"   on/off throughput {ratio:.2f}x (target >= 2x: {verdict(ratio >= 2)}, aim 3x); p99 with batching "
