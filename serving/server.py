@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from concurrent import futures
 
 import grpc
@@ -76,12 +77,52 @@ def _errors_as_status(context):
         context.abort(*_status_of(exc))
 
 
+class _Completions:
+    """Model calls finished on other threads, handed to the event loop with one wake-up for all that finish
+    together: a batch of 16 answers wakes the loop once, where `asyncio.wrap_future` would wake it 16 times."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._done: deque = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def wait(self, future: futures.Future) -> asyncio.Future:
+        """An asyncio future with `future`'s outcome; cancelling it cancels `future` if that has not started."""
+        waiter = self._loop.create_future()
+        waiter.add_done_callback(lambda w: future.cancel() if w.cancelled() else None)
+        future.add_done_callback(lambda f: self._finished(waiter, f))
+        return waiter
+
+    def _finished(self, waiter: asyncio.Future, future: futures.Future) -> None:  # on the thread that finished it
+        self._done.append((waiter, future))
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:  # on the loop
+        with self._lock:
+            self._scheduled = False  # before draining: what finishes from now on schedules its own delivery
+        while self._done:
+            waiter, future = self._done.popleft()
+            if waiter.done() or future.cancelled():
+                continue
+            error = future.exception()
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(future.result())
+
+
 class _PredictionService(prediction_service.PredictionServiceServicer):
     def __init__(self, manager: ModelManager, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  executor: futures.Executor | None = None):
         self._manager = manager
         self._max_batch_size = max_batch_size
         self._executor = executor  # where Predict's model calls run when batching is off
+        self._completions: _Completions | None = None  # set on the server's loop (LocalServer._build)
 
     def _run(self, request, context, method: str, response):
         """Resolve the model the request names, run `method` of its servable, and name the answering version."""
@@ -100,7 +141,7 @@ class _PredictionService(prediction_service.PredictionServiceServicer):
             signature, arrays = servable.checked_inputs(request, max_batch_size=self._max_batch_size)
             # A call the client gives up on cancels its model call if that has not started (serving.batching drops
             # it from its batch); one that has started finishes, unread.
-            outputs = await asyncio.wrap_future(servable.submit(signature, arrays, self._executor))
+            outputs = await self._completions.wait(servable.submit(signature, arrays, self._executor))
             outputs = servable.filter_outputs(outputs, request.output_filter)
         except Exception as exc:  # noqa: BLE001 - every failure is answered with a status, as _errors_as_status does
             failure = _status_of(exc)
@@ -210,8 +251,9 @@ class LocalServer:
             ],
             interceptors=interceptors,
         )
-        prediction_service.add_PredictionServiceServicer_to_server(
-            _PredictionService(self.manager, max_batch_size, self._executor), server)
+        predictions = _PredictionService(self.manager, max_batch_size, self._executor)
+        predictions._completions = _Completions(asyncio.get_running_loop())
+        prediction_service.add_PredictionServiceServicer_to_server(predictions, server)
         model_service.add_ModelServiceServicer_to_server(_ModelService(self.manager), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
