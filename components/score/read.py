@@ -11,6 +11,9 @@ per input. The counters examples_read / examples_failed are the job's progress (
 
 from __future__ import annotations
 
+import collections
+from concurrent.futures import ThreadPoolExecutor
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
@@ -53,6 +56,46 @@ class _EventsDoFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(READ_TAG, (event[1], event[2]))
 
 
+class _DecodeAheadDoFn(_EventsDoFn):
+    """An _EventsDoFn whose decoding (`_events`: an element -> its list of events) runs on a background thread,
+    one element ahead: while the steps after it (RunInference, formatting, writing) work on one batch, the
+    next one is parsed and decoded. TensorFlow releases the interpreter lock in both graph calls, so they
+    overlap on two cores as tf.data's map and the model call do. Events leave in input order, each with its
+    input element's timestamp and window; the last ones at the end of the bundle."""
+
+    AHEAD = 1  # elements decoded ahead of the one whose events are emitted
+
+    def setup(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="score-decode")
+
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        self._pending.append((self._pool.submit(self._events, element), timestamp, window))
+        if len(self._pending) > self.AHEAD:
+            yield from self._emit_pending(*self._pending.popleft())
+
+    def finish_bundle(self):
+        while self._pending:
+            yield from self._emit_pending(*self._pending.popleft())
+
+    def teardown(self):
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _emit_pending(self, future, timestamp, window):
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for out in self._emit(future.result()):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, timestamp, (window,)))
+            else:
+                yield WindowedValue(out, timestamp, (window,))
+
+    def _events(self, element) -> list:
+        raise NotImplementedError
+
+
 class ReadTFRecordFiles(beam.DoFn):
     """A TFRecord file -> (file, [serialized record, ...]) in lists of `batch_size` (`readers.tfrecord_chunks`)."""
 
@@ -64,7 +107,7 @@ class ReadTFRecordFiles(beam.DoFn):
             yield path, records
 
 
-class DecodeExamples(_EventsDoFn):
+class DecodeExamples(_DecodeAheadDoFn):
     """(file, [serialized tf.Example]) -> ([(key, label, file)], images); bad records to `failed`."""
 
     def __init__(self, shape):
@@ -72,13 +115,14 @@ class DecodeExamples(_EventsDoFn):
         self._shape = shape  # the model's image shape
 
     def setup(self):
+        super().setup()
         self._examples = ExampleDecoder(self._shape)
 
-    def process(self, element: tuple[str, list[bytes]]):
-        yield from self._emit(self._examples.decode(*element))
+    def _events(self, element: tuple[str, list[bytes]]) -> list:
+        return list(self._examples.decode(*element))
 
 
-class DecodeTables(_EventsDoFn):
+class DecodeTables(_DecodeAheadDoFn):
     """(file, pyarrow.Table) from Beam's Parquet reader -> ([(key, label, file)], images); bad rows to `failed`."""
 
     def __init__(self, inputs: Inputs, batch_size: int = 256):
@@ -87,10 +131,11 @@ class DecodeTables(_EventsDoFn):
         self._batch_size = batch_size
 
     def setup(self):
+        super().setup()
         self._tables = TableDecoder(self._inputs, self._batch_size)
 
-    def process(self, element):
-        yield from self._emit(self._tables.decode(*element))
+    def _events(self, element) -> list:
+        return list(self._tables.decode(*element))
 
 
 class ReadCsvFiles(_EventsDoFn):
@@ -104,7 +149,7 @@ class ReadCsvFiles(_EventsDoFn):
         yield from self._emit(self._reader.read(path))
 
 
-class DecodeImageFiles(_EventsDoFn):
+class DecodeImageFiles(_DecodeAheadDoFn):
     """A batch of image file paths -> ([(path relative to the folder, None, folder)], images); bad ones to `failed`."""
 
     def __init__(self, root: str, shape):
@@ -113,10 +158,11 @@ class DecodeImageFiles(_EventsDoFn):
         self._shape = shape  # the model's image shape
 
     def setup(self):
+        super().setup()
         self._files = ImageFileDecoder(self._root, self._shape)
 
-    def process(self, paths: list[str]):
-        yield from self._emit(self._files.decode(paths))
+    def _events(self, paths: list[str]) -> list:
+        return list(self._files.decode(paths))
 
 
 def read_inputs(p: beam.Pipeline, inputs: Inputs, *, min_batch_size: int, max_batch_size: int):
