@@ -11,12 +11,10 @@ per input. The counters examples_read / examples_failed are the job's progress (
 
 from __future__ import annotations
 
-import collections
-from concurrent.futures import ThreadPoolExecutor
-
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from components.score.ahead import AheadDoFn
 from components.score.decode import FAILED, IMAGES, READ, default_key, readable  # noqa: F401 (re-exported)
 from components.score.inputs import Inputs
 from components.score.progress import TALLY
@@ -56,44 +54,13 @@ class _EventsDoFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(READ_TAG, (event[1], event[2]))
 
 
-class _DecodeAheadDoFn(_EventsDoFn):
-    """An _EventsDoFn whose decoding (`_events`: an element -> its list of events) runs on a background thread,
-    one element ahead: while the steps after it (RunInference, formatting, writing) work on one batch, the
-    next one is parsed and decoded. TensorFlow releases the interpreter lock in both graph calls, so they
-    overlap on two cores as tf.data's map and the model call do. Events leave in input order, each with its
-    input element's timestamp and window; the last ones at the end of the bundle."""
+class _DecodeAheadDoFn(AheadDoFn, _EventsDoFn):
+    """An _EventsDoFn whose decoding (`work`: an element -> its list of events) runs one element ahead on a
+    background thread (`ahead.AheadDoFn`): the next batch is parsed and decoded while RunInference predicts
+    this one, as tf.data's map overlaps the model call."""
 
-    AHEAD = 1  # elements decoded ahead of the one whose events are emitted
-
-    def setup(self):
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="score-decode")
-
-    def start_bundle(self):
-        self._pending = collections.deque()
-
-    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        self._pending.append((self._pool.submit(self._events, element), timestamp, window))
-        if len(self._pending) > self.AHEAD:
-            yield from self._emit_pending(*self._pending.popleft())
-
-    def finish_bundle(self):
-        while self._pending:
-            yield from self._emit_pending(*self._pending.popleft())
-
-    def teardown(self):
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _emit_pending(self, future, timestamp, window):
-        from apache_beam.utils.windowed_value import WindowedValue
-
-        for out in self._emit(future.result()):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, WindowedValue(out.value, timestamp, (window,)))
-            else:
-                yield WindowedValue(out, timestamp, (window,))
-
-    def _events(self, element) -> list:
-        raise NotImplementedError
+    def outputs(self, events: list):
+        return self._emit(events)
 
 
 class ReadTFRecordFiles(beam.DoFn):
@@ -118,7 +85,7 @@ class DecodeExamples(_DecodeAheadDoFn):
         super().setup()
         self._examples = ExampleDecoder(self._shape)
 
-    def _events(self, element: tuple[str, list[bytes]]) -> list:
+    def work(self, element: tuple[str, list[bytes]]) -> list:
         return list(self._examples.decode(*element))
 
 
@@ -134,7 +101,7 @@ class DecodeTables(_DecodeAheadDoFn):
         super().setup()
         self._tables = TableDecoder(self._inputs, self._batch_size)
 
-    def _events(self, element) -> list:
+    def work(self, element) -> list:
         return list(self._tables.decode(*element))
 
 
@@ -161,7 +128,7 @@ class DecodeImageFiles(_DecodeAheadDoFn):
         super().setup()
         self._files = ImageFileDecoder(self._root, self._shape)
 
-    def _events(self, paths: list[str]) -> list:
+    def work(self, paths: list[str]) -> list:
         return list(self._files.decode(paths))
 
 
