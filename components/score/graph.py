@@ -7,7 +7,8 @@ Decode (`read.py`: batches of ([(key, label, input)], images)) -> RunInference (
 the SavedModel's handler, or TF Serving's for a served model; every prediction stays beside its batch's
 keys; a batch the model fails on goes to `failed` via `with_exception_handling`, with its gRPC status code
 for a served model) -> FormatPredictions -> WritePredictions; WriteFailed; Summarize (summary.json,
-`write.py`).
+`write.py`). Decode and FormatPredictions work one batch ahead on a helper thread (`ahead.py`), so decoding,
+the model call and formatting overlap.
 """
 
 from __future__ import annotations
