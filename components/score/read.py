@@ -132,6 +132,14 @@ class DecodeImageFiles(_DecodeAheadDoFn):
         return list(self._files.decode(paths))
 
 
+def _slices(element, batch_size: int):
+    """(file, a Parquet row group as a pyarrow Table) -> (file, zero-copy slices of `batch_size` rows), so that
+    Decode, which decodes one element ahead, holds one batch's images at a time, not a whole row group's."""
+    path, table = element
+    for start in range(0, table.num_rows, batch_size):
+        yield path, table.slice(start, batch_size)
+
+
 def read_inputs(p: beam.Pipeline, inputs: Inputs, *, min_batch_size: int, max_batch_size: int):
     """(images, failed, read) PCollections for `inputs` (see the module docstring)."""
     outputs = (FAILED_TAG, READ_TAG)
@@ -148,6 +156,7 @@ def read_inputs(p: beam.Pipeline, inputs: Inputs, *, min_batch_size: int, max_ba
         decoded = (
             files
             | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=parquet_columns(inputs), with_filename=True)
+            | "Slice" >> beam.FlatMap(_slices, max_batch_size)
             | "Decode" >> beam.ParDo(DecodeTables(inputs, max_batch_size)).with_outputs(*outputs, main="images")
         )
     elif inputs.format == "csv":
