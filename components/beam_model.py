@@ -46,8 +46,9 @@ class BatchPredictor:
         self.model = tf.saved_model.load(saved_model_dir)
         fn = self.model.signatures[signature]
 
-        # Any image shape here: the signature itself takes only the model's (28x28x1, 32x32x3).
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8)])
+        # Any image shape here: the signature itself takes only the model's (28x28x1, 32x32x3). No AutoGraph:
+        # no Python control flow to convert, and converting costs ~0.05 s of every job's start-up.
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8)], autograph=False)
         def predict(images):
             outputs = fn(**{sig.IMAGE_INPUT: scale_images(images)})
             return outputs[sig.PROBABILITIES_OUTPUT], tf.cast(outputs[sig.CLASSES_OUTPUT], tf.int64)

@@ -2,12 +2,13 @@
 
     build_pipeline(p, inputs=check_inputs(pattern), output_dir=out, model=ref, output_format="jsonl")
 
-Steps: ListFiles -> Spread -> the format's reader (ReadExamples | ReadParquet | ReadCsv | BatchFiles) ->
+Steps: ListFiles -> Spread -> the format's reader (ReadExamples | ReadParquet -> Slice | ReadCsv | BatchFiles) ->
 Decode (`read.py`: batches of ([(key, label, input)], images)) -> RunInference (`beam_model.BatchHandler` over
 the SavedModel's handler, or TF Serving's for a served model; every prediction stays beside its batch's
 keys; a batch the model fails on goes to `failed` via `with_exception_handling`, with its gRPC status code
 for a served model) -> FormatPredictions -> WritePredictions; WriteFailed; Summarize (summary.json,
-`write.py`).
+`write.py`). Decode and FormatPredictions work one batch ahead on a helper thread (`ahead.py`), so decoding,
+the model call and formatting overlap.
 """
 
 from __future__ import annotations

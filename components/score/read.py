@@ -14,6 +14,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from components.score.ahead import AheadDoFn
 from components.score.decode import FAILED, IMAGES, READ, default_key, readable  # noqa: F401 (re-exported)
 from components.score.inputs import Inputs
 from components.score.progress import TALLY
@@ -53,6 +54,15 @@ class _EventsDoFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(READ_TAG, (event[1], event[2]))
 
 
+class _DecodeAheadDoFn(AheadDoFn, _EventsDoFn):
+    """An _EventsDoFn whose decoding (`work`: an element -> its list of events) runs one element ahead on a
+    background thread (`ahead.AheadDoFn`): the next batch is parsed and decoded while RunInference predicts
+    this one, as tf.data's map overlaps the model call."""
+
+    def outputs(self, events: list):
+        return self._emit(events)
+
+
 class ReadTFRecordFiles(beam.DoFn):
     """A TFRecord file -> (file, [serialized record, ...]) in lists of `batch_size` (`readers.tfrecord_chunks`)."""
 
@@ -64,7 +74,7 @@ class ReadTFRecordFiles(beam.DoFn):
             yield path, records
 
 
-class DecodeExamples(_EventsDoFn):
+class DecodeExamples(_DecodeAheadDoFn):
     """(file, [serialized tf.Example]) -> ([(key, label, file)], images); bad records to `failed`."""
 
     def __init__(self, shape):
@@ -72,13 +82,14 @@ class DecodeExamples(_EventsDoFn):
         self._shape = shape  # the model's image shape
 
     def setup(self):
+        super().setup()
         self._examples = ExampleDecoder(self._shape)
 
-    def process(self, element: tuple[str, list[bytes]]):
-        yield from self._emit(self._examples.decode(*element))
+    def work(self, element: tuple[str, list[bytes]]) -> list:
+        return list(self._examples.decode(*element))
 
 
-class DecodeTables(_EventsDoFn):
+class DecodeTables(_DecodeAheadDoFn):
     """(file, pyarrow.Table) from Beam's Parquet reader -> ([(key, label, file)], images); bad rows to `failed`."""
 
     def __init__(self, inputs: Inputs, batch_size: int = 256):
@@ -87,10 +98,11 @@ class DecodeTables(_EventsDoFn):
         self._batch_size = batch_size
 
     def setup(self):
+        super().setup()
         self._tables = TableDecoder(self._inputs, self._batch_size)
 
-    def process(self, element):
-        yield from self._emit(self._tables.decode(*element))
+    def work(self, element) -> list:
+        return list(self._tables.decode(*element))
 
 
 class ReadCsvFiles(_EventsDoFn):
@@ -104,7 +116,7 @@ class ReadCsvFiles(_EventsDoFn):
         yield from self._emit(self._reader.read(path))
 
 
-class DecodeImageFiles(_EventsDoFn):
+class DecodeImageFiles(_DecodeAheadDoFn):
     """A batch of image file paths -> ([(path relative to the folder, None, folder)], images); bad ones to `failed`."""
 
     def __init__(self, root: str, shape):
@@ -113,10 +125,19 @@ class DecodeImageFiles(_EventsDoFn):
         self._shape = shape  # the model's image shape
 
     def setup(self):
+        super().setup()
         self._files = ImageFileDecoder(self._root, self._shape)
 
-    def process(self, paths: list[str]):
-        yield from self._emit(self._files.decode(paths))
+    def work(self, paths: list[str]) -> list:
+        return list(self._files.decode(paths))
+
+
+def _slices(element, batch_size: int):
+    """(file, a Parquet row group as a pyarrow Table) -> (file, zero-copy slices of `batch_size` rows), so that
+    Decode, which decodes one element ahead, holds one batch's images at a time, not a whole row group's."""
+    path, table = element
+    for start in range(0, table.num_rows, batch_size):
+        yield path, table.slice(start, batch_size)
 
 
 def read_inputs(p: beam.Pipeline, inputs: Inputs, *, min_batch_size: int, max_batch_size: int):
@@ -135,6 +156,7 @@ def read_inputs(p: beam.Pipeline, inputs: Inputs, *, min_batch_size: int, max_ba
         decoded = (
             files
             | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=parquet_columns(inputs), with_filename=True)
+            | "Slice" >> beam.FlatMap(_slices, max_batch_size)
             | "Decode" >> beam.ParDo(DecodeTables(inputs, max_batch_size)).with_outputs(*outputs, main="images")
         )
     elif inputs.format == "csv":

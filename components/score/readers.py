@@ -78,12 +78,12 @@ class ExampleDecoder:
         }
         self._images = ImageDecoder(shape)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
         def parse(records):
             f = tf.io.parse_example(records, spec)
             return f[sig.EXAMPLE_KEY_FEATURE], f[sig.EXAMPLE_LABEL_FEATURE], f[sig.EXAMPLE_IMAGE_FEATURE]
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
         def parse_and_decode(records):  # the common case in one graph call: every record parses and decodes
             keys, labels, pngs = parse(records)
             return keys, labels, pngs, self._images.graph(pngs)

@@ -17,6 +17,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from components.score.ahead import AheadDoFn
 from components.score.progress import TALLY
 from components.score.read import FAILED_TAG, METRICS_NAMESPACE, READ_TAG
 from components.score.rows import (
@@ -34,15 +35,16 @@ PREDICTIONS_PREFIX = "predictions"
 FAILED_PREFIX = "failed"
 
 
-class FormatPredictions(beam.DoFn):
+class FormatPredictions(AheadDoFn):
     """PredictionResult(([(key, label, input)], images), ...) -> one chunk of output rows per batch, plus
     per-bundle statistics.
 
     `PredictionResult.inference` is (probabilities [n, 10], classes [n], version that answered or None);
     without a version the rows get `model_version`. A chunk is text lines joined by newlines (WriteToText
-    writes it as it is) or a pyarrow Table (WriteToParquetBatched), made by `rows.RowFormatter`. Counts,
-    the confusion matrix and predictions per input accumulate per bundle and leave on the `stats` output at
-    the end of the bundle (combiner lifting by hand). Assumes the global window (a batch job).
+    writes it as it is) or a pyarrow Table (WriteToParquetBatched), made by `rows.RowFormatter` one batch
+    ahead on a background thread (`ahead.AheadDoFn`: formatting overlaps the model call on the next batch).
+    Counts, the confusion matrix and predictions per input accumulate per bundle and leave on the `stats`
+    output at the end of the bundle (combiner lifting by hand). Assumes the global window (a batch job).
     """
 
     def __init__(self, output_format: str, model_name: str, model_version: int | None,
@@ -51,26 +53,34 @@ class FormatPredictions(beam.DoFn):
         self._predictions = Metrics.counter(METRICS_NAMESPACE, "predictions")
 
     def setup(self):
+        super().setup()
         self._formatter = RowFormatter(*self._args)
 
     def start_bundle(self):
+        super().start_bundle()
         self._stats = new_stats()
 
-    def process(self, result):
+    def work(self, result):
         metas, _ = result.example
         probabilities, classes, version = result.inference
+        if self._formatter.format == "parquet":
+            chunk = self._formatter.table(metas, probabilities, classes, version)
+        else:
+            chunk = "\n".join(self._formatter.lines(metas, probabilities, classes, version))
+        return metas, classes, chunk
+
+    def outputs(self, formatted):
+        metas, classes, chunk = formatted
         add_batch(self._stats, metas, classes)
         self._predictions.inc(len(metas))
         TALLY.add(predicted=len(metas))
-        if self._formatter.format == "parquet":
-            yield self._formatter.table(metas, probabilities, classes, version)
-        else:
-            yield "\n".join(self._formatter.lines(metas, probabilities, classes, version))
+        yield chunk
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
+        yield from super().finish_bundle()
         window = GlobalWindow()
         if self._stats[0]:
             yield beam.pvalue.TaggedOutput(STATS_TAG, WindowedValue(self._stats, window.max_timestamp(), (window,)))
