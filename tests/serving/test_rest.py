@@ -222,7 +222,6 @@ def test_metrics_have_tf_servings_names(rest):
     call(rest, "POST", "/v1/models/mnist:predict", {"instances": images(1).tolist()})
     call(rest, "POST", "/v1/models/nosuchmodel:predict", {"instances": [[0.0]]})
     from serving.client import ServingClient
-
     from serving.errors import ServingError
 
     with ServingClient(rest.grpc_address, timeout=30) as client:
