@@ -12,8 +12,8 @@ more about the host than about the code: the benchmarks print the share beside t
 from __future__ import annotations
 
 
-def cpu_times() -> tuple[int, int] | None:
-    """(steal, total) clock ticks of all CPUs since boot; None where /proc/stat is missing (not Linux)."""
+def _stat_ticks() -> list[int] | None:
+    """user nice system idle iowait irq softirq steal clock ticks of all CPUs since boot; None off Linux."""
     try:
         with open("/proc/stat") as f:
             fields = f.readline().split()
@@ -21,8 +21,14 @@ def cpu_times() -> tuple[int, int] | None:
         return None
     if not fields or fields[0] != "cpu":
         return None
-    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
-    return ticks[7] if len(ticks) > 7 else 0, sum(ticks)
+    ticks = [int(x) for x in fields[1:9]]
+    return ticks + [0] * (8 - len(ticks))
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs since boot; None where /proc/stat is missing (not Linux)."""
+    ticks = _stat_ticks()
+    return None if ticks is None else (ticks[7], sum(ticks))
 
 
 def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
@@ -38,13 +44,8 @@ def describe(share: float | None) -> str:
 
 def busy_ticks() -> tuple[int, int] | None:
     """(busy, total) clock ticks of all CPUs since boot (busy: neither idle nor iowait); None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-    except OSError:
-        return None
-    ticks = [int(x) for x in fields[1:9]]
-    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+    ticks = _stat_ticks()
+    return None if ticks is None else (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
 
 
 def process_ticks(pid: int) -> int:
