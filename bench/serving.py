@@ -15,7 +15,8 @@ batching off and on, each figure printed against its target from one run.
 4. `--clients` concurrent batch-1 gRPC clients for `--seconds` against each server, from one separate load
    process (grpc.aio, one event loop: cheap, so the clients take little of the 2 cores): throughput ratio
    on/off (target >= 2x, aim 3x), p99 with batching <= 25 ms, no failed request; the ceiling is the same load
-   against a Python gRPC server answering without a model;
+   against a Python gRPC server answering without a model. Each load also prints the server's CPU time per
+   answer and the share of the machine the clients used (on one machine they compete with the server);
 5. roll-out under load: 8 clients (batch 8) on the batching server while version 2 is pushed: no failure.
 The model is `--saved-model`, else the newest pushed version under the workdir's base path, else the default
 architecture exported untrained (speed does not depend on the weights). Loopback only; every loop is bounded.
@@ -185,17 +186,22 @@ async def _load(address: str, clients: int, seconds: float, request_bytes: bytes
 def load(address: str, clients: int, seconds: float, request_bytes: bytes, server_pid: int | None = None) -> dict:
     """The load, from a separate process (this one holds TensorFlow and the measuring threads); with the share of
     the machine that other processes (not the server, the load, or this one) used meanwhile."""
-    before, own_before = busy_ticks(), process_ticks(os.getpid()) + (process_ticks(server_pid) if server_pid else 0)
+    server_before = process_ticks(server_pid) if server_pid else 0
+    before, own_before = busy_ticks(), process_ticks(os.getpid()) + server_before
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, __file__, "--load", address, str(clients), str(seconds), request_bytes.hex()],
                          capture_output=True, text=True, timeout=seconds + 120, env={**os.environ, "PYTHONPATH": str(REPO)})
     if out.returncode:
         raise RuntimeError(f"the load process failed: {out.stderr[-2000:]}")
-    after, own_after = busy_ticks(), process_ticks(os.getpid()) + (process_ticks(server_pid) if server_pid else 0)
+    server_after = process_ticks(server_pid) if server_pid else 0
+    after, own_after = busy_ticks(), process_ticks(os.getpid()) + server_after
     grown = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_ticks = round((grown.ru_utime + grown.ru_stime - children.ru_utime - children.ru_stime) * os.sysconf("SC_CLK_TCK"))
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["others"] = others_share(before, after, own_after - own_before + load_ticks)
+    # Where the machine went: the server's CPU for each answer, and the clients' share of all cores.
+    result["server_cpu_ms"] = (server_after - server_before) / os.sysconf("SC_CLK_TCK") / max(result["ok"], 1) * 1000
+    result["clients"] = load_ticks / (after[1] - before[1]) if before and after and after[1] > before[1] else None
     return result
 
 
@@ -368,7 +374,9 @@ def main() -> int:
         print(f"4. {args.clients} concurrent batch-1 gRPC clients for {args.seconds:g} s (one grpc.aio load process):")
         for name, x in [("off", off), ("on", on), ("ceiling (no model)", ceiling)]:
             print(f"   batching {name:<20} {x['rate']:7.0f} requests/s  p50 {x['p50']:6.2f} ms  p99 {x['p99']:6.2f} ms  "
-                  f"{x['ok']} answered, {len(x['failed'])} failed  (other processes: {describe(x['others'])} of the machine)")
+                  f"{x['ok']} answered, {len(x['failed'])} failed")
+            print(f"   {'':29}server CPU {x['server_cpu_ms']:.2f} ms an answer; the clients used "
+                  f"{describe(x['clients'])} of the machine, other processes {describe(x['others'])}")
         ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
         failed = off["failed"] + on["failed"]
         print(f"   on/off throughput {ratio:.2f}x (target >= 2x: {verdict(ratio >= 2)}, aim 3x); p99 with batching "

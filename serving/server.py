@@ -118,11 +118,12 @@ class _Completions:
 
 class _PredictionService(prediction_service.PredictionServiceServicer):
     def __init__(self, manager: ModelManager, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-                 executor: futures.Executor | None = None):
+                 executor: futures.Executor | None = None, completions: _Completions | None = None):
+        """`executor` and `completions` are Predict's (the gRPC server's); REST's metadata route needs neither."""
         self._manager = manager
         self._max_batch_size = max_batch_size
         self._executor = executor  # where Predict's model calls run when batching is off
-        self._completions: _Completions | None = None  # set on the server's loop (LocalServer._build)
+        self._completions = completions  # finished model calls back to the server's loop
 
     def _run(self, request, context, method: str, response):
         """Resolve the model the request names, run `method` of its servable, and name the answering version."""
@@ -237,11 +238,6 @@ class LocalServer:
         self._update_health()
 
     async def _build(self, address: str, credentials, max_message_bytes: int, max_batch_size: int, metrics):
-        interceptors = []
-        if metrics is not None:  # serving.metrics.ServingMetrics: TF Serving's request count and latency
-            from serving.metrics import MetricsInterceptor
-
-            interceptors.append(MetricsInterceptor(metrics))
         server = grpc.aio.server(
             migration_thread_pool=self._executor,  # the plain (thread) handlers: metadata, status, health, Classify
             options=[
@@ -249,10 +245,13 @@ class LocalServer:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            interceptors=interceptors,
         )
-        predictions = _PredictionService(self.manager, max_batch_size, self._executor)
-        predictions._completions = _Completions(asyncio.get_running_loop())
+        predictions = _PredictionService(self.manager, max_batch_size, self._executor,
+                                         _Completions(asyncio.get_running_loop()))
+        if metrics is not None:  # serving.metrics.ServingMetrics: TF Serving's request count and latency
+            from serving.metrics import timed_servicer
+
+            predictions = timed_servicer(predictions, metrics)
         prediction_service.add_PredictionServiceServicer_to_server(predictions, server)
         model_service.add_ModelServiceServicer_to_server(_ModelService(self.manager), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

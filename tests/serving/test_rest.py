@@ -226,6 +226,7 @@ def test_metrics_have_tf_servings_names(rest):
 
     with ServingClient(rest.grpc_address, timeout=30) as client:
         client.predict(images(1))
+        client.get_model_metadata()  # a plain (thread) handler, timed as Predict's coroutine is
     with ServingClient(rest.grpc_address, model_name="nosuchmodel", timeout=30) as client:
         with pytest.raises(ServingError):
             client.predict(images(1))
@@ -238,6 +239,7 @@ def test_metrics_have_tf_servings_names(rest):
     for entrypoint in ("REST", "GRPC"):
         pattern = ':tensorflow:serving:request_latency_count{API="predict",entrypoint="' + entrypoint + '",model_name="mnist"}'
         assert pattern in text
+    assert ':tensorflow:serving:request_latency_count{API="GetModelMetadata",entrypoint="GRPC",model_name="mnist"} 1.0' in text
     assert re.search(r':tensorflow:cc:saved_model:load_attempt_count\{model_path="[^"]+/1",status="success"\} 1', text)
     assert "_created" not in text
     for entrypoint in ("REST", "GRPC"):  # by version and signature too
