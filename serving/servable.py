@@ -247,8 +247,8 @@ def _to_array(key: str, proto, spec: tf.TensorSpec, check, max_batch_size: int |
                            f"input {echo(key)!r} has shape {echo(shape)}, the signature expects {spec.shape}")
     _check_batch(key, shape, max_batch_size)
     try:
-        check_fills_shape(proto)
-        array = to_ndarray(proto)
+        check_fills_shape(proto, shape)
+        array = to_ndarray(proto, shape)
     except (ValueError, TypeError) as exc:
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"input {echo(key)!r}: its values do not fill shape {echo(shape)}: {echo(exc)}") from exc

@@ -22,6 +22,7 @@ _NUMERIC = {
     types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64, types_pb2.DT_BOOL: np.bool_,
 }
 _ENUM = {np.dtype(v): k for k, v in _NUMERIC.items()}
+_ITEMSIZE = {k: np.dtype(v).itemsize for k, v in _NUMERIC.items()}  # bytes an element, without tf.as_dtype
 
 # The repeated field that carries each dtype's values when `tensor_content` is empty, and how many entries
 # one element takes (a complex number is two).
@@ -37,19 +38,23 @@ _VALUE_FIELDS = {
 }
 
 
-def check_fills_shape(proto: tensor_pb2.TensorProto) -> list[int]:
-    """The proto's shape, once its values are known to fill it exactly; ValueError otherwise.
+def check_fills_shape(proto: tensor_pb2.TensorProto, shape: list[int] | None = None) -> list[int]:
+    """The proto's shape (`shape`, when the caller has read it already), once its values are known to fill it
+    exactly; ValueError otherwise.
 
     Runs on the message as received, before anything is allocated: TensorFlow's own conversion pads values that
     fall short of the shape (with zeros or the last value), so a few bytes declaring a huge shape would cost
     gigabytes. Counts come from the repeated field's length or `tensor_content`'s byte length.
     """
-    shape = [d.size for d in proto.tensor_shape.dim]
+    if shape is None:
+        shape = [d.size for d in proto.tensor_shape.dim]
     if any(size < 0 for size in shape):
         raise ValueError(f"shape {shape} has a negative dimension")
     declared = math.prod(shape)  # a Python int: no overflow, however large the claim
     if proto.tensor_content:
-        itemsize = tf.as_dtype(proto.dtype).size if proto.dtype in _VALUE_FIELDS else 0
+        itemsize = _ITEMSIZE.get(proto.dtype)
+        if itemsize is None:
+            itemsize = tf.as_dtype(proto.dtype).size if proto.dtype in _VALUE_FIELDS else 0
         if proto.dtype == types_pb2.DT_STRING or not itemsize:
             raise ValueError("tensor_content is only for fixed-size numeric dtypes")
         if len(proto.tensor_content) != declared * itemsize:
@@ -79,11 +84,13 @@ def fill_tensor_proto(proto: tensor_pb2.TensorProto, array) -> tensor_pb2.Tensor
     return proto
 
 
-def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """The array a TensorProto holds (read-only for the fast path: it views the message's bytes)."""
+def to_ndarray(proto: tensor_pb2.TensorProto, shape: list[int] | None = None) -> np.ndarray:
+    """The array a TensorProto holds (read-only for the fast path: it views the message's bytes); `shape`, when
+    the caller has read the proto's shape already."""
     dtype = _NUMERIC.get(proto.dtype)
     if dtype is not None and proto.tensor_content:
-        shape = [d.size for d in proto.tensor_shape.dim]
+        if shape is None:
+            shape = [d.size for d in proto.tensor_shape.dim]
         array = np.frombuffer(proto.tensor_content, dtype=dtype)
         if array.size == math.prod(shape):
             return array.reshape(shape)
