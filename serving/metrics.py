@@ -166,36 +166,41 @@ _GRPC_APIS = {"Predict": "predict", "Classify": "classify", "Regress": "regress"
               "MultiInference": "multi_inference", "GetModelMetadata": "GetModelMetadata"}
 
 
-def _timed(behavior, api: str, metrics: ServingMetrics):
-    def observe(request, response, code, started: float) -> None:
-        """`response` (None when the call failed) names the version that answered, else the request's spec."""
-        spec = request.model_spec
+class _Observed:
+    """One call's timing, around its behavior: `response` is set by the caller when the call answers (it names
+    the version that answered); a call that raises is counted under the status its context was given."""
+
+    __slots__ = ("_api", "_metrics", "_request", "_context", "_started", "response")
+
+    def __init__(self, api: str, metrics: ServingMetrics, request, context):
+        self._api, self._metrics, self._request, self._context = api, metrics, request, context
+        self.response = None
+
+    def __enter__(self):
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        code = grpc.StatusCode.OK if exc_type is None else (self._context.code() or grpc.StatusCode.UNKNOWN)
+        spec = self._request.model_spec
+        response = self.response if exc_type is None else None
         answered = response.model_spec if response is not None and hasattr(response, "model_spec") else spec
         version = answered.version.value if answered.HasField("version") else ""
-        signature = (spec.signature_name or "serving_default") if api != "GetModelMetadata" else ""
-        metrics.observe_request(spec.name, api, "GRPC", code, time.perf_counter() - started, version, signature)
+        signature = (spec.signature_name or "serving_default") if self._api != "GetModelMetadata" else ""
+        self._metrics.observe_request(spec.name, self._api, "GRPC", code, time.perf_counter() - self._started,
+                                      version, signature)
 
+
+def _timed(behavior, api: str, metrics: ServingMetrics):
     if inspect.iscoroutinefunction(behavior):
         async def timed(request, context):
-            started, response, code = time.perf_counter(), None, grpc.StatusCode.OK
-            try:
-                response = await behavior(request, context)
-                return response
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                observe(request, response, code, started)
+            with _Observed(api, metrics, request, context) as observed:
+                observed.response = await behavior(request, context)
+                return observed.response
     else:
         def timed(request, context):
-            started, response, code = time.perf_counter(), None, grpc.StatusCode.OK
-            try:
-                response = behavior(request, context)
-                return response
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                observe(request, response, code, started)
+            with _Observed(api, metrics, request, context) as observed:
+                observed.response = behavior(request, context)
+                return observed.response
 
     return functools.wraps(behavior)(timed)
