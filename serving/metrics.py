@@ -182,8 +182,7 @@ class _Observed:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         code = grpc.StatusCode.OK if exc_type is None else (self._context.code() or grpc.StatusCode.UNKNOWN)
-        spec = self._request.model_spec
-        response = self.response if exc_type is None else None
+        spec, response = self._request.model_spec, self.response  # no response when the call raised
         answered = response.model_spec if response is not None and hasattr(response, "model_spec") else spec
         version = answered.version.value if answered.HasField("version") else ""
         signature = (spec.signature_name or "serving_default") if self._api != "GetModelMetadata" else ""

@@ -22,7 +22,6 @@ _NUMERIC = {
     types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64, types_pb2.DT_BOOL: np.bool_,
 }
 _ENUM = {np.dtype(v): k for k, v in _NUMERIC.items()}
-_ITEMSIZE = {k: np.dtype(v).itemsize for k, v in _NUMERIC.items()}  # bytes an element, without tf.as_dtype
 
 # The repeated field that carries each dtype's values when `tensor_content` is empty, and how many entries
 # one element takes (a complex number is two).
@@ -36,6 +35,8 @@ _VALUE_FIELDS = {
     types_pb2.DT_STRING: ("string_val", 1),
     types_pb2.DT_COMPLEX64: ("scomplex_val", 2), types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
 }
+# Bytes an element of each fixed-size dtype takes in `tensor_content` (looked up per request: no tf.as_dtype).
+_ITEMSIZE = {k: tf.as_dtype(k).size for k in _VALUE_FIELDS if k != types_pb2.DT_STRING}
 
 
 def check_fills_shape(proto: tensor_pb2.TensorProto, shape: list[int] | None = None) -> list[int]:
@@ -52,10 +53,8 @@ def check_fills_shape(proto: tensor_pb2.TensorProto, shape: list[int] | None = N
         raise ValueError(f"shape {shape} has a negative dimension")
     declared = math.prod(shape)  # a Python int: no overflow, however large the claim
     if proto.tensor_content:
-        itemsize = _ITEMSIZE.get(proto.dtype)
-        if itemsize is None:
-            itemsize = tf.as_dtype(proto.dtype).size if proto.dtype in _VALUE_FIELDS else 0
-        if proto.dtype == types_pb2.DT_STRING or not itemsize:
+        itemsize = _ITEMSIZE.get(proto.dtype, 0)
+        if not itemsize:
             raise ValueError("tensor_content is only for fixed-size numeric dtypes")
         if len(proto.tensor_content) != declared * itemsize:
             raise ValueError(f"{len(proto.tensor_content)} bytes of tensor_content do not fill "
