@@ -158,7 +158,8 @@ def grpc_raw(address: str, request_bytes: bytes):
 
 
 async def _load(address: str, clients: int, seconds: float, request_bytes: bytes) -> dict:
-    """`clients` independent clients (a channel each) sending batch-1 Predicts back to back for `seconds`."""
+    """`clients` clients (a channel each) sending batch-1 Predicts back to back for `seconds`. gRPC's channels to
+    one address share one connection, as ghz's default does; a connection each measured the same (bench/README.md)."""
     import grpc
 
     latencies: list[float] = []
