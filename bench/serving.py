@@ -159,7 +159,8 @@ def grpc_raw(address: str, request_bytes: bytes):
 
 async def _load(address: str, clients: int, seconds: float, request_bytes: bytes) -> dict:
     """`clients` clients (a channel each) sending batch-1 Predicts back to back for `seconds`. gRPC's channels to
-    one address share one connection, as ghz's default does; a connection each measured the same (bench/README.md)."""
+    one address share one connection, as ghz's default does; a connection each measured the same (in the history of
+    bench/README.md)."""
     import grpc
 
     latencies: list[float] = []
