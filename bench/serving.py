@@ -4,7 +4,8 @@ batching off and on, each figure printed against its target from one run.
     .venv/bin/python bench/serving.py [--saved-model DIR] [--workdir artifacts] [--seconds 10]
 
 0. the host: CPU model, cores, load average, and the CPU the hypervisor stole during the run (bench/hoststat.py);
-1. the model call in this process, as the server makes it (`_Signature.call`): p50 at batch 1 and batch 32;
+1. the model call in this process, as the server makes it (`_Signature.call`): p50 and CPU time (TensorFlow's
+   threads included) at batch 1 and batch 32;
 2. batch-1 Predict, sequential requests alternating with in-process model calls (so that load from other work
    falls on both alike): p50, p99 and the overhead (request minus model call, the median of the pairs) for
    gRPC (`ServingClient`, and prepared request bytes) and REST (float `instances`; a fresh connection per request
@@ -16,7 +17,9 @@ batching off and on, each figure printed against its target from one run.
    process (grpc.aio, one event loop: cheap, so the clients take little of the 2 cores): throughput ratio
    on/off (target >= 2x, aim 3x), p99 with batching <= 25 ms, no failed request; the ceiling is the same load
    against a Python gRPC server answering without a model. Each load also prints the server's CPU time per
-   answer and the share of the machine the clients used (on one machine they compete with the server);
+   answer and the share of the machine the clients used (on one machine they compete with the server), and with
+   batching on the batches the server ran, from its own `padding_size` metric (TF Serving's): how many, their
+   mean size, the share of padding, and how many ran a lone request;
 5. roll-out under load: 8 clients (batch 8) on the batching server while version 2 is pushed: no failure.
 The model is `--saved-model`, else the newest pushed version under the workdir's base path, else the default
 architecture exported untrained (speed does not depend on the weights). Loopback only; every loop is bounded.
@@ -37,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +133,43 @@ def report(name: str, request_s: list[float], model_s: list[float], targets: str
     print(f"   {name:<44} p50 {ms(request_s, 50):6.2f} ms  p99 {ms(request_s, 99):6.2f} ms  "
           f"overhead p50 {overhead:5.2f} ms  {targets}")
     return {"p50": ms(request_s, 50), "p99": ms(request_s, 99), "overhead": overhead}
+
+
+def batches(rest_port: int) -> dict[int, tuple[float, float]] | str:
+    """The batching server's own account of the batches it ran (TF Serving's `padding_size` histogram, from its
+    Prometheus endpoint): {padded batch size: (batches, padding rows)}, or why it could not be read."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+    except OSError as exc:  # the figure is missing, the run goes on
+        return f"batches: {url} could not be read ({exc})"
+    found: dict[int, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != ":tensorflow:serving:batching_session:padding_size":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_count", "_sum")):
+                entry = found.setdefault(int(sample.labels["execution_batch_size"]), [0.0, 0.0])
+                entry[sample.name.endswith("_sum")] += sample.value
+    return {size: (count, padding) for size, (count, padding) in found.items()}
+
+
+def batch_mix(before: dict[int, tuple[float, float]] | str, after: dict[int, tuple[float, float]] | str) -> str:
+    """What the batches of one load were: how many, their mean size, the share of padding, the lone requests."""
+    if isinstance(before, str) or isinstance(after, str):
+        return before if isinstance(before, str) else after
+    counts = {size: after[size][0] - before.get(size, (0.0, 0.0))[0] for size in after}
+    padding = sum(after[size][1] - before.get(size, (0.0, 0.0))[1] for size in after)
+    total, padded_rows = sum(counts.values()), sum(size * n for size, n in counts.items())
+    if not total:
+        return "no batches"
+    rows = padded_rows - padding
+    return (f"{total:.0f} batches of {rows / total:.1f} requests on average ({padded_rows / total:.1f} rows after "
+            f"padding: {padding / padded_rows:.0%} of the rows the model ran were padding); "
+            f"{counts.get(1, 0) / total:.0%} of them ran a lone request")
 
 
 def rest_post(port: int, body: bytes, fresh: bool):
@@ -298,7 +339,7 @@ def main() -> int:
         (base / "mnist").mkdir(parents=True)
         push(saved_model, base, 1)
         plain, grpc_port, rest_port = start_server(base, scratch, [])
-        batched, b_grpc_port, _ = start_server(base, scratch, compose_flags())
+        batched, b_grpc_port, b_rest_port = start_server(base, scratch, compose_flags())
         single, s_grpc_port, _ = start_server(base, scratch, ["--tensorflow_intra_op_parallelism=1"])
         params = read_batching_parameters(DEPLOY / "batching_parameters.txt")
         address, b_address = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{b_grpc_port}"
@@ -317,10 +358,14 @@ def main() -> int:
         for _ in range(50):
             model_call()
             local.call({sig.IMAGE_INPUT: thirty_two})
+        cpu = time.process_time()  # this process runs nothing else meanwhile: its CPU is the model calls'
         m1 = [once(model_call) for _ in range(args.requests)]
+        cpu1, cpu = (time.process_time() - cpu) / len(m1), time.process_time()
         m32 = [once(lambda: local.call({sig.IMAGE_INPUT: thirty_two})) for _ in range(args.requests // 4)]
-        print(f"1. the model call in process: batch 1 p50 {ms(m1, 50):.2f} ms; batch 32 p50 {ms(m32, 50):.2f} ms "
-              f"({ms(m32, 50) / 32:.3f} ms an image)")
+        cpu32 = (time.process_time() - cpu) / len(m32)
+        print(f"1. the model call in process: batch 1 p50 {ms(m1, 50):.2f} ms ({cpu1 * 1000:.2f} ms of CPU a call, "
+              f"TensorFlow's threads included); batch 32 p50 {ms(m32, 50):.2f} ms ({ms(m32, 50) / 32:.3f} ms an "
+              f"image, {cpu32 / 32 * 1000:.3f} ms of CPU an image)")
 
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "mnist"
@@ -358,7 +403,9 @@ def main() -> int:
             b_channel.close()
 
         off = load(address, args.clients, args.seconds, request_bytes, plain.pid)
+        before = batches(b_rest_port)
         on = load(b_address, args.clients, args.seconds, request_bytes, batched.pid)
+        on["batches"] = batch_mix(before, batches(b_rest_port))
         trivial_port = free_port()
         trivial = subprocess.Popen([sys.executable, "-c", _TRIVIAL_SERVER, str(trivial_port)])
         try:
@@ -379,6 +426,8 @@ def main() -> int:
                   f"{x['ok']} answered, {len(x['failed'])} failed")
             print(f"   {'':29}server CPU {x['server_cpu_ms']:.2f} ms an answer; the clients used "
                   f"{describe(x['clients'])} of the machine, other processes {describe(x['others'])}")
+            if "batches" in x:
+                print(f"   {'':29}{x['batches']}")
         ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
         failed = off["failed"] + on["failed"]
         print(f"   on/off throughput {ratio:.2f}x (target >= 2x: {verdict(ratio >= 2)}, aim 3x); p99 with batching "
