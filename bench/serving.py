@@ -158,7 +158,8 @@ def batches(rest_port: int) -> dict[int, tuple[float, float]] | str:
 
 
 def batch_mix(before: dict[int, tuple[float, float]] | str, after: dict[int, tuple[float, float]] | str) -> str:
-    """What the batches of one load were: how many, their mean size, the share of padding, the lone requests."""
+    """What the batches of one load were: how many, their mean size, the share of padding, the lone requests (the
+    loads send batch-1 requests, so a batch's rows before padding are its requests)."""
     if isinstance(before, str) or isinstance(after, str):
         return before if isinstance(before, str) else after
     counts = {size: after[size][0] - before.get(size, (0.0, 0.0))[0] for size in after}
