@@ -51,8 +51,12 @@ def server_flags(spec: str) -> tuple[str, list[str], bool]:
     if not path.is_file():
         raise SystemExit(f"server {name!r}: no batching parameters file at {path}")
     from serving.batching import read_batching_parameters
+    from serving.errors import ServingError
 
-    read_batching_parameters(path)  # a bad file is refused here, not by a server that never comes up
+    try:  # a bad file is refused here, not by a server that never comes up
+        read_batching_parameters(path)
+    except ServingError as exc:
+        raise SystemExit(f"server {name!r}: {exc}") from None
     flags = [f"--batching_parameters_file={path}" if f.startswith("--batching_parameters_file") else f
              for f in compose_flags()]
     return name, flags + extra, True
