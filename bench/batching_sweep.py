@@ -30,10 +30,10 @@ from bench.serving import (  # noqa: E402
     batch_mix,
     batches,
     compose_flags,
-    find_saved_model,
     host_line,
     load,
-    push,
+    model_base,
+    predict_bytes,
     start_server,
     stop,
 )
@@ -75,26 +75,16 @@ def main() -> int:
     if len(specs) != len(args.servers):
         raise SystemExit("two servers have the same name; give each its own")
 
-    from tensorflow_serving.apis import predict_pb2
-
-    from serving import signatures as sig
     from serving.client import ServingClient
-    from serving.tensors import fill_tensor_proto
 
     print(host_line(), flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     servers: dict[str, tuple] = {}
     try:
-        saved_model, origin = find_saved_model(args, scratch)
-        base = scratch / "models"
-        (base / sig.MODEL_NAME).mkdir(parents=True)
-        push(saved_model, base, 1)
+        base, saved_model, origin = model_base(args, scratch)
         for name, (flags, _) in specs.items():
             servers[name] = start_server(base, scratch, flags)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = sig.MODEL_NAME
-        fill_tensor_proto(request.inputs[sig.IMAGE_INPUT], np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32))
-        request_bytes = request.SerializeToString()
+        request_bytes = predict_bytes(np.random.default_rng(0).random((1, 28, 28, 1), dtype=np.float32))
         for proc, port, _ in servers.values():  # every server loaded and warm before the first round
             with ServingClient(f"127.0.0.1:{port}", timeout=30.0) as client:
                 client.wait_until_available(timeout=240)

@@ -79,6 +79,30 @@ def push(saved_model: Path, base: Path, version: int) -> None:
     os.replace(tmp, base / "mnist" / str(version))
 
 
+def model_base(args, scratch: Path) -> tuple[Path, Path, str]:
+    """A model base path under `scratch` holding the benchmarked model as version 1: (base, SavedModel, origin)."""
+    from serving import signatures as sig
+
+    saved_model, origin = find_saved_model(args, scratch)
+    base = scratch / "models"
+    (base / sig.MODEL_NAME).mkdir(parents=True)
+    push(saved_model, base, 1)
+    return base, saved_model, origin
+
+
+def predict_bytes(image: np.ndarray) -> bytes:
+    """A serialized Predict request for `image` on the default signature: what the loads send, prepared once."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving import signatures as sig
+    from serving.tensors import fill_tensor_proto
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = sig.MODEL_NAME
+    fill_tensor_proto(request.inputs[sig.IMAGE_INPUT], image)
+    return request.SerializeToString()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -322,23 +346,17 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     args = parser.parse_args()
 
-    from tensorflow_serving.apis import predict_pb2
-
     from serving import signatures as sig
     from serving.batching import read_batching_parameters
     from serving.client import ServingClient
     from serving.servable import Servable
-    from serving.tensors import fill_tensor_proto
 
     print(host_line(), flush=True)
     started = cpu_times()
     scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     plain = batched = single = None
     try:
-        saved_model, origin = find_saved_model(args, scratch)
-        base = scratch / "models"
-        (base / "mnist").mkdir(parents=True)
-        push(saved_model, base, 1)
+        base, saved_model, origin = model_base(args, scratch)
         plain, grpc_port, rest_port = start_server(base, scratch, [])
         batched, b_grpc_port, b_rest_port = start_server(base, scratch, compose_flags())
         single, s_grpc_port, _ = start_server(base, scratch, ["--tensorflow_intra_op_parallelism=1"])
@@ -368,10 +386,7 @@ def main() -> int:
               f"TensorFlow's threads included); batch 32 p50 {ms(m32, 50):.2f} ms ({ms(m32, 50) / 32:.3f} ms an "
               f"image, {cpu32 / 32 * 1000:.3f} ms of CPU an image)")
 
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "mnist"
-        fill_tensor_proto(request.inputs[sig.IMAGE_INPUT], one)
-        request_bytes = request.SerializeToString()
+        request_bytes = predict_bytes(one)
         print(f"2. batch-1 Predict, {args.requests} sequential requests each, alternating with the model call:")
         with ServingClient(address, timeout=30.0) as client:
             g = report("gRPC, ServingClient.predict", *paired(lambda: client.predict(one), model_call, args.requests))
