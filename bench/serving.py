@@ -19,7 +19,9 @@ batching off and on, each figure printed against its target from one run.
    against a Python gRPC server answering without a model. Each load also prints the server's CPU time per
    answer and the share of the machine the clients used (on one machine they compete with the server), and with
    batching on the batches the server ran, from its own `padding_size` metric (TF Serving's): how many, their
-   mean size, the share of padding, and how many ran a lone request;
+   mean size, the share of padding, and how many ran a lone request. Beside them, the server's own work: its
+   Predict servicer in process, without gRPC and with the model call replaced by fixed outputs, under as many
+   concurrent callers (CPU a request, batching off and on);
 5. roll-out under load: 8 clients (batch 8) on the batching server while version 2 is pushed: no failure.
 The model is `--saved-model`, else the newest pushed version under the workdir's base path, else the default
 architecture exported untrained (speed does not depend on the weights). Loopback only; every loop is bounded.
@@ -273,6 +275,72 @@ def load(address: str, clients: int, seconds: float, request_bytes: bytes, serve
     return result
 
 
+async def _servicer(base: str, batching: bool, seconds: float, callers: int) -> dict:
+    """The server's own work for a batch-1 Predict, without gRPC and without the model: the server's Predict servicer
+    (request metrics included; batching through the deploy file's scheduler, or the executor as with batching off)
+    on a uvloop, `callers` coroutines calling it back to back; each call parses the request bytes and serializes
+    the answer, as gRPC's (de)serializers do. The model call returns fixed outputs of the right shape."""
+    from concurrent import futures
+
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving import servable
+    from serving import signatures as sig
+    from serving.batching import BatchScheduler, read_batching_parameters
+    from serving.metrics import ServingMetrics, timed_servicer
+    from serving.model_manager import ModelManager, ModelSettings
+    from serving.server import _Completions, _PredictionService
+
+    scheduler = BatchScheduler(read_batching_parameters(DEPLOY / "batching_parameters.txt")) if batching else None
+    manager = ModelManager({sig.MODEL_NAME: ModelSettings(Path(base) / sig.MODEL_NAME)}, poll_interval=600,
+                           batcher=scheduler)
+    if scheduler is not None:
+        scheduler.start()
+    manager.poll()
+    request_bytes = predict_bytes(np.zeros((1, 28, 28, 1), np.float32))
+    fixed = manager.resolve(sig.MODEL_NAME).predict(predict_pb2.PredictRequest.FromString(request_bytes))
+    servable._Signature.call = lambda self, arrays: {  # this process only: the model's place, at no cost
+        k: np.repeat(v, next(iter(arrays.values())).shape[0], axis=0) for k, v in fixed.items()}
+
+    class Context:  # what Predict asks of a gRPC context when it answers (a failure would abort)
+        def code(self):
+            return None
+
+        async def abort(self, code, details):
+            raise RuntimeError(f"{code}: {details}")
+
+    executor = futures.ThreadPoolExecutor(8)
+    service = timed_servicer(_PredictionService(manager, 1000, executor, _Completions(asyncio.get_running_loop())),
+                             ServingMetrics())
+    calls = 0
+
+    async def caller(deadline: float) -> None:
+        nonlocal calls
+        while time.perf_counter() < deadline:
+            answer = await service.Predict(predict_pb2.PredictRequest.FromString(request_bytes), Context())
+            answer.SerializeToString()
+            calls += 1
+
+    await asyncio.gather(*(caller(time.perf_counter() + 1.0) for _ in range(callers)))  # warm-up
+    calls, cpu, started = 0, time.process_time(), time.perf_counter()
+    await asyncio.gather(*(caller(started + seconds) for _ in range(callers)))
+    cpu, elapsed = time.process_time() - cpu, time.perf_counter() - started
+    if scheduler is not None:
+        scheduler.stop()
+    executor.shutdown()
+    return {"rate": calls / elapsed, "cpu_us": cpu / max(calls, 1) * 1e6}
+
+
+def servicer_cost(base: Path, batching: bool, seconds: float = 3.0, callers: int = 32) -> dict:
+    """`_servicer`, in a process of its own (it replaces the model call there)."""
+    out = subprocess.run([sys.executable, __file__, "--servicer", str(base), "on" if batching else "off", str(seconds),
+                          str(callers)], capture_output=True, text=True, timeout=seconds + 180,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    if out.returncode:
+        raise RuntimeError(f"the servicer process failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # A gRPC server that answers Predict with fixed bytes and no model: the ceiling this machine's Python gRPC
 # sets on any Python server's request rate (bounded: it exits after 10 min).
 _TRIVIAL_SERVER = """
@@ -444,6 +512,10 @@ def main() -> int:
                   f"{describe(x['clients'])} of the machine, other processes {describe(x['others'])}")
             if "batches" in x:
                 print(f"   {'':29}{x['batches']}")
+        own = {name: servicer_cost(base, batching, callers=args.clients) for name, batching in (("off", False), ("on", True))}
+        print(f"   the server's own work, without gRPC or the model (its Predict servicer in process, {args.clients} "
+              f"callers on one uvloop, the model call replaced by fixed outputs): {own['off']['cpu_us']:.0f} us of CPU "
+              f"a request with batching off, {own['on']['cpu_us']:.0f} us with it on (gRPC's own: the ceiling's CPU)")
         ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
         failed = off["failed"] + on["failed"]
         print(f"   on/off throughput {ratio:.2f}x (target >= 2x: {verdict(ratio >= 2)}, aim 3x); p99 with batching "
@@ -472,5 +544,11 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--load"]:
         _, _, target, n, secs, hexed = sys.argv
         print(json.dumps(asyncio.run(_load(target, int(n), float(secs), bytes.fromhex(hexed)))))
+        sys.exit(0)
+    if sys.argv[1:2] == ["--servicer"]:
+        import uvloop
+
+        _, _, where, mode, secs, n = sys.argv
+        print(json.dumps(uvloop.run(_servicer(where, mode == "on", float(secs), int(n)))))
         sys.exit(0)
     sys.exit(main())
