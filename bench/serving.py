@@ -284,12 +284,12 @@ async def _servicer(base: str, batching: bool, seconds: float, callers: int) -> 
 
     from tensorflow_serving.apis import predict_pb2
 
-    from serving import servable
+    from serving import DEFAULT_MAX_BATCH_SIZE, servable
     from serving import signatures as sig
     from serving.batching import BatchScheduler, read_batching_parameters
-    from serving.metrics import ServingMetrics, timed_servicer
+    from serving.metrics import ServingMetrics
     from serving.model_manager import ModelManager, ModelSettings
-    from serving.server import _Completions, _PredictionService
+    from serving.server import prediction_servicer
 
     scheduler = BatchScheduler(read_batching_parameters(DEPLOY / "batching_parameters.txt")) if batching else None
     manager = ModelManager({sig.MODEL_NAME: ModelSettings(Path(base) / sig.MODEL_NAME)}, poll_interval=600,
@@ -312,8 +312,7 @@ async def _servicer(base: str, batching: bool, seconds: float, callers: int) -> 
             raise RuntimeError(f"{code}: {details}")
 
     executor = futures.ThreadPoolExecutor(8)
-    service = timed_servicer(_PredictionService(manager, 1000, executor, _Completions(asyncio.get_running_loop())),
-                             ServingMetrics())
+    service = prediction_servicer(manager, DEFAULT_MAX_BATCH_SIZE, executor, ServingMetrics())
     calls = 0
 
     async def caller(deadline: float) -> None:

@@ -188,6 +188,18 @@ class _PredictionService(prediction_service.PredictionServiceServicer):
         return response
 
 
+def prediction_servicer(manager: ModelManager, max_batch_size: int, executor: futures.Executor, metrics=None):
+    """The PredictionService servicer as the gRPC server registers it; called on the server's running event loop
+    (Predict's finished model calls come back to it). With `metrics` (serving.metrics.ServingMetrics), each method
+    is counted and timed as TF Serving's request metrics do."""
+    predictions = _PredictionService(manager, max_batch_size, executor, _Completions(asyncio.get_running_loop()))
+    if metrics is not None:
+        from serving.metrics import timed_servicer
+
+        predictions = timed_servicer(predictions, metrics)
+    return predictions
+
+
 class _ModelService(model_service.ModelServiceServicer):
     def __init__(self, manager: ModelManager):
         self._manager = manager
@@ -257,12 +269,7 @@ class LocalServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        predictions = _PredictionService(self.manager, max_batch_size, self._executor,
-                                         _Completions(asyncio.get_running_loop()))
-        if metrics is not None:  # serving.metrics.ServingMetrics: TF Serving's request count and latency
-            from serving.metrics import timed_servicer
-
-            predictions = timed_servicer(predictions, metrics)
+        predictions = prediction_servicer(self.manager, max_batch_size, self._executor, metrics)
         prediction_service.add_PredictionServiceServicer_to_server(predictions, server)
         model_service.add_ModelServiceServicer_to_server(_ModelService(self.manager), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
