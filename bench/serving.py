@@ -21,7 +21,9 @@ batching off and on, each figure printed against its target from one run.
    batching on the batches the server ran, from its own `padding_size` metric (TF Serving's): how many, their
    mean size, the share of padding, and how many ran a lone request. Beside them, the server's own work: its
    Predict servicer in process, without gRPC and with the model call replaced by fixed outputs, under as many
-   concurrent callers (CPU a request, batching off and on);
+   concurrent callers (CPU a request, batching off and on), and in that process, the model loaded, how long one
+   full garbage collection stops every thread with the loaded objects frozen (as `serve` freezes them after each
+   version change, serving.model_manager) and without;
 5. roll-out under load: 8 clients (batch 8) on the batching server while version 2 is pushed: no failure.
 The model is `--saved-model`, else the newest pushed version under the workdir's base path, else the default
 architecture exported untrained (speed does not depend on the weights). Loopback only; every loop is bounded.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import http.client
 import json
 import os
@@ -293,7 +296,7 @@ async def _servicer(base: str, batching: bool, seconds: float, callers: int) -> 
 
     scheduler = BatchScheduler(read_batching_parameters(DEPLOY / "batching_parameters.txt")) if batching else None
     manager = ModelManager({sig.MODEL_NAME: ModelSettings(Path(base) / sig.MODEL_NAME)}, poll_interval=600,
-                           batcher=scheduler)
+                           batcher=scheduler, freeze_gc=True)  # as serving.app.ServingApp makes it
     if scheduler is not None:
         scheduler.start()
     manager.poll()
@@ -329,7 +332,20 @@ async def _servicer(base: str, batching: bool, seconds: float, callers: int) -> 
     if scheduler is not None:
         scheduler.stop()
     executor.shutdown()
-    return {"rate": calls / elapsed, "cpu_us": cpu / max(calls, 1) * 1e6}
+    frozen = gc.get_freeze_count()
+    pause = {}
+    for state in ("frozen", "unfrozen"):
+        if state == "unfrozen":
+            gc.unfreeze()
+            gc.collect()
+        took = []
+        for _ in range(3):
+            t = time.perf_counter()
+            gc.collect()
+            took.append(time.perf_counter() - t)
+        pause[state] = sorted(took)[1] * 1e3
+    return {"rate": calls / elapsed, "cpu_us": cpu / max(calls, 1) * 1e6, "frozen": frozen,
+            "gc_frozen_ms": pause["frozen"], "gc_unfrozen_ms": pause["unfrozen"]}
 
 
 def servicer_cost(base: Path, batching: bool, seconds: float = 3.0, callers: int = 32) -> dict:
@@ -517,6 +533,9 @@ def main() -> int:
         print(f"   the server's own work, without gRPC or the model (its Predict servicer in process, {args.clients} "
               f"callers on one uvloop, the model call replaced by fixed outputs): {own['off']['cpu_us']:.0f} us of CPU "
               f"a request with batching off, {own['on']['cpu_us']:.0f} us with it on (gRPC's own: the ceiling's CPU)")
+        print(f"   one full garbage collection in that process, the model loaded, stops every thread for "
+              f"{own['off']['gc_frozen_ms']:.2f} ms with the loaded objects frozen ({own['off']['frozen']:,} of them, as "
+              f"serve freezes them after each version change), {own['off']['gc_unfrozen_ms']:.0f} ms without")
         ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
         failed = off["failed"] + on["failed"]
         print(f"   on/off throughput {ratio:.2f}x (target >= 2x: {verdict(ratio >= 2)}, aim 3x); p99 with batching "

@@ -50,7 +50,7 @@ class ServingApp:
         self.manager = ModelManager(
             self.models, poll_interval=poll, models_config=models_config, model_base_path=model_base_path,
             config_poll_interval=options.model_config_file_poll_wait_seconds, batcher=self.batcher,
-            on_load=self.metrics.observe_load if self.metrics else None)
+            on_load=self.metrics.observe_load if self.metrics else None, freeze_gc=True)
         tls = dict(tls_cert=read_pem_file(options.tls_cert, "--tls-cert"),
                    tls_key=read_pem_file(options.tls_key, "--tls-key"),
                    client_ca=read_pem_file(options.tls_client_ca, "--tls-client-ca"))

@@ -21,11 +21,18 @@ lists them (the pusher renames complete folders into place, so a folder that is 
 Requests read an immutable snapshot (`_ModelState`) swapped under a lock, so a request that started on a
 version finishes on it even if that version is retired meanwhile. With a `batcher` (serving.batching), each
 published version hands its requests to the shared batching queues; `on_load` hears of every load (metrics).
+
+With `freeze_gc` (a server process: `serving.app.ServingApp`), each poll that changes the versions ends with a full
+collection and `gc.freeze()`: what is loaded then (the models, TensorFlow, every module: some 370,000 objects) moves
+out of the cyclic collector's reach, so the full collections that requests' garbage sets off now and then under
+load never walk it. Walking it stops every thread for about 0.2 s on a 2-core VM (bench/serving.py prints it).
+Each later change unfreezes first, so a retired version's reference cycles are collected, not kept.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -118,7 +125,7 @@ class ModelManager:
 
     def __init__(self, models: Mapping[str, ModelSettings], *, poll_interval: float = 1.0,
                  models_config: str | os.PathLike | None = None, model_base_path: str | os.PathLike | None = None,
-                 config_poll_interval: float | None = None, batcher=None, on_load=None):
+                 config_poll_interval: float | None = None, batcher=None, on_load=None, freeze_gc: bool = False):
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._states = {name: _ModelState(s) for name, s in models.items()}
@@ -136,6 +143,7 @@ class ModelManager:
         self._config_checked = time.monotonic()
         self._batcher = batcher  # serving.batching.BatchScheduler, or None: each request runs alone
         self._on_load = on_load  # on_load(model_path, ok, load_seconds, warmup_seconds | None), for metrics
+        self._freeze_gc = freeze_gc  # gc.freeze() after each change of the versions (see the module's docstring)
 
     @property
     def model_names(self) -> list[str]:
@@ -223,6 +231,10 @@ class ModelManager:
                 changed |= self._poll_model(name)
             if changed and self.on_change is not None:
                 self.on_change()
+            if changed and self._freeze_gc:
+                gc.unfreeze()  # a retired version's objects, frozen with it, become collectable again
+                gc.collect()
+                gc.freeze()
             return changed
 
     def _poll_model(self, name: str) -> bool:
@@ -300,6 +312,8 @@ class ModelManager:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._freeze_gc:
+            gc.unfreeze()  # the process's objects are the collector's again
 
 
 MAX_FINGERPRINT_FILES = 10_000  # a SavedModel has a handful; the walk stops here whatever a folder holds

@@ -63,6 +63,36 @@ def test_health_is_serving_once_a_model_is_loaded(address, tmp_path):
         empty.stop(0.5)
 
 
+def test_a_server_process_keeps_its_models_out_of_full_collections(saved_model_dir, tmp_path):
+    """As `serve` runs it (freeze_gc): the loaded versions are frozen out of the cyclic collector's reach, so a full
+    collection under load does not walk them; a retired version's reference cycles are still collected; stop()
+    gives the process's objects back to the collector."""
+    import gc
+    import weakref
+
+    from serving.model_manager import ModelManager, ModelSettings
+
+    push_version(saved_model_dir, tmp_path, 1)
+    manager = ModelManager({sig.MODEL_NAME: ModelSettings(tmp_path / sig.MODEL_NAME)}, poll_interval=0, freeze_gc=True)
+    try:
+        manager.poll()
+        loaded = manager.resolve(sig.MODEL_NAME)._loaded
+        assert id(loaded) not in {id(o) for o in gc.get_objects()}, "the loaded model is walked by every full collection"
+        # The SavedModel loader makes a class for each object it loads; a class always sits in a reference cycle,
+        # so only a collection after unfreezing frees it.
+        loaded_class = weakref.ref(type(loaded))
+        del loaded
+        assert gc.get_freeze_count() > len(gc.get_objects())
+
+        push_version(saved_model_dir, tmp_path, 2)
+        assert manager.poll()
+        assert manager.resolve(sig.MODEL_NAME).version == 2
+        assert loaded_class() is None, "version 1 was retired but its frozen objects were kept"
+    finally:
+        manager.stop()
+    assert gc.get_freeze_count() == 0
+
+
 @local_only
 @pytest.mark.parametrize("batching", [False, True], ids=["batching off", "batching on"])
 def test_new_version_rolls_out_without_failed_requests(saved_model_dir, tmp_path, digits, batching):
