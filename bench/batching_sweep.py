@@ -6,8 +6,9 @@ gRPC load (bench/serving.py's) over each in turn, in rounds, so that the VM's sw
 A SERVER is NAME=off (batching off), NAME=deploy (docker-compose.yml's flags, serving/deploy's batching file) or
 NAME=PATH (docker-compose.yml's flags with PATH as the BatchingParameters file); `+FLAG` after it adds a serve flag,
 e.g. `one-thread=deploy+--tensorflow_intra_op_parallelism=1`. Default: `off=off deploy=deploy`. Each round prints
-every server's requests/s, p50, p99 and CPU per answer; the end prints each server's median, its ratio to the
-first server round by round, and for batching servers the batches they ran (their own padding_size metric).
+every server's requests/s, p50, p99, p99.9, slowest answer and CPU per answer; the end prints each server's median,
+its ratio to the first server round by round, and for batching servers the batches they ran (their own
+padding_size metric).
 The model is chosen as bench/serving.py chooses it (`--saved-model`, the workdir's newest pushed version, or the
 default architecture exported untrained). Loopback only; every load is bounded.
 """
@@ -98,16 +99,17 @@ def main() -> int:
                 x = load(f"127.0.0.1:{port}", args.clients, args.seconds, request_bytes, proc.pid)
                 results[name].append(x)
                 print(f"round {r + 1}  {name:<20} {x['rate']:7.0f} requests/s  p50 {x['p50']:6.2f} ms  p99 "
-                      f"{x['p99']:6.2f} ms  server CPU {x['server_cpu_ms']:.2f} ms an answer  {len(x['failed'])} failed"
-                      f"  (other processes {describe(x['others'])})", flush=True)
+                      f"{x['p99']:6.2f} ms  p99.9 {x['p999']:6.2f} ms  slowest {x['max']:6.1f} ms  server CPU "
+                      f"{x['server_cpu_ms']:.2f} ms an answer  {len(x['failed'])} failed  (other processes "
+                      f"{describe(x['others'])})", flush=True)
         baseline = next(iter(servers))
         print(f"requests/s by server (ratio to {baseline!r}, round by round):")
         for name, rounds in results.items():
             rates = [x["rate"] for x in rounds]
             ratios = ", ".join(f"{x / b['rate']:.2f}x" for x, b in zip(rates, results[baseline]) if b["rate"])
-            p99 = [x["p99"] for x in rounds]
+            p99, slowest = [x["p99"] for x in rounds], [x["max"] for x in rounds]
             print(f"  {name:<20} median {np.median(rates):6.0f}  rounds {', '.join(f'{x:.0f}' for x in rates)}  "
-                  f"({ratios})  p99 {min(p99):.1f}-{max(p99):.1f} ms")
+                  f"({ratios})  p99 {min(p99):.1f}-{max(p99):.1f} ms  slowest {min(slowest):.1f}-{max(slowest):.1f} ms")
             if name in before:
                 print(f"  {'':20} {batch_mix(before[name], batches(servers[name][2]))}")
         failed = sum(len(x["failed"]) for rounds in results.values() for x in rounds)

@@ -16,10 +16,11 @@ batching off and on, each figure printed against its target from one run.
 4. `--clients` concurrent batch-1 gRPC clients for `--seconds` against each server, from one separate load
    process (grpc.aio, one event loop: cheap, so the clients take little of the 2 cores): throughput ratio
    on/off (target >= 2x, aim 3x), p99 with batching <= 25 ms, no failed request; the ceiling is the same load
-   against a Python gRPC server answering without a model. Each load also prints the server's CPU time per
-   answer and the share of the machine the clients used (on one machine they compete with the server), and with
-   batching on the batches the server ran, from its own `padding_size` metric (TF Serving's): how many, their
-   mean size, the share of padding, and how many ran a lone request. Beside them, the server's own work: its
+   against a Python gRPC server answering without a model. Each load also prints its p99.9 and slowest answer
+   (where a stop of the whole server shows), the server's CPU time per answer and the share of the machine the
+   clients used (on one machine they compete with the server), and with batching on the batches the server ran,
+   from its own `padding_size` metric (TF Serving's): how many, their mean size, the share of padding, and how
+   many ran a lone request. Beside them, the server's own work: its
    Predict servicer in process, without gRPC and with the model call replaced by fixed outputs, under as many
    concurrent callers (CPU a request, batching off and on), and in that process, the model loaded, how long one
    full garbage collection stops every thread with the loaded objects frozen (as `serve` freezes them after each
@@ -252,8 +253,10 @@ async def _load(address: str, clients: int, seconds: float, request_bytes: bytes
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - started
+    nan = float("nan")
     return {"ok": len(latencies), "failed": failures, "rate": len(latencies) / elapsed,
-            "p50": ms(latencies, 50) if latencies else float("nan"), "p99": ms(latencies, 99) if latencies else float("nan")}
+            "p50": ms(latencies, 50) if latencies else nan, "p99": ms(latencies, 99) if latencies else nan,
+            "p999": ms(latencies, 99.9) if latencies else nan, "max": max(latencies) * 1e3 if latencies else nan}
 
 
 def load(address: str, clients: int, seconds: float, request_bytes: bytes, server_pid: int | None = None) -> dict:
@@ -524,7 +527,7 @@ def main() -> int:
         print(f"4. {args.clients} concurrent batch-1 gRPC clients for {args.seconds:g} s (one grpc.aio load process):")
         for name, x in [("off", off), ("on", on), ("ceiling (no model)", ceiling)]:
             print(f"   batching {name:<20} {x['rate']:7.0f} requests/s  p50 {x['p50']:6.2f} ms  p99 {x['p99']:6.2f} ms  "
-                  f"{x['ok']} answered, {len(x['failed'])} failed")
+                  f"p99.9 {x['p999']:6.2f} ms  slowest {x['max']:6.1f} ms  {x['ok']} answered, {len(x['failed'])} failed")
             print(f"   {'':29}server CPU {x['server_cpu_ms']:.2f} ms an answer; the clients used "
                   f"{describe(x['clients'])} of the machine, other processes {describe(x['others'])}")
             if "batches" in x:
