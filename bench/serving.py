@@ -24,7 +24,10 @@ batching off and on, each figure printed against its target from one run.
    Predict servicer in process, without gRPC and with the model call replaced by fixed outputs, under as many
    concurrent callers (CPU a request, batching off and on), and in that process, the model loaded, how long one
    full garbage collection stops every thread with the loaded objects frozen (as `serve` freezes them after each
-   version change, serving.model_manager) and without;
+   version change, serving.model_manager) and without. Then where each server's CPU an answer went: the model
+   (batch 1 for batching off; for batching on, each padded batch size the load ran, called alone in this process
+   and weighted by its batches), gRPC (the ceiling's CPU an answer), the own work, and the rest; and the on/off
+   throughput as the product of the CPU an answer saved and the cores kept busy;
 5. roll-out under load: 8 clients (batch 8) on the batching server while version 2 is pushed: no failure.
 The model is `--saved-model`, else the newest pushed version under the workdir's base path, else the default
 architecture exported untrained (speed does not depend on the weights). Loopback only; every loop is bounded.
@@ -187,13 +190,43 @@ def batches(rest_port: int) -> dict[int, tuple[float, float]] | str:
     return {size: (count, padding) for size, (count, padding) in found.items()}
 
 
-def batch_mix(before: dict[int, tuple[float, float]] | str, after: dict[int, tuple[float, float]] | str) -> str:
-    """What the batches of one load were: how many, their mean size, the share of padding, the lone requests (the
-    loads send batch-1 requests, so a batch's rows before padding are its requests)."""
+def batches_between(before: dict[int, tuple[float, float]] | str,
+                    after: dict[int, tuple[float, float]] | str) -> tuple[dict[int, float], float] | str:
+    """The batches run between two readings of `batches`: ({padded batch size: batches}, padding rows), or why
+    there is no figure."""
     if isinstance(before, str) or isinstance(after, str):
         return before if isinstance(before, str) else after
     counts = {size: after[size][0] - before.get(size, (0.0, 0.0))[0] for size in after}
-    padding = sum(after[size][1] - before.get(size, (0.0, 0.0))[1] for size in after)
+    return counts, sum(after[size][1] - before.get(size, (0.0, 0.0))[1] for size in after)
+
+
+def model_cpu_at(call, ran: tuple[dict[int, float], float], calls: int = 40) -> float | None:
+    """The model's CPU an answer (ms) at the batches a batch-1 load ran: each padded size the load ran, called
+    alone in this process (`call(n)` runs a batch of n), weighted by how many batches of that size ran, over the
+    requests they held."""
+    counts, padding = ran
+    requests = sum(size * n for size, n in counts.items()) - padding
+    if requests <= 0:
+        return None
+    cpu_ms = 0.0
+    for size, n in counts.items():
+        if n > 0:
+            for _ in range(5):  # a size's first calls build its kernels
+                call(size)
+            start = time.process_time()  # this process runs nothing else meanwhile: its CPU is the model calls'
+            for _ in range(calls):
+                call(size)
+            cpu_ms += n * (time.process_time() - start) / calls * 1000
+    return cpu_ms / requests
+
+
+def batch_mix(before: dict[int, tuple[float, float]] | str, after: dict[int, tuple[float, float]] | str) -> str:
+    """What the batches of one load were: how many, their mean size, the share of padding, the lone requests (the
+    loads send batch-1 requests, so a batch's rows before padding are its requests)."""
+    ran = batches_between(before, after)
+    if isinstance(ran, str):
+        return ran
+    counts, padding = ran
     total, padded_rows = sum(counts.values()), sum(size * n for size, n in counts.items())
     if not total:
         return "no batches"
@@ -510,7 +543,8 @@ def main() -> int:
         off = load(address, args.clients, args.seconds, request_bytes, plain.pid)
         before = batches(b_rest_port)
         on = load(b_address, args.clients, args.seconds, request_bytes, batched.pid)
-        on["batches"] = batch_mix(before, batches(b_rest_port))
+        after = batches(b_rest_port)
+        on["batches"], ran = batch_mix(before, after), batches_between(before, after)
         trivial_port = free_port()
         trivial = subprocess.Popen([sys.executable, "-c", _TRIVIAL_SERVER, str(trivial_port)])
         try:
@@ -540,6 +574,22 @@ def main() -> int:
         print(f"   one full garbage collection in that process, the model loaded, stops every thread for "
               f"{own['off']['gc_frozen_ms']:.2f} ms with the loaded objects frozen ({own['off']['frozen']:,} of them, as "
               f"serve freezes them after each version change), {own['off']['gc_unfrozen_ms']:.0f} ms without")
+        model_on = None if isinstance(ran, str) else model_cpu_at(
+            lambda n: local.call({sig.IMAGE_INPUT: np.repeat(one, n, axis=0)}), ran)
+        if model_on is not None:
+            grpc_ms = ceiling["server_cpu_ms"]
+            print("   where the server CPU an answer went (ms): the model (called alone in this process), gRPC (the "
+                  "ceiling's CPU an answer), the own work above, and the rest: what these parts, each measured alone, "
+                  "leave out (negative where the model's calls cost less CPU under the load than alone)")
+            for name, x, model, where in (("off", off, cpu1 * 1000, "batch 1"), ("on", on, model_on, "the batches above")):
+                own_ms = own[name]["cpu_us"] / 1000
+                print(f"   {'':29}batching {name:<3} {x['server_cpu_ms']:.2f} = model {model:.2f} ({where}) + gRPC "
+                      f"{grpc_ms:.2f} + own work {own_ms:.2f} + the rest {x['server_cpu_ms'] - model - grpc_ms - own_ms:.2f}")
+            cpu_ratio = off["server_cpu_ms"] / on["server_cpu_ms"]
+            busy = {name: x["rate"] * x["server_cpu_ms"] / 1000 for name, x in (("off", off), ("on", on))}
+            print(f"   {'':29}batching on spent {cpu_ratio:.2f}x less server CPU an answer and kept {busy['on']:.2f} cores "
+                  f"busy against {busy['off']:.2f}: {cpu_ratio:.2f}x x {busy['on'] / busy['off']:.2f} = the on/off "
+                  f"throughput below")
         ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
         failed = off["failed"] + on["failed"]
         print(f"   on/off throughput {ratio:.2f}x (target >= 2x: {verdict(ratio >= 2)}, aim 3x); p99 with batching "
