@@ -30,6 +30,7 @@ from bench.serving import (  # noqa: E402
     DEPLOY,
     batch_mix,
     batches,
+    batches_between,
     compose_flags,
     host_line,
     load,
@@ -111,7 +112,7 @@ def main() -> int:
             print(f"  {name:<20} median {np.median(rates):6.0f}  rounds {', '.join(f'{x:.0f}' for x in rates)}  "
                   f"({ratios})  p99 {min(p99):.1f}-{max(p99):.1f} ms  slowest {min(slowest):.1f}-{max(slowest):.1f} ms")
             if name in before:
-                print(f"  {'':20} {batch_mix(before[name], batches(servers[name][2]))}")
+                print(f"  {'':20} {batch_mix(batches_between(before[name], batches(servers[name][2])))}")
         failed = sum(len(x["failed"]) for rounds in results.values() for x in rounds)
         print(f"failed requests: {failed}")
         return 1 if failed else 0

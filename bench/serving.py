@@ -200,10 +200,10 @@ def batches_between(before: dict[int, tuple[float, float]] | str,
     return counts, sum(after[size][1] - before.get(size, (0.0, 0.0))[1] for size in after)
 
 
-def model_cpu_at(call, ran: tuple[dict[int, float], float], calls: int = 40) -> float | None:
+def model_cpu_at(call, row: np.ndarray, ran: tuple[dict[int, float], float], calls: int = 40) -> float | None:
     """The model's CPU an answer (ms) at the batches a batch-1 load ran: each padded size the load ran, called
-    alone in this process (`call(n)` runs a batch of n), weighted by how many batches of that size ran, over the
-    requests they held."""
+    alone in this process (`call(batch)` runs the model on a batch of copies of `row`), weighted by how many
+    batches of that size ran, over the requests they held."""
     counts, padding = ran
     requests = sum(size * n for size, n in counts.items()) - padding
     if requests <= 0:
@@ -211,19 +211,20 @@ def model_cpu_at(call, ran: tuple[dict[int, float], float], calls: int = 40) -> 
     cpu_ms = 0.0
     for size, n in counts.items():
         if n > 0:
+            batch = np.repeat(row, size, axis=0)
             for _ in range(5):  # a size's first calls build its kernels
-                call(size)
+                call(batch)
             start = time.process_time()  # this process runs nothing else meanwhile: its CPU is the model calls'
             for _ in range(calls):
-                call(size)
+                call(batch)
             cpu_ms += n * (time.process_time() - start) / calls * 1000
     return cpu_ms / requests
 
 
-def batch_mix(before: dict[int, tuple[float, float]] | str, after: dict[int, tuple[float, float]] | str) -> str:
-    """What the batches of one load were: how many, their mean size, the share of padding, the lone requests (the
-    loads send batch-1 requests, so a batch's rows before padding are its requests)."""
-    ran = batches_between(before, after)
+def batch_mix(ran: tuple[dict[int, float], float] | str) -> str:
+    """What the batches of one load were (`batches_between`'s answer): how many, their mean size, the share of
+    padding, the lone requests (the loads send batch-1 requests, so a batch's rows before padding are its
+    requests)."""
     if isinstance(ran, str):
         return ran
     counts, padding = ran
@@ -543,8 +544,8 @@ def main() -> int:
         off = load(address, args.clients, args.seconds, request_bytes, plain.pid)
         before = batches(b_rest_port)
         on = load(b_address, args.clients, args.seconds, request_bytes, batched.pid)
-        after = batches(b_rest_port)
-        on["batches"], ran = batch_mix(before, after), batches_between(before, after)
+        ran = batches_between(before, batches(b_rest_port))
+        on["batches"] = batch_mix(ran)
         trivial_port = free_port()
         trivial = subprocess.Popen([sys.executable, "-c", _TRIVIAL_SERVER, str(trivial_port)])
         try:
@@ -574,8 +575,7 @@ def main() -> int:
         print(f"   one full garbage collection in that process, the model loaded, stops every thread for "
               f"{own['off']['gc_frozen_ms']:.2f} ms with the loaded objects frozen ({own['off']['frozen']:,} of them, as "
               f"serve freezes them after each version change), {own['off']['gc_unfrozen_ms']:.0f} ms without")
-        model_on = None if isinstance(ran, str) else model_cpu_at(
-            lambda n: local.call({sig.IMAGE_INPUT: np.repeat(one, n, axis=0)}), ran)
+        model_on = None if isinstance(ran, str) else model_cpu_at(lambda batch: local.call({sig.IMAGE_INPUT: batch}), one, ran)
         if model_on is not None:
             grpc_ms = ceiling["server_cpu_ms"]
             print("   where the server CPU an answer went (ms): the model (called alone in this process), gRPC (the "
