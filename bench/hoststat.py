@@ -11,6 +11,8 @@ more about the host than about the code: the benchmarks print the share beside t
 
 from __future__ import annotations
 
+import os
+
 
 def _stat_ticks() -> list[int] | None:
     """user nice system idle iowait irq softirq steal clock ticks of all CPUs since boot; None off Linux."""
@@ -48,14 +50,29 @@ def busy_ticks() -> tuple[int, int] | None:
     return None if ticks is None else (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
 
 
-def process_ticks(pid: int) -> int:
-    """User + system clock ticks a live process has used (0 if it is gone or unknown)."""
+def _used_ticks(stat_path: str) -> int | None:
+    """User + system clock ticks from a /proc stat file (a process's or a thread's); None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(stat_path) as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])
     except (OSError, IndexError, ValueError):
-        return 0
+        return None
+
+
+def process_ticks(pid: int) -> int:
+    """User + system clock ticks a live process has used (0 if it is gone or unknown)."""
+    return _used_ticks(f"/proc/{pid}/stat") or 0
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """User + system clock ticks of each live thread of a process, by thread id (empty if it is gone)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    ticks = {int(tid): _used_ticks(f"/proc/{pid}/task/{tid}/stat") for tid in tids}
+    return {tid: used for tid, used in ticks.items() if used is not None}  # a thread may end meanwhile
 
 
 def others_share(before: tuple[int, int] | None, after: tuple[int, int] | None, own_ticks: int) -> float | None:

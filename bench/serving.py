@@ -17,12 +17,13 @@ batching off and on, each figure printed against its target from one run.
    process (grpc.aio, one event loop: cheap, so the clients take little of the 2 cores): throughput ratio
    on/off (target >= 2x, aim 3x), p99 with batching <= 25 ms, no failed request; the ceiling is the same load
    against a Python gRPC server answering without a model. Each load also prints its p99.9 and slowest answer
-   (where a stop of the whole server shows), the server's CPU time per answer and the share of the machine the
-   clients used (on one machine they compete with the server), and with batching on the batches the server ran,
-   from its own `padding_size` metric (TF Serving's): how many, their mean size, the share of padding, and how
-   many ran a lone request. Beside them, the server's own work: its
-   Predict servicer in process, without gRPC and with the model call replaced by fixed outputs, under as many
-   concurrent callers (CPU a request, batching off and on), and in that process, the model loaded, how long one
+   (where a stop of the whole server shows), the server's CPU time per answer, the share of one core its busiest
+   thread used, and the share of the machine the clients used (on one machine they compete with the server); with
+   batching on, the batches the server ran, from its own `padding_size` metric (TF Serving's): how many, their mean
+   size, the share of padding, and how many ran a lone request; and how long a request spent inside the server's
+   Predict on average (its `request_latency` metric) against the clients' mean wait. Beside them, the server's own
+   work: its Predict servicer in process, without gRPC and with the model call replaced by fixed outputs, under as
+   many concurrent callers (CPU a request, batching off and on), and in that process, the model loaded, how long one
    full garbage collection stops every thread with the loaded objects frozen (as `serve` freezes them after each
    version change, serving.model_manager) and without. Then where each server's CPU an answer went: the model
    (batch 1 for batching off; for batching on, each padded batch size the load ran, called alone in this process
@@ -58,7 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench.hoststat import busy_ticks, cpu_times, describe, others_share, process_ticks, steal_share  # noqa: E402
+from bench.hoststat import busy_ticks, cpu_times, describe, others_share, process_ticks, steal_share, thread_ticks  # noqa: E402
 
 DEPLOY = REPO / "serving" / "deploy"
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -168,9 +169,8 @@ def report(name: str, request_s: list[float], model_s: list[float], targets: str
     return {"p50": ms(request_s, 50), "p99": ms(request_s, 99), "overhead": overhead}
 
 
-def batches(rest_port: int) -> dict[int, tuple[float, float]] | str:
-    """The batching server's own account of the batches it ran (TF Serving's `padding_size` histogram, from its
-    Prometheus endpoint): {padded batch size: (batches, padding rows)}, or why it could not be read."""
+def _metric_families(rest_port: int) -> list | str:
+    """The server's Prometheus metrics (parsed), or why they could not be read."""
     from prometheus_client.parser import text_string_to_metric_families
 
     url = f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics"
@@ -178,9 +178,18 @@ def batches(rest_port: int) -> dict[int, tuple[float, float]] | str:
         with urllib.request.urlopen(url, timeout=10) as reply:
             text = reply.read().decode()
     except OSError as exc:  # the figure is missing, the run goes on
-        return f"batches: {url} could not be read ({exc})"
+        return f"{url} could not be read ({exc})"
+    return list(text_string_to_metric_families(text))
+
+
+def batches(rest_port: int) -> dict[int, tuple[float, float]] | str:
+    """The batching server's own account of the batches it ran (TF Serving's `padding_size` histogram, from its
+    Prometheus endpoint): {padded batch size: (batches, padding rows)}, or why it could not be read."""
+    families = _metric_families(rest_port)
+    if isinstance(families, str):
+        return f"batches: {families}"
     found: dict[int, list[float]] = {}
-    for family in text_string_to_metric_families(text):
+    for family in families:
         if family.name != ":tensorflow:serving:batching_session:padding_size":
             continue
         for sample in family.samples:
@@ -188,6 +197,22 @@ def batches(rest_port: int) -> dict[int, tuple[float, float]] | str:
                 entry = found.setdefault(int(sample.labels["execution_batch_size"]), [0.0, 0.0])
                 entry[sample.name.endswith("_sum")] += sample.value
     return {size: (count, padding) for size, (count, padding) in found.items()}
+
+
+def predict_time(rest_port: int) -> tuple[float, float] | str:
+    """The server's own account of its gRPC Predict calls (TF Serving's `request_latency` histogram): (calls,
+    seconds spent in them in all), or why it could not be read."""
+    families = _metric_families(rest_port)
+    if isinstance(families, str):
+        return families
+    calls = micros = 0.0
+    for family in families:
+        if family.name == ":tensorflow:serving:request_latency":
+            for sample in family.samples:
+                if sample.labels.get("API") == "predict" and sample.labels.get("entrypoint") == "GRPC":
+                    calls += sample.value if sample.name.endswith("_count") else 0.0
+                    micros += sample.value if sample.name.endswith("_sum") else 0.0
+    return calls, micros / 1e6
 
 
 def batches_between(before: dict[int, tuple[float, float]] | str,
@@ -219,6 +244,19 @@ def model_cpu_at(call, row: np.ndarray, ran: tuple[dict[int, float], float], cal
                 call(batch)
             cpu_ms += n * (time.process_time() - start) / calls * 1000
     return cpu_ms / requests
+
+
+def inside_line(before: tuple[float, float] | str, after: tuple[float, float] | str, result: dict) -> str:
+    """How long a request of a load spent inside the server's Predict (two `predict_time` readings around the
+    load), against the clients' mean wait."""
+    if isinstance(before, str) or isinstance(after, str):
+        return f"time inside the server: {before if isinstance(before, str) else after}"
+    calls, seconds = after[0] - before[0], after[1] - before[1]
+    if calls <= 0:
+        return "time inside the server: no Predict call counted"
+    return (f"a request spent {seconds / calls * 1000:.2f} ms on average inside the server's Predict (its "
+            f"request_latency metric: the wait for its batch, the model, the answer's tensors) of the "
+            f"{result['mean']:.2f} ms the clients waited (the rest: gRPC, the event loop's queue, the clients)")
 
 
 def batch_mix(ran: tuple[dict[int, float], float] | str) -> str:
@@ -289,6 +327,7 @@ async def _load(address: str, clients: int, seconds: float, request_bytes: bytes
     elapsed = time.perf_counter() - started
     nan = float("nan")
     return {"ok": len(latencies), "failed": failures, "rate": len(latencies) / elapsed,
+            "mean": sum(latencies) / len(latencies) * 1000 if latencies else nan,
             "p50": ms(latencies, 50) if latencies else nan, "p99": ms(latencies, 99) if latencies else nan,
             "p999": ms(latencies, 99.9) if latencies else nan, "max": max(latencies) * 1e3 if latencies else nan}
 
@@ -297,6 +336,7 @@ def load(address: str, clients: int, seconds: float, request_bytes: bytes, serve
     """The load, from a separate process (this one holds TensorFlow and the measuring threads); with the share of
     the machine that other processes (not the server, the load, or this one) used meanwhile."""
     server_before = process_ticks(server_pid) if server_pid else 0
+    threads_before = thread_ticks(server_pid) if server_pid else {}
     before, own_before = busy_ticks(), process_ticks(os.getpid()) + server_before
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, __file__, "--load", address, str(clients), str(seconds), request_bytes.hex()],
@@ -304,6 +344,7 @@ def load(address: str, clients: int, seconds: float, request_bytes: bytes, serve
     if out.returncode:
         raise RuntimeError(f"the load process failed: {out.stderr[-2000:]}")
     server_after = process_ticks(server_pid) if server_pid else 0
+    threads_after = thread_ticks(server_pid) if server_pid else {}
     after, own_after = busy_ticks(), process_ticks(os.getpid()) + server_after
     grown = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_ticks = round((grown.ru_utime + grown.ru_stime - children.ru_utime - children.ru_stime) * os.sysconf("SC_CLK_TCK"))
@@ -312,6 +353,13 @@ def load(address: str, clients: int, seconds: float, request_bytes: bytes, serve
     # Where the machine went: the server's CPU for each answer, and the clients' share of all cores.
     result["server_cpu_ms"] = (server_after - server_before) / os.sysconf("SC_CLK_TCK") / max(result["ok"], 1) * 1000
     result["clients"] = load_ticks / (after[1] - before[1]) if before and after and after[1] > before[1] else None
+    # The server's busiest thread: the share of one core it used while the load ran (the server idles before
+    # and after), and the server's cores in all.
+    seconds = result["ok"] / result["rate"] if result["rate"] else 0.0
+    used = [t - threads_before.get(tid, 0) for tid, t in threads_after.items()]
+    tick = os.sysconf("SC_CLK_TCK")
+    result["busiest_thread"] = max(used) / tick / seconds if used and seconds else None
+    result["server_cores"] = (server_after - server_before) / tick / seconds if server_pid and seconds else None
     return result
 
 
@@ -542,10 +590,11 @@ def main() -> int:
             b_channel.close()
 
         off = load(address, args.clients, args.seconds, request_bytes, plain.pid)
-        before = batches(b_rest_port)
+        before, timed = batches(b_rest_port), predict_time(b_rest_port)
         on = load(b_address, args.clients, args.seconds, request_bytes, batched.pid)
         ran = batches_between(before, batches(b_rest_port))
         on["batches"] = batch_mix(ran)
+        on["inside"] = inside_line(timed, predict_time(b_rest_port), on)
         trivial_port = free_port()
         trivial = subprocess.Popen([sys.executable, "-c", _TRIVIAL_SERVER, str(trivial_port)])
         try:
@@ -564,10 +613,12 @@ def main() -> int:
         for name, x in [("off", off), ("on", on), ("ceiling (no model)", ceiling)]:
             print(f"   batching {name:<20} {x['rate']:7.0f} requests/s  p50 {x['p50']:6.2f} ms  p99 {x['p99']:6.2f} ms  "
                   f"p99.9 {x['p999']:6.2f} ms  slowest {x['max']:6.1f} ms  {x['ok']} answered, {len(x['failed'])} failed")
-            print(f"   {'':29}server CPU {x['server_cpu_ms']:.2f} ms an answer; the clients used "
-                  f"{describe(x['clients'])} of the machine, other processes {describe(x['others'])}")
-            if "batches" in x:
-                print(f"   {'':29}{x['batches']}")
+            print(f"   {'':29}server CPU {x['server_cpu_ms']:.2f} ms an answer, its busiest thread "
+                  f"{describe(x['busiest_thread'])} of a core; the clients used {describe(x['clients'])} of the "
+                  f"machine, other processes {describe(x['others'])}")
+            for key in ("batches", "inside"):
+                if key in x:
+                    print(f"   {'':29}{x[key]}")
         own = {name: servicer_cost(base, batching, callers=args.clients) for name, batching in (("off", False), ("on", True))}
         print(f"   the server's own work, without gRPC or the model (its Predict servicer in process, {args.clients} "
               f"callers on one uvloop, the model call replaced by fixed outputs): {own['off']['cpu_us']:.0f} us of CPU "
