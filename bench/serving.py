@@ -347,19 +347,18 @@ def load(address: str, clients: int, seconds: float, request_bytes: bytes, serve
     threads_after = thread_ticks(server_pid) if server_pid else {}
     after, own_after = busy_ticks(), process_ticks(os.getpid()) + server_after
     grown = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load_ticks = round((grown.ru_utime + grown.ru_stime - children.ru_utime - children.ru_stime) * os.sysconf("SC_CLK_TCK"))
+    tick = os.sysconf("SC_CLK_TCK")
+    load_ticks = round((grown.ru_utime + grown.ru_stime - children.ru_utime - children.ru_stime) * tick)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["others"] = others_share(before, after, own_after - own_before + load_ticks)
     # Where the machine went: the server's CPU for each answer, and the clients' share of all cores.
-    result["server_cpu_ms"] = (server_after - server_before) / os.sysconf("SC_CLK_TCK") / max(result["ok"], 1) * 1000
+    result["server_cpu_ms"] = (server_after - server_before) / tick / max(result["ok"], 1) * 1000
     result["clients"] = load_ticks / (after[1] - before[1]) if before and after and after[1] > before[1] else None
     # The server's busiest thread: the share of one core it used while the load ran (the server idles before
-    # and after), and the server's cores in all.
+    # and after).
     seconds = result["ok"] / result["rate"] if result["rate"] else 0.0
     used = [t - threads_before.get(tid, 0) for tid, t in threads_after.items()]
-    tick = os.sysconf("SC_CLK_TCK")
     result["busiest_thread"] = max(used) / tick / seconds if used and seconds else None
-    result["server_cores"] = (server_after - server_before) / tick / seconds if server_pid and seconds else None
     return result
 
 
