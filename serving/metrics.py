@@ -25,6 +25,7 @@ TF Serving writes counters without prometheus_client's `_total` suffix and witho
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import os
@@ -181,13 +182,26 @@ class _Observed:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        code = grpc.StatusCode.OK if exc_type is None else (self._context.code() or grpc.StatusCode.UNKNOWN)
+        code = grpc.StatusCode.OK if exc_type is None else _failed_code(self._context, exc_type)
         spec, response = self._request.model_spec, self.response  # no response when the call raised
         answered = response.model_spec if response is not None and hasattr(response, "model_spec") else spec
         version = answered.version.value if answered.HasField("version") else ""
         signature = (spec.signature_name or "serving_default") if self._api != "GetModelMetadata" else ""
         self._metrics.observe_request(spec.name, self._api, "GRPC", code, time.perf_counter() - self._started,
                                       version, signature)
+
+
+def _failed_code(context, exc_type) -> grpc.StatusCode:
+    """The status of a call that raised: the one it was aborted with; for a coroutine that gRPC cancelled because
+    the client went away, CANCELLED, or DEADLINE_EXCEEDED once the call's deadline has passed (what the client
+    saw); anything else UNKNOWN."""
+    code = context.code()
+    if code:
+        return code
+    if issubclass(exc_type, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
 
 
 def _timed(behavior, api: str, metrics: ServingMetrics):

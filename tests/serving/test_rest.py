@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -248,6 +249,40 @@ def test_metrics_have_tf_servings_names(rest):
     # a gRPC call that fails is counted under its status code, as REST's
     labels = 'entrypoint="GRPC",model_name="nosuchmodel",signature_name="serving_default",status="NOT_FOUND",version=""'
     assert f":mnist_pipeline:serving:request_count{{{labels}}} 1.0" in text
+
+
+def test_a_call_the_client_gives_up_on_is_counted_cancelled_or_deadline_exceeded(rest):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving.tensors import fill_tensor_proto
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = sig.MODEL_NAME
+    fill_tensor_proto(request.inputs[sig.IMAGE_INPUT], images(256))  # long enough to be given up on while it runs
+
+    def counted(status: str) -> float:
+        text = call(rest, "GET", "/monitoring/prometheus/metrics")[1].decode()
+        found = re.search(r'^:tensorflow:serving:request_count\{model_name="mnist",status="' + status + r'"\} (\S+)', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    # Whether the server's handler is still running when the client gives up is a race: try until it was.
+    with grpc.insecure_channel(rest.grpc_address) as channel:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        for _ in range(40):
+            future = predict.future(request, timeout=30)
+            time.sleep(0.003)
+            future.cancel()
+            if counted("CANCELLED"):
+                break
+        for _ in range(40):
+            with pytest.raises(grpc.RpcError):
+                predict(request, timeout=0.004)
+            if counted("DEADLINE_EXCEEDED"):
+                break
+    # A call gRPC cancelled in the server is the client's doing: not UNKNOWN, which says the server failed.
+    assert counted("CANCELLED") >= 1 and counted("DEADLINE_EXCEEDED") >= 1 and counted("UNKNOWN") == 0
+    assert_still_serves(rest)
 
 
 def test_rest_over_tls_and_mutual_tls(saved_model_dir, tmp_path):
