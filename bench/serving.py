@@ -29,6 +29,9 @@ batching off and on, each figure printed against its target from one run.
    (batch 1 for batching off; for batching on, each padded batch size the load ran, called alone in this process
    and weighted by its batches), gRPC (the ceiling's CPU an answer), the own work, and the rest; and the on/off
    throughput as the product of the CPU an answer saved and the cores kept busy;
+   and where h2load (nghttp2's HTTP/2 load generator, in C: Debian's and Ubuntu's nghttp2-client) is on PATH, the same
+   load from it, a client neither this project's nor gRPC's, as the independent check: requests/s, p50, p99 and
+   failures off and on, the on/off ratio, and the p50 of batch-1 calls one at a time on one connection;
 5. roll-out under load: 8 clients (batch 8) on the batching server while version 2 is pushed: no failure.
 The model is `--saved-model`, else the newest pushed version under the workdir's base path, else the default
 architecture exported untrained (speed does not depend on the weights). Loopback only; every loop is bounded.
@@ -42,6 +45,7 @@ import gc
 import http.client
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -362,6 +366,43 @@ def load(address: str, clients: int, seconds: float, request_bytes: bytes, serve
     return result
 
 
+def h2load(address: str, request_bytes: bytes, scratch: Path, connections: int, requests: int,
+           server_pid: int | None = None) -> dict:
+    """`requests` Predicts of `request_bytes` from h2load (nghttp2's HTTP/2 load generator, in C: a client that is
+    neither this project's nor gRPC's) over `connections` connections of one stream each, as plain gRPC frames.
+    h2load sees HTTP statuses only, and gRPC answers its errors with HTTP 200 and no message; so a call counts as
+    answered by the answer's bytes: those of a successful answer (one call made here) times the answered calls
+    make all the data h2load received."""
+    import grpc
+
+    channel = grpc.insecure_channel(address)
+    try:
+        answer = len(channel.unary_unary(PREDICT)(request_bytes, timeout=30)) + 5  # gRPC's 5-byte frame header
+    finally:
+        channel.close()
+    body, log = scratch / "h2load-request.bin", scratch / "h2load-log.tsv"
+    body.write_bytes(b"\0" + len(request_bytes).to_bytes(4, "big") + request_bytes)
+    log.unlink(missing_ok=True)
+    server_before = process_ticks(server_pid) if server_pid else 0
+    before, children = busy_ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(["h2load", "-c", str(connections), "-m", "1", "-n", str(requests), "-d", str(body),
+                          "--log-file", str(log), "-H", "content-type: application/grpc", "-H", "te: trailers",
+                          f"http://{address}{PREDICT}"], capture_output=True, text=True, timeout=600)
+    after, grown = busy_ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_ticks = (process_ticks(server_pid) if server_pid else 0) - server_before
+    if out.returncode:
+        raise RuntimeError(f"h2load failed: {(out.stderr or out.stdout)[-2000:]}")
+    rate = float(re.search(r"finished in \S+, ([\d.]+) req/s", out.stdout).group(1))
+    data = int(re.search(r"traffic: .* \((\d+)\) data", out.stdout).group(1))
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    latencies = [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
+    tick = os.sysconf("SC_CLK_TCK")
+    used = (grown.ru_utime + grown.ru_stime - children.ru_utime - children.ru_stime) * tick
+    return {"rate": rate, "p50": ms(latencies, 50), "p99": ms(latencies, 99), "failed": requests - data // answer,
+            "server_cpu_ms": server_ticks / tick / requests * 1000,
+            "clients": used / (after[1] - before[1]) if before and after and after[1] > before[1] else None}
+
+
 async def _servicer(base: str, batching: bool, seconds: float, callers: int) -> dict:
     """The server's own work for a batch-1 Predict, without gRPC and without the model: the server's Predict servicer
     (request metrics included; batching through the deploy file's scheduler, or the executor as with batching off)
@@ -647,6 +688,31 @@ def main() -> int:
               f"(target 0: {verdict(not failed)})")
         for line in failed[:5]:
             print(f"   failure: {line}")
+        independent = None
+        if shutil.which("h2load") is None:
+            print("   the same from an independent client: skipped, h2load is not on PATH (Debian and Ubuntu: apt-get "
+                  "install nghttp2-client)")
+        else:
+            independent = {name: h2load(where, request_bytes, scratch, args.clients,
+                                        max(int(x["rate"] * args.seconds), 1000), pid)
+                           for name, where, x, pid in (("off", address, off, plain.pid), ("on", b_address, on, batched.pid))}
+            sequential = {name: h2load(where, request_bytes, scratch, 1, args.requests)
+                          for name, where in (("off", address), ("on", b_address))}
+            print(f"   the same from an independent client, h2load (nghttp2's HTTP/2 load generator, in C): {args.clients} "
+                  f"connections of one call each, about {args.seconds:g} s a server; and one connection, {args.requests} "
+                  "calls one after another:")
+            for name, x in independent.items():
+                print(f"   batching {name:<20} {x['rate']:7.0f} requests/s  p50 {x['p50']:6.2f} ms  p99 {x['p99']:6.2f} ms  "
+                      f"{x['failed']} failed; server CPU {x['server_cpu_ms']:.2f} ms an answer, h2load used "
+                      f"{describe(x['clients'])} of the machine; one at a time: p50 {sequential[name]['p50']:.2f} ms, "
+                      f"p99 {sequential[name]['p99']:.2f} ms")
+            h2_ratio = independent["on"]["rate"] / independent["off"]["rate"]
+            print(f"   on/off throughput {h2_ratio:.2f}x (target >= 2x: {verdict(h2_ratio >= 2)}); p99 with batching "
+                  f"{independent['on']['p99']:.2f} ms (target <= 25 ms: {verdict(independent['on']['p99'] <= 25)}); "
+                  f"one at a time, batching off p50 {sequential['off']['p50']:.2f} ms (target <= 1.0 ms: "
+                  f"{verdict(sequential['off']['p50'] <= 1.0)}), {sequential['off']['p50'] - ms(m1, 50):.2f} ms above "
+                  f"the model call's p50 in step 1 (target overhead <= 0.3 ms: "
+                  f"{verdict(sequential['off']['p50'] - ms(m1, 50) <= 0.3)})")
 
         total, failures, versions = rollout(b_address, base, saved_model, args.seconds)
         print(f"5. roll-out under load (batching on): 8 clients (batch 8) for {args.seconds:g} s, version 2 pushed at "
@@ -657,7 +723,8 @@ def main() -> int:
             print(f"   failure: {line}")
         print(f"host: CPU stolen by the hypervisor during the run {describe(steal_share(started, cpu_times()))}, "
               f"load average {os.getloadavg()[0]:.1f} at the end")
-        return 0 if not failures and not failed else 1
+        lost = independent is not None and any(x["failed"] for x in [*independent.values(), *sequential.values()])
+        return 0 if not failures and not failed and not lost else 1
     finally:
         for proc in (plain, batched, single):
             stop(proc)
