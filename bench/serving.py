@@ -370,9 +370,8 @@ def h2load(address: str, request_bytes: bytes, scratch: Path, connections: int, 
            server_pid: int | None = None) -> dict:
     """`requests` Predicts of `request_bytes` from h2load (nghttp2's HTTP/2 load generator, in C: a client that is
     neither this project's nor gRPC's) over `connections` connections of one stream each, as plain gRPC frames.
-    h2load sees HTTP statuses only, and gRPC answers its errors with HTTP 200 and no message; so a call counts as
-    answered by the answer's bytes: those of a successful answer (one call made here) times the answered calls
-    make all the data h2load received."""
+    h2load sees HTTP statuses only, and gRPC answers its errors with HTTP 200 and no message, so the calls answered
+    are counted from the bytes: the data h2load received divided by a successful answer's size (one call made here)."""
     import grpc
 
     channel = grpc.insecure_channel(address)
