@@ -11,6 +11,9 @@ CIFAR-10 (`--dataset cifar10`) trains its recipe (resnet) on the real archive gi
 $CIFAR10_ARCHIVE) and prints the mean test accuracy over the seeds against its target (at least 90%, aim 94%);
 the time to the dataset's validation mark is the time to 90% there. Without the archive it says so and exits:
 no CIFAR-10 accuracy is claimed anywhere without a run on the real data.
+Fashion-MNIST (`--dataset fashion_mnist --source-dir /usr/share/datasets/fashion-mnist`, Debian's
+dataset-fashion-mnist) prints each architecture's mean test accuracy against the dataset's blessing threshold
+(0.90), and the time to 90% validation accuracy; MNIST's targets are MNIST's only.
 
 Each training runs in its own child process (`mnist-pipeline`'s components, nothing else), so its peak resident
 memory is that child's `ru_maxrss` (training, test evaluation and export). The two architectures alternate
@@ -42,15 +45,16 @@ MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 CIFAR10_ARCHIVE_ENV = "CIFAR10_ARCHIVE"
 
-# Per dataset: the architectures run by default, the validation accuracy whose first epoch is timed, and the
-# mean test accuracy the dataset's recipe must reach (with the figure it aims at).
+# Per dataset: the architectures run by default, the validation accuracy whose first epoch is timed, and, beside
+# MNIST (whose targets follow), the mean test accuracy the dataset's recipe must reach with the figure it aims at;
+# without a target, the dataset's blessing threshold (components.datasets), which the recipe must clear.
 DATASETS = {
     "mnist": {"architectures": ["default", "seed"], "mark": 0.99},
     "fashion_mnist": {"architectures": ["default", "seed"], "mark": 0.90},
     "cifar10": {"architectures": ["resnet"], "mark": 0.90, "target": 0.90, "aim": 0.94},
 }
 
-# The default recipe's targets (MNIST).
+# The default recipe's targets (MNIST's only: another dataset's is above).
 TARGET_MEAN_ACCURACY = 0.9965
 TARGET_MIN_ACCURACY = 0.9960
 TARGET_TIME_RATIO = 2.0  # default's training time / the seed CNN's, same run (aim: 1.0)
@@ -200,9 +204,9 @@ def summarize(results: list[dict]) -> None:
               f"{r['peak_rss_mib']:>14.0f}{r['serving_ms']:>10.2f}{describe(r['cpu_steal']):>11}")
     d = [r for r in results if r["architecture"] == "default"]
     b = [r for r in results if r["architecture"] == "seed"]
-    recipe = next((DATASETS[r["dataset"]] for r in results if "target" in DATASETS[r.get("dataset", "mnist")]), None)
-    if recipe is not None:
-        _against_dataset_target(results, recipe)
+    dataset = results[0].get("dataset", "mnist") if results else "mnist"
+    if dataset != "mnist":
+        _against_dataset_target(results, dataset)
         return
     for name, rs in (("default", d), ("seed", b)):
         if rs:
@@ -243,17 +247,27 @@ def summarize(results: list[dict]) -> None:
           f"{_against(rss, TARGET_PEAK_RSS_MIB, at_most=True, unit=' MiB')}")
 
 
-def _against_dataset_target(results: list[dict], recipe: dict) -> None:
-    """The mean test accuracy over the seeds of each architecture against the dataset's target (CIFAR-10's)."""
+def _against_dataset_target(results: list[dict], dataset: str) -> None:
+    """The mean test accuracy over the seeds of each architecture against the dataset's target (CIFAR-10's), or
+    where it has none (Fashion-MNIST), against its blessing threshold; MNIST's targets do not apply."""
+    recipe = DATASETS[dataset]
+    if "target" in recipe:
+        against = [("", recipe["target"]), ("aim ", recipe["aim"])]
+    else:
+        sys.path.insert(0, str(REPO))
+        from components.datasets import dataset as dataset_entry
+
+        against = [("the blessing threshold ", dataset_entry(dataset).accuracy_threshold)]
     for name in dict.fromkeys(r["architecture"] for r in results):
         rs = [r for r in results if r["architecture"] == name]
         acc = [Fraction(r["test_correct"], r["test_examples"]) for r in rs]
         mean = statistics.mean(acc)
-        print(f"{rs[0]['dataset']} {name}: test accuracy mean {float(mean):.4f} over {len(rs)} seed(s) "
+        verdicts = "; ".join(f"{label}{target}: "
+                             f"{_against(mean, Fraction(str(target)), at_most=False, unit=' points', scale=100)}"
+                             for label, target in against)
+        print(f"{dataset} {name}: test accuracy mean {float(mean):.4f} over {len(rs)} seed(s) "
               f"(min {float(min(acc)):.4f} max {float(max(acc)):.4f}; {rs[0]['test_examples']} test images) "
-              f">= {recipe['target']}: "
-              f"{_against(mean, Fraction(str(recipe['target'])), at_most=False, unit=' points', scale=100)}; "
-              f"aim {recipe['aim']}: {_against(mean, Fraction(str(recipe['aim'])), at_most=False, unit=' points', scale=100)}")
+              f">= {verdicts}")
 
 
 def main() -> None:
