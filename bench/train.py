@@ -42,6 +42,7 @@ from hoststat import cpu_times, describe, steal_share  # bench/, the script's fo
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST = REPO.parent / "shared" / "data" / "mnist"
+sys.path.insert(0, str(REPO))  # the project's modules, imported where needed (the children import TensorFlow)
 
 CIFAR10_ARCHIVE_ENV = "CIFAR10_ARCHIVE"
 
@@ -66,7 +67,6 @@ TARGET_PEAK_RSS_MIB = 1.5 * 1024
 def child(architecture: str, workdir: Path, result_path: Path, epochs: int | None, seed: int | None,
           precision: str | None, dataset: str = "mnist") -> None:
     """Train one architecture, evaluate it on the test split, write a JSON result."""
-    sys.path.insert(0, str(REPO))
     import dataclasses
 
     from components import data, train
@@ -137,7 +137,6 @@ def serving_latency_ms(model_path: Path, export_dir: Path, calls: int = 300) -> 
 
 
 def ensure_ingested(workdir: Path, source_dir: Path, dataset: str = "mnist") -> None:
-    sys.path.insert(0, str(REPO))
     from pipeline import paths
 
     if (paths.data_dir(workdir) / dataset).is_dir():
@@ -193,7 +192,8 @@ def _parse_seeds(text: str | None) -> list[int | None]:
 
 def summarize(results: list[dict]) -> None:
     """The per-seed table and, where both architectures ran, the default's figures against its targets."""
-    mark = DATASETS[results[0].get("dataset", "mnist")]["mark"] if results else 0.99
+    dataset = results[0].get("dataset", "mnist") if results else "mnist"
+    mark = DATASETS[dataset]["mark"]
     header = (f"{'architecture':<13}{'seed':>5}{'params':>9}{'epochs':>7}{'batch':>6}{'precision':>16}{'test acc':>10}"
               f"{'train s':>9}{'ex/s':>8}{f's to {mark:.0%}':>10}{'peak RSS MiB':>14}{'serve ms':>10}{'cpu steal':>11}")
     print(header)
@@ -204,7 +204,6 @@ def summarize(results: list[dict]) -> None:
               f"{r['peak_rss_mib']:>14.0f}{r['serving_ms']:>10.2f}{describe(r['cpu_steal']):>11}")
     d = [r for r in results if r["architecture"] == "default"]
     b = [r for r in results if r["architecture"] == "seed"]
-    dataset = results[0].get("dataset", "mnist") if results else "mnist"
     if dataset != "mnist":
         _against_dataset_target(results, dataset)
         return
@@ -254,7 +253,6 @@ def _against_dataset_target(results: list[dict], dataset: str) -> None:
     if "target" in recipe:
         against = [("", recipe["target"]), ("aim ", recipe["aim"])]
     else:
-        sys.path.insert(0, str(REPO))
         from components.datasets import dataset as dataset_entry
 
         against = [("the blessing threshold ", dataset_entry(dataset).accuracy_threshold)]
