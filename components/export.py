@@ -104,6 +104,7 @@ def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None 
         write_warmup_requests(warmup, images)
         atomic_write(Path(sig.class_names_path(tmp)), names_text.encode("utf-8"))
         atomic_write(Path(sig.image_shape_path(tmp)), shape_text.encode("ascii"))
+        _check_as_tf_serving_runs_it(tmp, export_dir)
         _replace_dir(tmp, export_dir)
     finally:
         if tmp.exists():
@@ -112,6 +113,19 @@ def run(model_path: Path, export_dir: Path, *, warmup_images: np.ndarray | None 
     log.info("wrote SavedModel %s (signatures: %s; %s images; classes: %s)", export_dir, ", ".join(signatures),
              sig.describe_image(shape), ", ".join(names))
     return ExportOutput(export_dir, signatures, export_dir / "assets.extra" / sig.WARMUP_FILE, tuple(names), shape)
+
+
+def _check_as_tf_serving_runs_it(saved_model_dir: Path, export_dir: Path) -> None:
+    """TF Serving loads a version into a Session, restores its variables with the saver and replays its warmup
+    requests before serving it; do the same, so that a model TF Serving would refuse is not exported."""
+    from serving.errors import ServingError
+    from serving.session_bundle import replay_warmup_in_session
+
+    try:
+        replay_warmup_in_session(saved_model_dir)
+    except ServingError as exc:
+        raise ModelError(f"the SavedModel for {os.fspath(export_dir)!r} would fail in TF Serving, so nothing was "
+                         f"exported: {exc}") from exc
 
 
 def load_keras_model(model_path: Path):
@@ -138,18 +152,22 @@ def _serving_module_class(shape: tuple[int, int, int]):
     examples_spec = tf.TensorSpec([None], tf.string, name=sig.CLASSIFY_INPUT)
 
     class ServingModule(tf.Module):
-        """The Keras model (tracked, so its variables are saved) behind the three serving functions."""
+        """The three serving functions over the Keras model, and the model's variables (saved once each)."""
 
         def __init__(self, model, class_names):
             super().__init__(name="mnist_serving")
-            self.model = model
-            # Keras 3 keeps some state (the random layers' seed generators) outside the attributes TF's
-            # tracker follows; listing every variable makes them reachable, as keras.export.ExportArchive does.
-            self.model_variables = list(model.variables)
+            # What is saved is the tf.Variable behind each Keras variable (the random layers' seed generators
+            # too, which Keras 3 keeps outside the attributes TF's tracker follows), not the Keras model: a Keras
+            # variable is saved as a copy of its own, which TF's restore op fills while the functions read the
+            # original, so a server that loads the graph into a Session and restores it that way (TF Serving,
+            # `saved_model_cli run`) fails every call with "Could not find variable ..." (keras-team/keras#20096)
+            # although tf.saved_model.load answers. The model is called through a closure, which is not tracked.
+            self.model_variables = [_tf_variable(v) for v in model.variables]
+            self._probabilities = lambda images: tf.cast(model(images, training=False), tf.float32)
             self.class_names = tf.constant(list(class_names))
 
         def _outputs(self, images):
-            probabilities = tf.cast(self.model(images, training=False), tf.float32)
+            probabilities = self._probabilities(images)
             return {
                 sig.PROBABILITIES_OUTPUT: probabilities,
                 sig.CLASSES_OUTPUT: tf.argmax(probabilities, axis=-1, output_type=tf.int64),
@@ -174,6 +192,17 @@ def _serving_module_class(shape: tuple[int, int, int]):
             return {sig.CLASSIFY_CLASSES_OUTPUT: classes, sig.CLASSIFY_SCORES_OUTPUT: scores}
 
     return ServingModule
+
+
+def _tf_variable(variable):
+    """The tf.Variable that holds a Keras variable's value (read outside any autocast scope, so not a cast copy)."""
+    import tensorflow as tf
+
+    value = getattr(variable, "value", variable)
+    if not isinstance(value, tf.Variable):
+        raise ModelError(f"cannot export variable {getattr(variable, 'path', variable)!r}: it is not backed by a "
+                         f"tf.Variable ({type(value).__name__}); export with Keras's TensorFlow backend")
+    return value
 
 
 def set_signature_methods(saved_model_dir: Path, methods: dict[str, str]) -> None:

@@ -27,7 +27,6 @@ from serving.errors import RequestError, echo
 from serving.tensors import check_fills_shape, to_ndarray
 
 _TF_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
-MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many
 
 
 try:  # the flat call of a concrete function, below tf.saved_model's per-call wrapper (see _Signature.call)
@@ -205,7 +204,7 @@ class Servable:
         if not path.is_file():
             return 0
         count = 0
-        for record in tf.data.TFRecordDataset(os.fspath(path)).take(MAX_WARMUP_RECORDS):
+        for record in tf.data.TFRecordDataset(os.fspath(path)).take(sig.MAX_WARMUP_RECORDS):
             entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
             kind = entry.WhichOneof("log_type")
             if kind == "predict_log":

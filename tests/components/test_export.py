@@ -14,6 +14,7 @@ from components import export
 from components.examples import make_example
 from pipeline.errors import ModelError
 from serving import signatures as sig
+from serving.session_bundle import SessionBundle, replay_warmup_in_session
 from tests.conftest import synthetic_digits
 
 
@@ -66,6 +67,55 @@ def test_saved_model_cli_shows_the_classify_method(saved_model_dir):
     )
     assert result.returncode == 0, result.stderr
     assert "Method name is: tensorflow/serving/classify" in result.stdout
+
+
+@pytest.mark.parametrize("architecture", ["seed", "default"])
+def test_tf_serving_s_session_loader_restores_the_variables_and_every_signature_answers(
+        architecture, saved_model_dir, images, tmp_path):
+    """The exported variables are restored by the saver's restore op (Keras 3 variables tracked as themselves are
+    not: TF Serving then fails every request with "Could not find variable ...", keras-team/keras#20096), and
+    the three signatures answer as the TF2 load does. `default` has batch norm and random (seeded) layers."""
+    import tensorflow as tf
+
+    if architecture == "seed":
+        exported = saved_model_dir  # trained
+    else:
+        from components.model import build_model
+
+        keras_path = tmp_path / "model.keras"
+        build_model(architecture, seed=0).save(keras_path)
+        exported = export.run(keras_path, tmp_path / "saved_model").saved_model_dir
+    pngs = np.array([tf.io.encode_png((img * 255).astype(np.uint8)).numpy() for img in images[:5]], dtype=object)
+    examples = np.array([make_example(png, 0) for png in pngs], dtype=object)
+    feeds = {sig.SERVING_DEFAULT: {sig.IMAGE_INPUT: images[:5]}, sig.PNG_SIGNATURE: {sig.PNG_INPUT: pngs},
+             sig.CLASSIFY_SIGNATURE: {sig.CLASSIFY_INPUT: examples}}
+
+    with SessionBundle(exported) as bundle:
+        answered = {name: bundle.run(name, inputs) for name, inputs in feeds.items()}
+        assert replay_warmup_in_session(exported) == 3
+
+    loaded = tf.saved_model.load(os.fspath(exported))
+    for name, inputs in feeds.items():
+        expected = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        assert set(answered[name]) == set(expected), name
+        for key, value in expected.items():
+            if value.dtype == tf.string:
+                np.testing.assert_array_equal(answered[name][key], value.numpy())
+            else:
+                np.testing.assert_allclose(answered[name][key], value.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(answered[sig.PNG_SIGNATURE][sig.CLASSES_OUTPUT],
+                                  answered[sig.SERVING_DEFAULT][sig.CLASSES_OUTPUT])
+
+
+def test_a_model_tf_serving_could_not_run_is_not_exported(trained_keras_model_path, tmp_path, monkeypatch):
+    """Keras 3's variables tracked as themselves (the export before this fix, and keras.export's own archive) give
+    a SavedModel that tf.saved_model.load answers but TF Serving cannot: the export refuses it, saying why, and
+    leaves nothing behind."""
+    monkeypatch.setattr(export, "_tf_variable", lambda variable: variable)
+
+    with pytest.raises(ModelError, match="(?s)would fail in TF Serving.*warmup record 1.*Could not find variable"):
+        export.run(trained_keras_model_path, tmp_path / "saved_model")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_serving_default_agrees_with_the_keras_model(loaded, trained_keras_model_path, images):
