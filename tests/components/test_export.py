@@ -118,6 +118,22 @@ def test_a_model_tf_serving_could_not_run_is_not_exported(trained_keras_model_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_saved_model_cli_runs_the_export_as_tf_serving_would(saved_model_dir, images, tmp_path):
+    """TensorFlow's own tool, independent of this project's code: `saved_model_cli run` loads the SavedModel into a
+    Session and restores its variables with the saver, as TF Serving does (and failed, as TF Serving did, on
+    exports that tracked Keras 3's variables as themselves)."""
+    batch = tmp_path / "images.npy"
+    np.save(batch, images[:3])
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    result = subprocess.run(
+        [os.fspath(cli), "run", "--dir", os.fspath(saved_model_dir), "--tag_set", "serve", "--signature_def",
+         sig.SERVING_DEFAULT, "--inputs", f"{sig.IMAGE_INPUT}={batch}"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Result for output key {sig.CLASSES_OUTPUT}" in result.stdout
+
+
 def test_serving_default_agrees_with_the_keras_model(loaded, trained_keras_model_path, images):
     import keras
     import tensorflow as tf
