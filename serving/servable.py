@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
 from serving import signatures as sig
-from serving.errors import RequestError, echo
+from serving.errors import RequestError, ServingError, echo
 from serving.tensors import check_fills_shape, to_ndarray
 
 _TF_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
@@ -199,7 +199,10 @@ class Servable:
         return result
 
     def warm_up(self) -> int:
-        """Replay `assets.extra/tf_serving_warmup_requests`; a failing record fails the load, as in TF Serving."""
+        """Replay `assets.extra/tf_serving_warmup_requests`; a failing record fails the load, as in TF Serving.
+        The records are replayed twice: here (which warms this server's calls) and as TF Serving runs them, in a
+        Session restored by the saver (serving.session_bundle), so that a version TF Serving would refuse is
+        refused here too, although tf.saved_model.load could serve it."""
         path = self.path / "assets.extra" / sig.WARMUP_FILE
         if not path.is_file():
             return 0
@@ -214,6 +217,15 @@ class Servable:
             else:
                 raise ValueError(f"warmup record {count} is a {kind}, which the local server does not replay")
             count += 1
+        if count:
+            from serving.session_bundle import replay_warmup_in_session
+
+            try:
+                replay_warmup_in_session(self.path)
+            except ServingError as exc:
+                raise ServingError(f"TF Serving would refuse this version: {exc}. Export it again with `mnist-pipeline "
+                                   f"export`; other code saving a Keras 3 model must track the tf.Variable behind "
+                                   f"each Keras variable (keras-team/keras#20096)") from exc
         return count
 
 

@@ -245,6 +245,25 @@ def _empty_manager(tmp_path):
     return ModelManager({"mnist": ModelSettings(tmp_path / "mnist")})
 
 
+def test_a_version_tf_serving_would_refuse_is_refused_here_too(trained_keras_model_path, tmp_path, monkeypatch):
+    """A Keras 3 SavedModel whose Keras variables were tracked as themselves answers through tf.saved_model.load but
+    fails every request in TF Serving (its Session restores copies: keras-team/keras#20096); the local server
+    replays the warmup as TF Serving runs it, so the version fails to load here too, saying why."""
+    from components import export
+    from serving.model_manager import ModelManager, ModelSettings
+
+    monkeypatch.setattr(export, "_tf_variable", lambda variable: variable)  # the tracking before the fix
+    monkeypatch.setattr(export, "_check_as_tf_serving_runs_it", lambda *a: None)  # ... and no check at export
+    export.run(trained_keras_model_path, tmp_path / "mnist" / "1")
+    manager = ModelManager({"mnist": ModelSettings(tmp_path / "mnist")})
+    manager.poll()
+
+    (status,) = manager.statuses("mnist")
+    assert status.state == "END"
+    assert "TF Serving would refuse this version" in status.error_message
+    assert "Could not find variable" in status.error_message
+
+
 def test_a_port_in_use_is_a_serving_error(tmp_path):
     from serving.errors import ServingError
     from serving.server import LocalServer
