@@ -4,7 +4,7 @@ Session::Run on the SignatureDef's tensor names. tf.saved_model.load (the local 
 variables through the object graph instead, so a SavedModel can answer there and fail in TF Serving on every
 call ("Could not find variable ...", keras-team/keras#20096). Before it serves a version, TF Serving replays
 its warmup requests; a failing one fails the load. This module does the same, for the exporter to check what it
-wrote and for the tests:
+wrote, for the local server to refuse what TF Serving would refuse, and for the tests:
 
     replayed = replay_warmup_in_session(Path("saved_model"))   # the number of records; ServingError if one fails
 """
