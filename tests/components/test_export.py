@@ -69,12 +69,14 @@ def test_saved_model_cli_shows_the_classify_method(saved_model_dir):
     assert "Method name is: tensorflow/serving/classify" in result.stdout
 
 
-@pytest.mark.parametrize("architecture", ["seed", "default"])
+@pytest.mark.parametrize("architecture, precision", [("seed", "float32"), ("default", "float32"),
+                                                     ("default", "mixed_bfloat16")])
 def test_tf_serving_s_session_loader_restores_the_variables_and_every_signature_answers(
-        architecture, saved_model_dir, images, tmp_path):
+        architecture, precision, saved_model_dir, images, tmp_path):
     """The exported variables are restored by the saver's restore op (Keras 3 variables tracked as themselves are
     not: TF Serving then fails every request with "Could not find variable ...", keras-team/keras#20096), and
-    the three signatures answer as the TF2 load does. `default` has batch norm and random (seeded) layers."""
+    the three signatures answer as the TF2 load does. `default` has batch norm and random (seeded) layers;
+    mixed_bfloat16 is what the recipe's `auto` precision trains in on CPUs with AMX."""
     import tensorflow as tf
 
     if architecture == "seed":
@@ -83,7 +85,7 @@ def test_tf_serving_s_session_loader_restores_the_variables_and_every_signature_
         from components.model import build_model
 
         keras_path = tmp_path / "model.keras"
-        build_model(architecture, seed=0).save(keras_path)
+        build_model(architecture, seed=0, precision=precision).save(keras_path)
         exported = export.run(keras_path, tmp_path / "saved_model").saved_model_dir
     pngs = np.array([tf.io.encode_png((img * 255).astype(np.uint8)).numpy() for img in images[:5]], dtype=object)
     examples = np.array([make_example(png, 0) for png in pngs], dtype=object)
