@@ -20,10 +20,11 @@ from typing import Any
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2
 
 from serving import signatures as sig
 from serving.errors import RequestError, ServingError, echo
+from serving.session_bundle import read_warmup_requests, replay_warmup_in_session
 from serving.tensors import check_fills_shape, to_ndarray
 
 _TF_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
@@ -203,30 +204,20 @@ class Servable:
         The records are replayed twice: here (which warms this server's calls) and as TF Serving runs them, in a
         Session restored by the saver (serving.session_bundle), so that a version TF Serving would refuse is
         refused here too, although tf.saved_model.load could serve it."""
-        path = self.path / "assets.extra" / sig.WARMUP_FILE
-        if not path.is_file():
-            return 0
-        count = 0
-        for record in tf.data.TFRecordDataset(os.fspath(path)).take(sig.MAX_WARMUP_RECORDS):
-            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            kind = entry.WhichOneof("log_type")
-            if kind == "predict_log":
-                self.predict(entry.predict_log.request)
-            elif kind == "classify_log":
-                self.classify(entry.classify_log.request)
+        requests = read_warmup_requests(self.path)
+        for kind, request in requests:
+            if kind == "predict":
+                self.predict(request)
             else:
-                raise ValueError(f"warmup record {count} is a {kind}, which the local server does not replay")
-            count += 1
-        if count:
-            from serving.session_bundle import replay_warmup_in_session
-
+                self.classify(request)
+        if requests:
             try:
-                replay_warmup_in_session(self.path)
+                replay_warmup_in_session(self.path, requests)
             except ServingError as exc:
                 raise ServingError(f"TF Serving would refuse this version: {exc}. Export it again with `mnist-pipeline "
                                    f"export`; other code saving a Keras 3 model must track the tf.Variable behind "
                                    f"each Keras variable (keras-team/keras#20096)") from exc
-        return count
+        return len(requests)
 
 
 def _check_keys(signature: _Signature, given) -> None:

@@ -71,32 +71,53 @@ class SessionBundle:
         self.close()
 
 
-def replay_warmup_in_session(saved_model_dir: Path) -> int:
-    """Load `saved_model_dir` as TF Serving does and replay `assets.extra/tf_serving_warmup_requests` through
-    Session.run: Predict records with their inputs (and output filter), Classify records' examples on the
-    signature's `inputs` tensor. Returns the number of records replayed; ServingError names the failing one."""
+MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many (saved_model_warmup_util.cc)
+
+
+def read_warmup_requests(saved_model_dir: Path) -> list[tuple[str, Any]]:
+    """The SavedModel's warmup requests, `assets.extra/tf_serving_warmup_requests`, as ("predict",
+    PredictRequest) or ("classify", ClassificationRequest), at most MAX_WARMUP_RECORDS; [] without the file.
+    ServingError for a record of another kind (the exporter writes these two only)."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    warmup = Path(saved_model_dir) / "assets.extra" / sig.WARMUP_FILE
-    records = (list(tf.data.TFRecordDataset(os.fspath(warmup)).take(sig.MAX_WARMUP_RECORDS).as_numpy_iterator())
-               if warmup.is_file() else [])
+    path = Path(saved_model_dir) / "assets.extra" / sig.WARMUP_FILE
+    if not path.is_file():
+        return []
+    requests = []
+    for number, record in enumerate(tf.data.TFRecordDataset(os.fspath(path)).take(MAX_WARMUP_RECORDS)
+                                    .as_numpy_iterator(), start=1):
+        entry = prediction_log_pb2.PredictionLog.FromString(record)
+        kind = entry.WhichOneof("log_type")
+        if kind == "predict_log":
+            requests.append(("predict", entry.predict_log.request))
+        elif kind == "classify_log":
+            requests.append(("classify", entry.classify_log.request))
+        else:
+            raise ServingError(f"warmup record {number} of assets.extra/{sig.WARMUP_FILE} is a {kind}; only "
+                               f"Predict and Classify records are replayed")
+    return requests
+
+
+def replay_warmup_in_session(saved_model_dir: Path, requests: list[tuple[str, Any]] | None = None) -> int:
+    """Load `saved_model_dir` as TF Serving does and replay its warmup requests (`requests`, as
+    read_warmup_requests returns them, or read here) through Session.run: Predict requests with their inputs
+    and output filter, Classify requests' examples on the signature's `inputs` tensor. Returns the number
+    replayed; ServingError names the failing one."""
+    import tensorflow as tf
+
+    if requests is None:
+        requests = read_warmup_requests(saved_model_dir)
     with SessionBundle(saved_model_dir) as bundle:
-        for count, record in enumerate(records, start=1):
-            entry = prediction_log_pb2.PredictionLog.FromString(record)
-            kind = entry.WhichOneof("log_type")
-            if kind == "predict_log":
-                request = entry.predict_log.request
+        for number, (kind, request) in enumerate(requests, start=1):
+            if kind == "predict":
                 feeds = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
-            elif kind == "classify_log":
-                request = entry.classify_log.request
-                feeds = {sig.CLASSIFY_INPUT: [e.SerializeToString() for e in request.input.example_list.examples]}
+                outputs = list(request.output_filter)
             else:
-                raise ServingError(f"warmup record {count} of assets.extra/{sig.WARMUP_FILE} is a {kind}; the "
-                                   f"exporter writes Predict and Classify records only")
+                feeds = {sig.CLASSIFY_INPUT: [e.SerializeToString() for e in request.input.example_list.examples]}
+                outputs = []
             try:
-                bundle.run(request.model_spec.signature_name or sig.SERVING_DEFAULT, feeds,
-                           list(request.output_filter) if kind == "predict_log" else ())
+                bundle.run(request.model_spec.signature_name or sig.SERVING_DEFAULT, feeds, outputs)
             except ServingError as exc:
-                raise ServingError(f"warmup record {count} of assets.extra/{sig.WARMUP_FILE}: {exc}") from exc
-    return len(records)
+                raise ServingError(f"warmup record {number} of assets.extra/{sig.WARMUP_FILE}: {exc}") from exc
+    return len(requests)

@@ -44,7 +44,6 @@ EXAMPLE_KEY_FEATURE = "key"  # bytes, optional
 KERAS_INPUT_NAME = "image"
 
 WARMUP_FILE = "tf_serving_warmup_requests"  # under <SavedModel>/assets.extra/
-MAX_WARMUP_RECORDS = 1000  # TF Serving replays at most this many (saved_model_warmup_util.cc)
 
 # The class names, one per line in class index order (UTF-8), under <SavedModel>/assets.extra/: what the
 # `classify` signature answers as its classes, kept as a file so that whoever holds the model folder (the
