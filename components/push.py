@@ -7,8 +7,10 @@
 - The version is an integer larger than any there (the newest + 1); an existing version is never touched.
 - The copy is built in a hidden folder inside `<base>/<model_name>/` (same filesystem; TF Serving ignores
   names that are not integers), the pusher's record written into its `assets.extra/mnist_pipeline_push.json`,
-  reloaded and checked there (every signature present with its method, predictions on a few images equal
-  to those of the source), and only then renamed into place: TF Serving never sees a partial version.
+  loaded there as TF Serving loads it (a Session whose variables the saver restores: serving.session_bundle)
+  and checked (predictions on a few images equal to those of the source, whose signatures are checked too), and
+  only then renamed into place: TF Serving never sees a partial version, nor one it could not run (an export
+  written before the exporter checked this, pushed or rolled back to).
 - The newest `keep_versions` versions are kept; older ones are renamed away (hidden) and then deleted.
 - One model name holds one dataset's models: the record says which dataset each version came from, and a
   model of another dataset is refused (a Fashion-MNIST model would otherwise become the served "mnist").
@@ -115,7 +117,7 @@ def run(
             **dict(metadata or {}),
         }
         _write_metadata(tmp, record)
-        copied = _checked_predictions(tmp, images)
+        copied = _predictions_as_tf_serving_runs_them(tmp, images, saved_model_dir)
         if not (np.array_equal(copied[0], reference[0]) and np.allclose(copied[1], reference[1], rtol=0, atol=1e-6)):
             raise ModelError(
                 f"the copy of {os.fspath(saved_model_dir)!r} in {os.fspath(tmp)!r} predicts differently from the "
@@ -211,6 +213,24 @@ def _checked_predictions(saved_model_dir: Path, images: np.ndarray) -> tuple[np.
     except Exception as exc:  # missing variables, bad graph, ...: TF raises many kinds
         raise ModelError(f"SavedModel {where!r} is corrupt or partial: it cannot be loaded and run ({exc})") from exc
     return out[sig.CLASSES_OUTPUT].numpy(), out[sig.PROBABILITIES_OUTPUT].numpy()
+
+
+def _predictions_as_tf_serving_runs_them(copy: Path, images: np.ndarray, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, probabilities) of the copy's serving_default on `images`, run as TF Serving runs it; a
+    ModelError naming `source` when TF Serving could not (tf.saved_model.load may answer where it cannot)."""
+    from serving.errors import ServingError
+    from serving.session_bundle import SessionBundle
+
+    try:
+        with SessionBundle(copy) as bundle:
+            out = bundle.run(sig.SERVING_DEFAULT, {sig.IMAGE_INPUT: images})
+    except ServingError as exc:
+        raise ModelError(
+            f"{os.fspath(source)!r} would fail in TF Serving, so nothing was pushed: {exc}. Export it again with "
+            "`mnist-pipeline export` and push that (exports written before the exporter checked this can track "
+            "Keras 3 variables that TF Serving cannot restore: keras-team/keras#20096)"
+        ) from exc
+    return out[sig.CLASSES_OUTPUT], out[sig.PROBABILITIES_OUTPUT]
 
 
 def _next_version(model_dir: Path) -> int:

@@ -127,6 +127,44 @@ def test_a_copy_that_predicts_differently_is_not_pushed(saved_model_dir, tmp_pat
     assert _entries(base) == []
 
 
+def _export_tf_serving_cannot_run(trained_keras_model_path, out: Path, monkeypatch) -> Path:
+    """An export as the exporter wrote them before it checked them: Keras 3 variables tracked as themselves, which
+    tf.saved_model.load answers but TF Serving's Session cannot restore (keras-team/keras#20096)."""
+    from components import export
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "_tf_variable", lambda variable: variable)
+        patch.setattr(export, "_check_as_tf_serving_runs_it", lambda *a: None)
+        return export.run(trained_keras_model_path, out).saved_model_dir
+
+
+def test_a_model_tf_serving_could_not_run_is_not_pushed(trained_keras_model_path, tmp_path, monkeypatch):
+    """push is what puts a version where TF Serving serves it: an export TF Serving would fail on every request is
+    refused, naming it and what to do, though tf.saved_model.load answers it, and nothing is left behind."""
+    broken = _export_tf_serving_cannot_run(trained_keras_model_path, tmp_path / "old" / "saved_model", monkeypatch)
+    base = tmp_path / "models"
+
+    with pytest.raises(ModelError, match="(?s)would fail in TF Serving, so nothing was pushed.*Could not find "
+                                         "variable.*mnist-pipeline export"):
+        push.run(MNIST, broken, base, blessing=BLESSED)
+    assert _entries(base) == []
+
+
+def test_rollback_to_a_version_tf_serving_could_not_run_is_refused(saved_model_dir, trained_keras_model_path,
+                                                                   tmp_path, monkeypatch, capsys):
+    """A version copied into the base path by hand (or pushed before push checked this) is not rolled back to:
+    the served version stays the newest."""
+    workdir = tmp_path / "w"
+    base = paths.model_base_path(workdir)
+    _export_tf_serving_cannot_run(trained_keras_model_path, model_registry.model_dir(base, sig.MODEL_NAME) / "1",
+                                  monkeypatch)
+    push.run(MNIST, saved_model_dir, base, blessing=BLESSED)
+
+    assert cli.main(["rollback", "--workdir", os.fspath(workdir), "--to", "1", "-q"]) == 1
+    assert "would fail in TF Serving" in capsys.readouterr().err
+    assert [v.version for v in model_registry.list_versions(base, sig.MODEL_NAME)] == [1, 2]
+
+
 def test_keep_only_the_newest_n_versions(saved_model_dir, tmp_path):
     base = tmp_path / "models"
     config = PushConfig(model_name="mnist", keep_versions=2)
