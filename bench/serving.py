@@ -633,8 +633,9 @@ def main() -> int:
             b_raw, b_channel = grpc_raw(b_address, request_bytes)
             b = report("3. batching on: gRPC prepared bytes", *paired(b_raw, model_call, args.requests))
             limit, added = params.batch_timeout_micros / 1000 + 1.0, b["p50"] - r["p50"]
+            change = f"adds {added:.2f} ms to" if added >= 0 else f"answers {-added:.2f} ms sooner than"
             print(f"{'':50}(target p50 <= timeout + 1 ms = {limit:.2f} ms: {verdict(b['p50'] <= limit)}; batching "
-                  f"adds {added:.2f} ms to batching off's p50: {verdict(added <= limit)} against the same bound)")
+                  f"{change} batching off's p50: {verdict(added <= limit)} against the same bound)")
             b_channel.close()
 
         off = load(address, args.clients, args.seconds, request_bytes, plain.pid)
