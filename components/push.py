@@ -8,7 +8,8 @@
 - The copy is built in a hidden folder inside `<base>/<model_name>/` (same filesystem; TF Serving ignores
   names that are not integers), the pusher's record written into its `assets.extra/mnist_pipeline_push.json`,
   loaded there as TF Serving loads it (a Session whose variables the saver restores: serving.session_bundle)
-  and checked (predictions on a few images equal to those of the source, whose signatures are checked too), and
+  and checked (its warmup requests replayed, as TF Serving does before serving it; predictions on a few images
+  equal to those of the source, whose signatures are checked too), and
   only then renamed into place: TF Serving never sees a partial version, nor one it could not run (an export
   written before the exporter checked this, pushed or rolled back to).
 - The newest `keep_versions` versions are kept; older ones are renamed away (hidden) and then deleted.
@@ -216,13 +217,15 @@ def _checked_predictions(saved_model_dir: Path, images: np.ndarray) -> tuple[np.
 
 
 def _predictions_as_tf_serving_runs_them(copy: Path, images: np.ndarray, source: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(classes, probabilities) of the copy's serving_default on `images`, run as TF Serving runs it; a
-    ModelError naming `source` when TF Serving could not (tf.saved_model.load may answer where it cannot)."""
+    """(classes, probabilities) of the copy's serving_default on `images`, run as TF Serving runs it, after its
+    warmup requests (TF Serving replays them before it serves a version, and refuses the version if one fails); a
+    ModelError naming `source` when TF Serving could not run it (tf.saved_model.load may answer where it cannot)."""
     from serving.errors import ServingError
-    from serving.session_bundle import SessionBundle
+    from serving.session_bundle import SessionBundle, read_warmup_requests, replay_warmup
 
     try:
         with SessionBundle(copy) as bundle:
+            replay_warmup(bundle, read_warmup_requests(copy))
             out = bundle.run(sig.SERVING_DEFAULT, {sig.IMAGE_INPUT: images})
     except ServingError as exc:
         raise ModelError(

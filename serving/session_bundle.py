@@ -56,9 +56,9 @@ class SessionBundle:
         try:
             values = self._session.run([tensor(signature.outputs[k].name) for k in keys],
                                        {tensor(signature.inputs[k].name): v for k, v in feeds.items()})
-        except tf.errors.OpError as exc:
+        except (tf.errors.OpError, ValueError, TypeError) as exc:  # ValueError, TypeError: a feed's shape or dtype
             raise ServingError(f"signature {signature_name!r} fails when run as TF Serving runs it, in a Session "
-                               f"restored from variables/: {exc.message}") from exc
+                               f"restored from variables/: {getattr(exc, 'message', exc)}") from exc
         return dict(zip(keys, values))
 
     def close(self) -> None:
@@ -101,23 +101,29 @@ def read_warmup_requests(saved_model_dir: Path) -> list[tuple[str, Any]]:
 
 def replay_warmup_in_session(saved_model_dir: Path, requests: list[tuple[str, Any]] | None = None) -> int:
     """Load `saved_model_dir` as TF Serving does and replay its warmup requests (`requests`, as
-    read_warmup_requests returns them, or read here) through Session.run: Predict requests with their inputs
-    and output filter, Classify requests' examples on the signature's `inputs` tensor. Returns the number
+    read_warmup_requests returns them, or read here) through Session.run (`replay_warmup`). Returns the number
     replayed; ServingError names the failing one."""
-    import tensorflow as tf
-
     if requests is None:
         requests = read_warmup_requests(saved_model_dir)
     with SessionBundle(saved_model_dir) as bundle:
-        for number, (kind, request) in enumerate(requests, start=1):
-            if kind == "predict":
-                feeds = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
-                outputs = list(request.output_filter)
-            else:
-                feeds = {sig.CLASSIFY_INPUT: [e.SerializeToString() for e in request.input.example_list.examples]}
-                outputs = []
-            try:
-                bundle.run(request.model_spec.signature_name or sig.SERVING_DEFAULT, feeds, outputs)
-            except ServingError as exc:
-                raise ServingError(f"warmup record {number} of assets.extra/{sig.WARMUP_FILE}: {exc}") from exc
+        return replay_warmup(bundle, requests)
+
+
+def replay_warmup(bundle: SessionBundle, requests: list[tuple[str, Any]]) -> int:
+    """Replay warmup requests (as read_warmup_requests returns them) through `bundle`: Predict requests with their
+    inputs and output filter, Classify requests' examples on the signature's `inputs` tensor. Returns the number
+    replayed; ServingError names the failing one."""
+    import tensorflow as tf
+
+    for number, (kind, request) in enumerate(requests, start=1):
+        if kind == "predict":
+            feeds = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+            outputs = list(request.output_filter)
+        else:
+            feeds = {sig.CLASSIFY_INPUT: [e.SerializeToString() for e in request.input.example_list.examples]}
+            outputs = []
+        try:
+            bundle.run(request.model_spec.signature_name or sig.SERVING_DEFAULT, feeds, outputs)
+        except ServingError as exc:
+            raise ServingError(f"warmup record {number} of assets.extra/{sig.WARMUP_FILE}: {exc}") from exc
     return len(requests)

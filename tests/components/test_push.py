@@ -150,6 +150,34 @@ def test_a_model_tf_serving_could_not_run_is_not_pushed(trained_keras_model_path
     assert _entries(base) == []
 
 
+def test_a_model_whose_warmup_tf_serving_would_refuse_is_not_pushed(saved_model_dir, tmp_path, monkeypatch):
+    """TF Serving replays a version's warmup requests before serving it and refuses the version if one fails: push
+    replays them too, and a failing record (here a Predict of 5x5 images to a 28x28 signature) stops it."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = sig.MODEL_NAME, sig.SERVING_DEFAULT
+    request.inputs[sig.IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(np.zeros((1, 5, 5, 1), np.float32)))
+    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    real_copytree = shutil.copytree
+
+    def copy_with_a_bad_warmup(src, dst, *args, **kwargs):
+        real_copytree(src, dst, *args, **kwargs)
+        if Path(dst).name.startswith(".tmp-push-"):
+            with tf.io.TFRecordWriter(os.fspath(Path(dst) / "assets.extra" / sig.WARMUP_FILE)) as writer:
+                writer.write(record.SerializeToString())
+        return dst
+
+    monkeypatch.setattr(push.shutil, "copytree", copy_with_a_bad_warmup)
+    base = tmp_path / "models"
+    with pytest.raises(ModelError, match="(?s)would fail in TF Serving, so nothing was pushed: warmup record 1 .*"
+                                         "serving_default.*shape"):
+        push.run(MNIST, saved_model_dir, base, blessing=BLESSED)
+    assert _entries(base) == []
+
+
 def test_rollback_to_a_version_tf_serving_could_not_run_is_refused(saved_model_dir, trained_keras_model_path,
                                                                    tmp_path, monkeypatch, capsys):
     """A version copied into the base path by hand (or pushed before push checked this) is not rolled back to:
