@@ -172,9 +172,11 @@ def _models(config: Config):
 
 def run(config: Config, args: argparse.Namespace) -> int:
     from pipeline.config import model_base_path
+
+    # Before TensorFlow is imported (5-8 s): a misspelt flag is answered at once.
+    _check_unknown_flags(getattr(args, "beam_args", None) or [])
     from serving.app import ServingApp
 
-    _check_unknown_flags(getattr(args, "beam_args", None) or [])
     models, models_config = _models(config)
     app = ServingApp(config.serve, models, model_base_path=model_base_path(config), models_config=models_config)
     stop = threading.Event()

@@ -357,15 +357,16 @@ def test_rest_client_retries_503_then_reports_the_status():
 # -- `mnist-pipeline serve` as the container -------------------------------------------------------------
 
 
-def test_an_unsupported_tf_serving_flag_is_named(tmp_path):
-    from pipeline.cli import main
-
+def test_an_unsupported_tf_serving_flag_is_named_before_tensorflow_is_imported(tmp_path):
+    # The CLI as `mnist-pipeline serve` runs it, then whether TensorFlow (5-8 s to import) was loaded on the way.
+    code = ("import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+            "print('tensorflow' in sys.modules); sys.exit(rc)")
     for flag, words in [("--tensorflow_session_parallelism=2", "TF Serving flag"), ("--no_such_flag=1", "unrecognized")]:
-        proc = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--workdir", str(tmp_path), flag],
+        proc = subprocess.run([sys.executable, "-c", code, "serve", "--workdir", str(tmp_path), flag],
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0
         assert flag.split("=")[0] in proc.stderr and words in proc.stderr, proc.stderr
-    assert main  # imported: the command's module loads without TensorFlow
+        assert proc.stdout.strip() == "False", "a misspelt flag must be answered before TensorFlow is imported"
 
 
 @pytest.mark.slow
