@@ -16,7 +16,8 @@ batching off and on, each figure printed against its target from one run.
 4. `--clients` concurrent batch-1 gRPC clients for `--seconds` against each server, from one separate load
    process (grpc.aio, one event loop: cheap, so the clients take little of the 2 cores): throughput ratio
    on/off (target >= 2x, aim 3x), p99 with batching <= 25 ms, no failed request; the ceiling is the same load
-   against a Python gRPC server answering without a model. Each load also prints its p99.9 and slowest answer
+   against a Python gRPC server answering without a model (gRPC's asyncio server on uvloop, as `serve`'s).
+   Each load also prints its p99.9 and slowest answer
    (where a stop of the whole server shows), the server's CPU time per answer, the share of one core its busiest
    thread used, and the share of the machine the clients used (on one machine they compete with the server); with
    batching on, the batches the server ran, from its own `padding_size` metric (TF Serving's): how many, their mean
@@ -28,7 +29,8 @@ batching off and on, each figure printed against its target from one run.
    version change, serving.model_manager) and without. Then where each server's CPU an answer went: the model
    (batch 1 for batching off; for batching on, each padded batch size the load ran, called alone in this process
    and weighted by its batches), gRPC (the ceiling's CPU an answer), the own work, and the rest; and the on/off
-   throughput as the product of the CPU an answer saved and the cores kept busy;
+   throughput as the product of the CPU an answer saved and the cores kept busy, and the most batching can pay on
+   the machine: batching off's CPU an answer against the model's at batch 32 plus gRPC's and the own work's;
    and where h2load (nghttp2's HTTP/2 load generator, in C: Debian's and Ubuntu's nghttp2-client) is on PATH, the same
    load from it, a client neither this project's nor gRPC's, as the independent check: requests/s, p50, p99 and
    failures off and on, the on/off ratio, and the p50 of batch-1 calls one at a time on one connection;
@@ -493,19 +495,30 @@ def servicer_cost(base: Path, batching: bool, seconds: float = 3.0, callers: int
 
 
 # A gRPC server that answers Predict with fixed bytes and no model: the ceiling this machine's Python gRPC
-# sets on any Python server's request rate (bounded: it exits after 10 min).
+# sets on any Python server's request rate (bounded: it exits after 10 min). It runs the local server's own
+# stack, gRPC's asyncio server on uvloop (serving.server), so that its CPU an answer is gRPC's share of the local
+# server's: gRPC's thread-pool server, used here before, took 0.59-0.61 ms of CPU an answer against 0.45-0.46
+# on uvloop (2026-12-07, an AMD EPYC of family 25, h2load with 32 connections, two rounds each).
 _TRIVIAL_SERVER = """
-import sys, time
-from concurrent import futures
+import asyncio, sys
 import grpc
+try:
+    import uvloop
+    loop = uvloop.new_event_loop()
+except ImportError:
+    loop = asyncio.new_event_loop()
 answer = b"\\x00" * 64
-server = grpc.server(futures.ThreadPoolExecutor(64))
-handler = grpc.unary_unary_rpc_method_handler(lambda request, context: answer)
-server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService",
-                                                                     {"Predict": handler})])
-server.add_insecure_port("127.0.0.1:" + sys.argv[1])
-server.start()
-time.sleep(600)
+async def predict(request, context):
+    return answer
+async def main():
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(predict)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService",
+                                                                         {"Predict": handler})])
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    await server.start()
+    await asyncio.sleep(600)
+loop.run_until_complete(main())
 """
 
 
@@ -690,6 +703,13 @@ def main() -> int:
             print(f"   {'':29}batching on spent {cpu_ratio:.2f}x less server CPU an answer and kept {busy['on']:.2f} cores "
                   f"busy against {busy['off']:.2f}: {cpu_ratio:.2f}x x {busy['on'] / busy['off']:.2f} = the on/off "
                   f"throughput below")
+            # What batching could pay here at most: every batch 32 rows without padding, gRPC and the own work as
+            # measured, nothing else; against batching off's CPU an answer, at the same cores busy.
+            best = cpu32 / 32 * 1000 + grpc_ms + own["on"]["cpu_us"] / 1000
+            print(f"   {'':29}at best (batches of 32, no padding, no rest): model {cpu32 / 32 * 1000:.2f} + gRPC "
+                  f"{grpc_ms:.2f} + own work {own['on']['cpu_us'] / 1000:.2f} = {best:.2f} ms an answer, "
+                  f"{off['server_cpu_ms'] / best:.2f}x less than batching off: the most batching can pay on this "
+                  f"machine with the cores as busy (gRPC's and the own work's share is paid by every request)")
         ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
         failed = off["failed"] + on["failed"]
         print(f"   on/off throughput {ratio:.2f}x (target >= 2x: {verdict(ratio >= 2)}, aim 3x); p99 with batching "
