@@ -91,9 +91,12 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     """The parser, and each command's module by name (its own parser as `module_parsers[name]` of the first)."""
+    # No abbreviated flags (argparse's default takes `--enable_batch` for `--enable_batching`): TF Serving's flags and
+    # Beam's refuse them, and a prefix that names one flag today would name another once a flag is added.
     parser = argparse.ArgumentParser(
         prog="mnist-pipeline",
         description="MNIST from raw data to a model served over TF Serving's gRPC API.",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     modules: dict[str, Any] = {}
@@ -104,6 +107,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
             help=module.HELP,
             description=getattr(module, "DESCRIPTION", module.HELP),
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
         )
         module.add_arguments(p)
         _common_arguments(p)

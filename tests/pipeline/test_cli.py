@@ -127,7 +127,8 @@ def _captured_config(monkeypatch, command: str) -> dict:
 
 
 @pytest.mark.parametrize("command, typo, meant", [("score", "--formt", "--format"),
-                                                  ("run", "--output-formt", "--output-format")])
+                                                  ("run", "--output-formt", "--output-format"),
+                                                  ("run", "--epoch", "--epochs")])  # no abbreviations
 def test_a_flag_neither_the_command_nor_beam_knows_exits_1_naming_the_closest(command, typo, meant, tmp_path,
                                                                                capsys, monkeypatch) -> None:
     seen = _captured_config(monkeypatch, command)
@@ -163,3 +164,6 @@ def test_a_command_without_beam_still_refuses_unknown_flags(tmp_path, capsys) ->
     with pytest.raises(SystemExit) as info:
         main(["ingest", "--direct_num_workers=2", "--workdir", str(tmp_path / "w")])
     assert info.value.code == 2 and "unrecognized arguments: --direct_num_workers=2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a prefix of --source-dir is not taken for it
+        main(["ingest", "--source", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    assert info.value.code == 2 and "unrecognized arguments: --source" in capsys.readouterr().err

@@ -361,7 +361,9 @@ def test_an_unsupported_tf_serving_flag_is_named_before_tensorflow_is_imported(t
     # The CLI as `mnist-pipeline serve` runs it, then whether TensorFlow (5-8 s to import) was loaded on the way.
     code = ("import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
             "print('tensorflow' in sys.modules); sys.exit(rc)")
-    for flag, words in [("--tensorflow_session_parallelism=2", "TF Serving flag"), ("--no_such_flag=1", "unrecognized")]:
+    # An abbreviation of a flag is refused too, as TF Serving refuses it (argparse would take it for the flag).
+    for flag, words in [("--tensorflow_session_parallelism=2", "TF Serving flag"), ("--no_such_flag=1", "unrecognized"),
+                        ("--enable_batch=true", "unrecognized")]:
         proc = subprocess.run([sys.executable, "-c", code, "serve", "--workdir", str(tmp_path), flag],
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0
