@@ -705,9 +705,10 @@ def main() -> int:
                   f"throughput below")
             # What batching could pay here at most: every batch 32 rows without padding, gRPC and the own work as
             # measured, nothing else; against batching off's CPU an answer, at the same cores busy.
-            best = cpu32 / 32 * 1000 + grpc_ms + own["on"]["cpu_us"] / 1000
-            print(f"   {'':29}at best (batches of 32, no padding, no rest): model {cpu32 / 32 * 1000:.2f} + gRPC "
-                  f"{grpc_ms:.2f} + own work {own['on']['cpu_us'] / 1000:.2f} = {best:.2f} ms an answer, "
+            model32, own_on = cpu32 / 32 * 1000, own["on"]["cpu_us"] / 1000
+            best = model32 + grpc_ms + own_on
+            print(f"   {'':29}at best (batches of 32, no padding, no rest): model {model32:.2f} + gRPC "
+                  f"{grpc_ms:.2f} + own work {own_on:.2f} = {best:.2f} ms an answer, "
                   f"{off['server_cpu_ms'] / best:.2f}x less than batching off: the most batching can pay on this "
                   f"machine with the cores as busy (gRPC's and the own work's share is paid by every request)")
         ratio = on["rate"] / off["rate"] if off["rate"] else float("nan")
