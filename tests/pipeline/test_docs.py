@@ -1,6 +1,7 @@
 """The docs' lists are checked against their one home: docs/operations.md's table of configuration keys against
 the config's sections and fields (`pipeline.config`), README.md's table of commands against the CLI's
-subcommands (`pipeline.cli`). Both sides are read, never listed here, so a new field or command fails the test
+subcommands (`pipeline.cli`), docs/serving.md's list of TF Serving's flags against those `serve` takes
+(`pipeline.commands.serve`). Both sides are read, never listed here, so a new field or command fails the test
 until the docs name it, and a documented one that is gone fails it too."""
 
 from __future__ import annotations
@@ -104,3 +105,38 @@ def test_the_command_check_notices_a_command_the_readme_lost() -> None:
     text = "\n".join(line for line in README.read_text().splitlines() if not line.startswith("| `lineage` |"))
     assert "commands missing from README.md: lineage" in _difference(set(documented_commands(text)), cli_commands(),
                                                                       "commands", "README.md")
+
+
+SERVING = ROOT / "docs" / "serving.md"
+
+
+def documented_tf_serving_flags(text: str) -> set[str]:
+    """The flags the paragraph under docs/serving.md's "### TF Serving's flags" names, up to its first period."""
+    found = re.search(r"### TF Serving's flags\n\n(.*?)\.\n", text, re.S)
+    assert found, "docs/serving.md has no \"### TF Serving's flags\" paragraph"
+    return {flag for flag in _CODE.findall(found.group(1)) if flag.startswith("--")}
+
+
+def serve_tf_serving_flags() -> set[str]:
+    """The TF Serving flags `serve` takes, read from its parser: every shown flag in TF Serving's spelling
+    (underscores), and `--port`, which the project's spelling shares with TF Serving."""
+    import argparse
+
+    from pipeline.commands import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    return {"--port"} | {flag for action in parser._actions if action.help != argparse.SUPPRESS
+                         for flag in action.option_strings if "_" in flag}
+
+
+def test_the_serving_page_lists_every_tf_serving_flag_serve_takes_and_no_other() -> None:
+    problem = _difference(documented_tf_serving_flags(SERVING.read_text()), serve_tf_serving_flags(),
+                          "TF Serving flags", "docs/serving.md")
+    assert not problem, problem
+
+
+def test_the_flag_check_notices_a_flag_the_page_lost() -> None:
+    text = SERVING.read_text().replace("`--monitoring_config_file`, ", "")
+    assert "TF Serving flags missing from docs/serving.md: --monitoring_config_file" in _difference(
+        documented_tf_serving_flags(text), serve_tf_serving_flags(), "TF Serving flags", "docs/serving.md")
