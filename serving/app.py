@@ -35,14 +35,19 @@ class ServingApp:
 
     def __init__(self, options: ServerOptions, models: Mapping[str, ModelSettings], *,
                  model_base_path: str | os.PathLike, models_config: str | os.PathLike | None = None):
-        from serving.server import LocalServer
         from serving.tls import read_pem_file
 
         self.options = options
         self.models = dict(models)
-        set_tensorflow_threads(options)
+        # The files first, then TensorFlow (5-8 s to import): a bad file is refused at once.
         self.metrics, self.metrics_path = self._metrics()
         self.batcher = self._batcher()
+        tls = dict(tls_cert=read_pem_file(options.tls_cert, "--tls-cert"),
+                   tls_key=read_pem_file(options.tls_key, "--tls-key"),
+                   client_ca=read_pem_file(options.tls_client_ca, "--tls-client-ca"))
+        set_tensorflow_threads(options)
+        from serving.server import LocalServer
+
         poll = options.base_poll_interval
         for name, settings in self.models.items():
             if not settings.base_path.is_dir():
@@ -51,9 +56,6 @@ class ServingApp:
             self.models, poll_interval=poll, models_config=models_config, model_base_path=model_base_path,
             config_poll_interval=options.model_config_file_poll_wait_seconds, batcher=self.batcher,
             on_load=self.metrics.observe_load if self.metrics else None, freeze_gc=True)
-        tls = dict(tls_cert=read_pem_file(options.tls_cert, "--tls-cert"),
-                   tls_key=read_pem_file(options.tls_key, "--tls-key"),
-                   client_ca=read_pem_file(options.tls_client_ca, "--tls-client-ca"))
         self.server = LocalServer(self.manager, host=options.host, port=options.port,
                                   max_message_bytes=options.max_message_bytes, max_batch_size=options.max_batch_size,
                                   metrics=self.metrics, max_workers=options.grpc_max_threads, **tls)

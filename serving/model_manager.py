@@ -40,13 +40,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import model_registry
 from serving.errors import RequestError, echo
-from serving.servable import Servable
+
+if TYPE_CHECKING:  # loading a version imports TensorFlow (5-8 s); reading a models config does not
+    from serving.servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +273,8 @@ class ModelManager:
         started = time.perf_counter()
         warmup_started = None
         try:
+            from serving.servable import Servable
+
             servable = Servable(name, version, path)
             warmup_started = time.perf_counter()
             warmed = servable.warm_up()

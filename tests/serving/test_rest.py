@@ -357,18 +357,37 @@ def test_rest_client_retries_503_then_reports_the_status():
 # -- `mnist-pipeline serve` as the container -------------------------------------------------------------
 
 
-def test_an_unsupported_tf_serving_flag_is_named_before_tensorflow_is_imported(tmp_path):
-    # The CLI as `mnist-pipeline serve` runs it, then whether TensorFlow (5-8 s to import) was loaded on the way.
+def _serve_refuses_before_tensorflow(tmp_path, *flags: str) -> str:
+    """`mnist-pipeline serve FLAGS` as the CLI runs it: its stderr, once it has failed without importing
+    TensorFlow (5-8 s to import)."""
     code = ("import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
             "print('tensorflow' in sys.modules); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "serve", "--workdir", str(tmp_path), *flags],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout
+    assert proc.stdout.strip() == "False", f"serve {flags} must be refused before TensorFlow is imported"
+    return proc.stderr
+
+
+def test_an_unsupported_tf_serving_flag_is_named_before_tensorflow_is_imported(tmp_path):
     # An abbreviation of a flag is refused too, as TF Serving refuses it (argparse would take it for the flag).
     for flag, words in [("--tensorflow_session_parallelism=2", "TF Serving flag"), ("--no_such_flag=1", "unrecognized"),
                         ("--enable_batch=true", "unrecognized")]:
-        proc = subprocess.run([sys.executable, "-c", code, "serve", "--workdir", str(tmp_path), flag],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-        assert proc.returncode != 0
-        assert flag.split("=")[0] in proc.stderr and words in proc.stderr, proc.stderr
-        assert proc.stdout.strip() == "False", "a misspelt flag must be answered before TensorFlow is imported"
+        stderr = _serve_refuses_before_tensorflow(tmp_path, flag)
+        assert flag.split("=")[0] in stderr and words in stderr, stderr
+
+
+def test_a_bad_config_file_is_named_before_tensorflow_is_imported(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("garbage {\n")
+    for flags, words in [(["--model_config_file=/no/such/models.config"], "'/no/such/models.config' does not exist"),
+                         ([f"--model_config_file={bad}"], "is not a ModelServerConfig text proto"),
+                         (["--enable_batching=true", f"--batching_parameters_file={bad}"],
+                          "is not a BatchingParameters text proto"),
+                         ([f"--monitoring_config_file={bad}"], "is not a MonitoringConfig text proto"),
+                         ([f"--tls-cert={tmp_path}/no.pem", f"--tls-key={tmp_path}/no.pem"], "cannot be read")]:
+        stderr = _serve_refuses_before_tensorflow(tmp_path, "--port=0", "--rest_api_port=0", *flags)
+        assert words in stderr, stderr
 
 
 @pytest.mark.slow

@@ -177,7 +177,7 @@ def test_only_ascii_decimal_int64_folder_names_are_versions(tmp_path):
 
 
 def test_an_odd_folder_does_not_stop_the_poll(tmp_path, monkeypatch):
-    from serving import model_manager
+    from serving import servable
     from serving.model_manager import ModelManager, ModelSettings
 
     loaded = []
@@ -190,7 +190,7 @@ def test_an_odd_folder_does_not_stop_the_poll(tmp_path, monkeypatch):
         def warm_up(self):
             return 0
 
-    monkeypatch.setattr(model_manager, "Servable", FakeServable)
+    monkeypatch.setattr(servable, "Servable", FakeServable)  # what a load builds
     for name in ("²", "１００", "99999999999999999999", "3"):
         _version_folder(tmp_path, name)
     manager = ModelManager({"mnist": ModelSettings(tmp_path / "mnist")})
@@ -203,7 +203,7 @@ def test_an_odd_folder_does_not_stop_the_poll(tmp_path, monkeypatch):
 
 
 def test_a_failed_load_is_retried_after_an_in_place_copy(tmp_path, monkeypatch):
-    from serving import model_manager
+    from serving import servable
     from serving.model_manager import ModelManager, ModelSettings
 
     attempts = []
@@ -218,7 +218,7 @@ def test_a_failed_load_is_retried_after_an_in_place_copy(tmp_path, monkeypatch):
         def warm_up(self):
             return 0
 
-    monkeypatch.setattr(model_manager, "Servable", FakeServable)
+    monkeypatch.setattr(servable, "Servable", FakeServable)  # what a load builds
     folder = _version_folder(tmp_path, "1")
     (folder / "variables").mkdir()
     data = folder / "variables" / "variables.data"
