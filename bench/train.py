@@ -175,10 +175,18 @@ def measure(architecture: str, workdir: Path, epochs: int | None, seed: int | No
     return result
 
 
-def _against(value: float, target: float, *, at_most: bool, unit: str = "", scale: float = 1.0) -> str:
-    """'met', or 'missed by X' in the value's unit."""
+def _against(value: float, target: float, *, at_most: bool, unit: str = "", scale: float = 1.0,
+             digits: int = 2) -> str:
+    """'met', or 'missed by X' in the value's unit, with `digits` decimals."""
     missed = value - target if at_most else target - value
-    return "met" if missed <= 0 else f"missed by {float(missed * scale):.2f}{unit}"
+    return "met" if missed <= 0 else f"missed by {float(missed * scale):.{digits}f}{unit}"
+
+
+def _accuracy_against(accuracy: Fraction, target: float, label: str = "") -> str:
+    """`99.647% >= 99.65%: missed by 0.003 points`: a mean over seeds of 10,000 test images each moves in steps
+    smaller than 0.01 points, so three decimals, where two printed 0.9965 >= 0.9965 as missed by 0.00."""
+    verdict = _against(accuracy, Fraction(str(target)), at_most=False, unit=" points", scale=100, digits=3)
+    return f"{float(accuracy) * 100:.3f}% >= {label}{target * 100:g}%: {verdict}"
 
 
 def _parse_seeds(text: str | None) -> list[int | None]:
@@ -211,18 +219,15 @@ def summarize(results: list[dict]) -> None:
         if rs:
             acc = [r["test_accuracy"] for r in rs]
             secs = [r["train_seconds"] for r in rs]
-            print(f"{name}: test accuracy mean {statistics.mean(acc):.4f} min {min(acc):.4f} max {max(acc):.4f}; "
+            print(f"{name}: test accuracy mean {statistics.mean(acc):.3%} min {min(acc):.2%} max {max(acc):.2%}; "
                   f"training s mean {statistics.mean(secs):.0f} min {min(secs):.0f} max {max(secs):.0f} "
                   f"({len(rs)} seed{'s' if len(rs) > 1 else ''})")
     if not d:
         return
     acc = [Fraction(r["test_correct"], r["test_examples"]) for r in d]
     print("\ndefault against its targets:")
-    mean_target, min_target = Fraction(str(TARGET_MEAN_ACCURACY)), Fraction(str(TARGET_MIN_ACCURACY))
-    print(f"  mean test accuracy {float(statistics.mean(acc)):.4f} >= {TARGET_MEAN_ACCURACY}: "
-          f"{_against(statistics.mean(acc), mean_target, at_most=False, unit=' points', scale=100)}")
-    print(f"  every seed's test accuracy (min {float(min(acc)):.4f}) >= {TARGET_MIN_ACCURACY}: "
-          f"{_against(min(acc), min_target, at_most=False, unit=' points', scale=100)}")
+    print(f"  mean test accuracy {_accuracy_against(statistics.mean(acc), TARGET_MEAN_ACCURACY)}")
+    print(f"  every seed's test accuracy (the lowest) {_accuracy_against(min(acc), TARGET_MIN_ACCURACY)}")
     if b:
         ratio = sum(r["train_seconds"] for r in d) / sum(r["train_seconds"] for r in b)
         per_seed = [x["train_seconds"] / y["train_seconds"] for x, y in zip(d, b)]
@@ -260,12 +265,9 @@ def _against_dataset_target(results: list[dict], dataset: str) -> None:
         rs = [r for r in results if r["architecture"] == name]
         acc = [Fraction(r["test_correct"], r["test_examples"]) for r in rs]
         mean = statistics.mean(acc)
-        verdicts = "; ".join(f"{label}{target}: "
-                             f"{_against(mean, Fraction(str(target)), at_most=False, unit=' points', scale=100)}"
-                             for label, target in against)
-        print(f"{dataset} {name}: test accuracy mean {float(mean):.4f} over {len(rs)} seed(s) "
-              f"(min {float(min(acc)):.4f} max {float(max(acc)):.4f}; {rs[0]['test_examples']} test images) "
-              f">= {verdicts}")
+        verdicts = "; ".join(_accuracy_against(mean, target, label) for label, target in against)
+        print(f"{dataset} {name}: test accuracy mean over {len(rs)} seed(s) (min {float(min(acc)):.4f} max "
+              f"{float(max(acc)):.4f}; {rs[0]['test_examples']} test images): {verdicts}")
 
 
 def main() -> None:
