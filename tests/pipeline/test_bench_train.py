@@ -7,11 +7,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def _row(architecture: str, seed: int, correct: int, dataset: str = "mnist") -> dict:
+def _row(architecture: str, seed: int, correct: int) -> dict:
     return dict(architecture=architecture, seed=seed, params=1, epochs=1, batch_size=1, precision="float32",
                 test_accuracy=correct / 10_000, test_correct=correct, test_examples=10_000, train_seconds=100,
                 examples_per_second=1, seconds_to_99=None, peak_rss_mib=1, serving_ms=1.0, cpu_steal=0.0,
-                dataset=dataset)
+                dataset="mnist")
 
 
 def test_a_mean_just_under_the_target_prints_its_margin(monkeypatch, capsys):
