@@ -266,8 +266,8 @@ def _against_dataset_target(results: list[dict], dataset: str) -> None:
         acc = [Fraction(r["test_correct"], r["test_examples"]) for r in rs]
         mean = statistics.mean(acc)
         verdicts = "; ".join(_accuracy_against(mean, target, label) for label, target in against)
-        print(f"{dataset} {name}: test accuracy mean over {len(rs)} seed(s) (min {float(min(acc)):.4f} max "
-              f"{float(max(acc)):.4f}; {rs[0]['test_examples']} test images): {verdicts}")
+        print(f"{dataset} {name}: test accuracy mean over {len(rs)} seed(s) (min {float(min(acc)):.2%} max "
+              f"{float(max(acc)):.2%}; {rs[0]['test_examples']} test images): {verdicts}")
 
 
 def main() -> None:

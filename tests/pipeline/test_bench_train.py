@@ -26,3 +26,17 @@ def test_a_mean_just_under_the_target_prints_its_margin(monkeypatch, capsys):
 
     train.summarize([_row("default", 0, 9965), _row("default", 1, 9966)])
     assert "mean test accuracy 99.655% >= 99.65%: met" in capsys.readouterr().out
+
+
+def test_a_datasets_line_prints_its_seeds_in_percent(monkeypatch, capsys):
+    import components.datasets  # noqa: F401  (before bench/ is on the path: its pipeline.py is not the package)
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import train
+
+    # 2026-12-07's Fashion-MNIST seeds printed "(min 0.9088 max 0.9118; ...): 91.050% >= ...": two units in a line.
+    rows = [dict(_row("default", s, c), dataset="fashion_mnist") for s, c in enumerate((9088, 9118, 9109))]
+    train._against_dataset_target(rows, "fashion_mnist")
+    assert capsys.readouterr().out == (
+        "fashion_mnist default: test accuracy mean over 3 seed(s) (min 90.88% max 91.18%; 10000 test images): "
+        "91.050% >= the blessing threshold 90%: met\n")
