@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def train(monkeypatch):
+    # bench/ after the project's folders: the script imports its helpers as top-level modules, and its pipeline.py
+    # must not hide the project's pipeline package, which the script imports where needed.
+    monkeypatch.setattr(sys, "path", [*sys.path, str(BENCH)])
+    import train
+
+    return train
 
 
 def _row(architecture: str, seed: int, correct: int) -> dict:
@@ -14,10 +27,7 @@ def _row(architecture: str, seed: int, correct: int) -> dict:
                 dataset="mnist")
 
 
-def test_a_mean_just_under_the_target_prints_its_margin(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(BENCH))  # the script imports its folder's helpers as top-level modules
-    import train
-
+def test_a_mean_just_under_the_target_prints_its_margin(train, capsys):
     # 2026-12-07's seeds on a 2-core EPYC: the mean, 99.6467%, printed "0.9965 >= 0.9965: missed by 0.00 points".
     train.summarize([_row("default", 0, 9958), _row("default", 1, 9965), _row("default", 2, 9971)])
     out = capsys.readouterr().out
@@ -28,12 +38,7 @@ def test_a_mean_just_under_the_target_prints_its_margin(monkeypatch, capsys):
     assert "mean test accuracy 99.655% >= 99.65%: met" in capsys.readouterr().out
 
 
-def test_a_datasets_line_prints_its_seeds_in_percent(monkeypatch, capsys):
-    import components.datasets  # noqa: F401  (before bench/ is on the path: its pipeline.py is not the package)
-
-    monkeypatch.syspath_prepend(str(BENCH))
-    import train
-
+def test_a_datasets_line_prints_its_seeds_in_percent(train, capsys):
     # 2026-12-07's Fashion-MNIST seeds printed "(min 0.9088 max 0.9118; ...): 91.050% >= ...": two units in a line.
     rows = [dict(_row("default", s, c), dataset="fashion_mnist") for s, c in enumerate((9088, 9118, 9109))]
     train._against_dataset_target(rows, "fashion_mnist")
